@@ -1,0 +1,19 @@
+//! Indices of the per-CPU `STATS` counters the program keeps. The supervisor sums them over
+//! CPUs; the program never contends on a shared line for them.
+
+/// A connection sent to the slot the policy chose.
+pub const SELECTED: u32 = 0;
+/// No slot was up: the kernel's hash chose.
+pub const FALLBACK_NO_SLOT: u32 = 1;
+/// The chosen slot had no socket (or a stale one): the kernel's hash chose.
+pub const FALLBACK_SELECT_FAILED: u32 = 2;
+/// The configuration could not be read: the kernel's hash chose.
+pub const FALLBACK_MAP_ERROR: u32 = 3;
+/// The `hash` policy is in force: the kernel's hash chose, by request.
+pub const HASH: u32 = 4;
+
+pub const COUNT: u32 = 5;
+
+/// Names used in metrics and status output, indexed like the counters.
+pub const NAMES: [&str; COUNT as usize] =
+    ["selected", "no_slot_up", "select_failed", "map_error", "hash_policy"];

@@ -1,0 +1,50 @@
+//! What the supervisor needs from the kernel before it starts anything.
+//!
+//! Loading an `SK_REUSEPORT` program and creating its maps needs `CAP_BPF` (or `CAP_SYS_ADMIN`,
+//! which implies it); nothing else the supervisor does is privileged. Checking up front turns a
+//! failure deep in the loader into one line that says what to grant.
+
+use anyhow::Result;
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+pub const MISSING_BPF: &str = "missing capability CAP_BPF, needed to load the steering program: \
+     run as root, or grant it with `setcap cap_bpf+ep <path to balancer>`, \
+     or `--cap-add=BPF` for a container";
+
+/// The effective capability set of this process, from /proc/self/status.
+pub fn effective() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .ok_or_else(|| anyhow::anyhow!("no CapEff line in /proc/self/status"))?;
+    Ok(u64::from_str_radix(line.trim(), 16)?)
+}
+
+pub fn has(set: u64, cap: u32) -> bool {
+    set & (1 << cap) != 0
+}
+
+/// Fails with [`MISSING_BPF`] unless this process may load BPF programs.
+pub fn require_bpf() -> Result<()> {
+    let caps = effective()?;
+    if has(caps, CAP_BPF) || has(caps, CAP_SYS_ADMIN) {
+        Ok(())
+    } else {
+        anyhow::bail!(MISSING_BPF)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_bits_the_kernel_uses() {
+        assert!(has(1 << 39, CAP_BPF));
+        assert!(!has(1 << 38, CAP_BPF));
+        assert!(effective().is_ok());
+    }
+}

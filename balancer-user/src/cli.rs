@@ -1,0 +1,85 @@
+//! The command line.
+
+use std::{ffi::OsString, path::PathBuf};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "balancer",
+    version,
+    about = "Run N copies of a server on one port; the kernel sends each new connection to the least-loaded copy.",
+    long_about = "Run N copies of a server on one port. Each copy (worker) gets its own listening socket \
+on fd 3 (systemd's LISTEN_FDS convention), and an SK_REUSEPORT eBPF program picks, for every new \
+connection, the worker with the fewest open connections. No proxy hop: the kernel hands the \
+connection straight to the worker.\n\nNeeds CAP_BPF (root works). Example:\n  \
+balancer run --listen :8080 --workers 4 -- node server.js"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start the workers and steer connections to them (runs until Ctrl-C or `balancer stop`).
+    Run(RunArgs),
+    /// The built-in demo HTTP worker (what `run` starts when no command is given).
+    ///
+    /// Routes: GET / (slot and pid), GET /work?ms=N[&cpu=1] (holds its single event loop for N
+    /// ms), GET /healthz.
+    Worker,
+    /// Show each worker slot of a running balancer: state, pid, load, queue, restarts.
+    Status {
+        /// Control socket of the balancer to ask.
+        #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
+        control: PathBuf,
+        /// Print the raw JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a running balancer gracefully (like Ctrl-C).
+    Stop {
+        #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
+        control: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Address to serve on: ADDR:PORT, [IPV6]:PORT or :PORT.
+    #[arg(short, long, env = "BALANCER_LISTEN", default_value = "0.0.0.0:8080", value_name = "ADDR:PORT")]
+    pub listen: String,
+
+    /// Number of worker processes (slots). Default: one per CPU.
+    #[arg(short, long, env = "BALANCER_WORKERS", value_name = "N")]
+    pub workers: Option<u32>,
+
+    /// How the program picks a worker: least-loaded, or hash (the kernel's own, for comparison).
+    #[arg(short, long, env = "BALANCER_POLICY", default_value = "least-loaded", value_parser = parse_policy)]
+    pub policy: balancer_common::Policy,
+
+    /// Accept queue length of each worker's listener.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub backlog: i32,
+
+    /// Control socket (mode 0600) for `balancer status` and `balancer stop`.
+    #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
+    pub control: PathBuf,
+
+    /// Seconds workers get to finish after SIGTERM before they are killed.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub kill_timeout: f64,
+
+    /// The worker command and its arguments, after `--`. It must serve on fd 3. Default: the
+    /// built-in demo worker.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+fn parse_policy(s: &str) -> Result<balancer_common::Policy, String> {
+    balancer_common::Policy::from_name(s).ok_or_else(|| {
+        let names: Vec<_> = balancer_common::Policy::ALL.iter().map(|p| p.name()).collect();
+        format!("unknown policy {s:?}: choose one of {}", names.join(", "))
+    })
+}

@@ -1,0 +1,210 @@
+//! The control socket: a Unix stream socket, mode 0600, on which `balancer status` and
+//! `balancer stop` talk to a running supervisor.
+//!
+//! One request per connection: a single line naming the command, at most [`MAX_REQUEST`] bytes,
+//! read within [`REQUEST_TIMEOUT`]. The answer is one line of JSON. Anything else gets an error
+//! line and the connection is closed; a client can neither crash nor stall the supervisor.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, Write as _},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+
+pub const MAX_REQUEST: usize = 1024;
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where the control socket lives unless `--control` says otherwise.
+pub fn default_path() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        PathBuf::from("/run/balancer.sock")
+    } else if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        Path::new(&dir).join("balancer.sock")
+    } else {
+        PathBuf::from(format!("/tmp/balancer-{}.sock", nix::unistd::geteuid()))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    Status,
+    Stop,
+}
+
+/// Parses one request line. Pure, so that it can be fuzzed on the host.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    if line.len() > MAX_REQUEST {
+        return Err(format!("request longer than {MAX_REQUEST} bytes"));
+    }
+    let text = std::str::from_utf8(line).map_err(|_| "request is not UTF-8".to_string())?;
+    match text.trim() {
+        "status" => Ok(Request::Status),
+        "stop" => Ok(Request::Stop),
+        "" => Err("empty request: expected `status` or `stop`".into()),
+        other => {
+            let shown: String = other.chars().take(40).collect();
+            Err(format!("unknown request {shown:?}: expected `status` or `stop`"))
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SlotStatus {
+    pub slot: u32,
+    pub state: String,
+    pub pid: Option<u32>,
+    /// Connections assigned and not yet closed.
+    pub load: u64,
+    /// Connections the program sent to this slot.
+    pub assigned: u64,
+    pub accepted: u64,
+    pub closed: u64,
+    /// Connections waiting in the slot's accept queue.
+    pub queued: u32,
+    pub restarts: u64,
+    pub uptime_seconds: Option<f64>,
+    pub last_exit: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub pid: u32,
+    pub listen: String,
+    pub policy: String,
+    pub command: String,
+    pub slots: Vec<SlotStatus>,
+    /// The program's counters by name: selected, no_slot_up, ...
+    pub program: BTreeMap<String, u64>,
+}
+
+/// Binds the control socket with mode 0600. A socket file left by a supervisor that died is
+/// replaced; one that still answers belongs to a running supervisor and is an error.
+pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "control socket {} is in use by another running balancer: stop it (`balancer stop --control {}`) or pass another --control",
+                path.display(),
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale control socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    // The umask makes the socket 0600 from its creation: no window in which others may connect.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = tokio::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.with_context(|| format!("cannot create the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Reads one request from `stream`, bounded in size and time.
+pub async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, String> {
+    let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(stream, MAX_REQUEST as u64 + 1));
+    let mut line = Vec::new();
+    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+        Err(_) => Err("request timed out".into()),
+        Ok(Err(e)) => Err(format!("cannot read request: {e}")),
+        Ok(Ok(_)) => parse_request(&line),
+    }
+}
+
+pub async fn reply(stream: &mut tokio::net::UnixStream, body: &str) {
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        stream.write_all(body.as_bytes()).await?;
+        stream.write_all(b"\n").await
+    })
+    .await;
+}
+
+/// Sends `request` to the supervisor behind `path` and returns its one-line answer.
+pub fn call(path: &Path, request: &str) -> Result<String> {
+    let mut stream = std::os::unix::net::UnixStream::connect(path).with_context(|| {
+        format!(
+            "no balancer answers on {}: is it running? (pass --control if it uses another socket)",
+            path.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    writeln!(stream, "{request}")?;
+    let mut answer = String::new();
+    std::io::BufReader::new(&mut stream).read_line(&mut answer)?;
+    let answer = answer.trim_end().to_string();
+    if let Some(err) = answer.strip_prefix("error: ") {
+        bail!("the supervisor refused `{request}`: {err}");
+    }
+    Ok(answer)
+}
+
+/// A plain table of `status`, for people.
+pub fn render(status: &Status) -> String {
+    let mut out = format!(
+        "balancer pid {} on {}, policy {}, worker `{}`\n",
+        status.pid, status.listen, status.policy, status.command
+    );
+    out.push_str("SLOT  STATE     PID      LOAD  QUEUED  ASSIGNED  RESTARTS  UPTIME   LAST EXIT\n");
+    for s in &status.slots {
+        out.push_str(&format!(
+            "{:<5} {:<9} {:<8} {:>4}  {:>6}  {:>8}  {:>8}  {:<8} {}\n",
+            s.slot,
+            s.state,
+            s.pid.map_or("-".into(), |p| p.to_string()),
+            s.load,
+            s.queued,
+            s.assigned,
+            s.restarts,
+            s.uptime_seconds.map_or("-".into(), |u| format!("{u:.0}s")),
+            s.last_exit.as_deref().unwrap_or("-"),
+        ));
+    }
+    let program: Vec<String> = status.program.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    out.push_str(&format!("program: {}\n", program.join(" ")));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_requests() {
+        assert_eq!(parse_request(b"status\n"), Ok(Request::Status));
+        assert_eq!(parse_request(b"  stop  "), Ok(Request::Stop));
+    }
+
+    #[test]
+    fn rejects_everything_else_with_a_reason() {
+        assert!(parse_request(b"").unwrap_err().contains("empty"));
+        assert!(parse_request(b"\xff\xfe").unwrap_err().contains("UTF-8"));
+        assert!(parse_request(b"reboot").unwrap_err().contains("unknown request"));
+        assert!(parse_request(&[b'a'; 5000]).unwrap_err().contains("longer"));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A cheap stand-in for a fuzzer: every short byte string, and long random ones.
+        let mut x = 0x9e3779b97f4a7c15u64;
+        for len in 0..2048usize {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = parse_request(&bytes);
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! One `SO_REUSEPORT` listening socket per worker slot, all bound to the same address.
+//!
+//! The kernel groups sockets that set `SO_REUSEPORT` and bind the same address and port (under
+//! the same user) into one reuseport group; each new connection goes to exactly one socket of
+//! the group and waits in that socket's accept queue. The supervisor creates and keeps every
+//! listener, so a worker's death closes none of them: connections already queued on a dead
+//! worker's listener wait for its replacement instead of being reset.
+
+use std::{
+    io,
+    net::{SocketAddr, TcpListener},
+    os::fd::{FromRawFd, IntoRawFd, OwnedFd},
+};
+
+use anyhow::{bail, Context as _, Result};
+use nix::sys::socket::{
+    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    SockaddrStorage,
+};
+
+/// Parses `ADDR:PORT`, `[V6]:PORT`, `:PORT` or `PORT` (the last two listen on every IPv4 address).
+pub fn parse_addr(s: &str) -> Result<SocketAddr> {
+    let s = s.trim();
+    let with_host = if let Some(port) = s.strip_prefix(':') {
+        format!("0.0.0.0:{port}")
+    } else if s.parse::<u16>().is_ok() {
+        format!("0.0.0.0:{s}")
+    } else {
+        s.to_string()
+    };
+    with_host.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "bad listen address {s:?}: expected ADDR:PORT such as 0.0.0.0:8080, [::]:8080 or :8080"
+        )
+    })
+}
+
+fn new_socket(addr: SocketAddr, reuseport: bool) -> Result<OwnedFd> {
+    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .context("cannot create a TCP socket")?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if reuseport {
+        setsockopt(&fd, sockopt::ReusePort, &true)?;
+    }
+    Ok(fd)
+}
+
+fn bind_error(addr: SocketAddr, e: nix::Error) -> anyhow::Error {
+    match e {
+        nix::Error::EADDRINUSE => anyhow::anyhow!(
+            "port {} is in use on {}: stop what listens there (`ss -ltnp 'sport = :{}'`) or pass another --listen",
+            addr.port(),
+            addr.ip(),
+            addr.port()
+        ),
+        nix::Error::EACCES => anyhow::anyhow!(
+            "not allowed to bind {addr}: ports below 1024 need root or CAP_NET_BIND_SERVICE"
+        ),
+        nix::Error::EADDRNOTAVAIL => {
+            anyhow::anyhow!("cannot bind {addr}: the address is not on this machine; use 0.0.0.0 or a local address")
+        }
+        e => anyhow::anyhow!("cannot bind {addr}: {e}"),
+    }
+}
+
+/// Creates `count` listeners on `addr` forming one reuseport group of their own.
+///
+/// A plain bind without `SO_REUSEPORT` comes first: it fails if anything listens on the port,
+/// including another reuseport group of the same user, which our sockets would otherwise
+/// silently join (and then share connections with).
+/// Port 0 picks a free port for the first listener and binds the others to the same one.
+pub fn bind_group(addr: SocketAddr, count: u32, backlog: i32) -> Result<Vec<TcpListener>> {
+    let mut addr = addr;
+    if addr.port() != 0 {
+        let probe = new_socket(addr, false)?;
+        bind(std::os::fd::AsRawFd::as_raw_fd(&probe), &SockaddrStorage::from(addr))
+            .map_err(|e| bind_error(addr, e))?;
+    }
+    let backlog = Backlog::new(backlog).context("bad backlog")?;
+    let mut group = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        group.push(bind_one(addr, backlog)?);
+        addr = group[0].local_addr()?;
+    }
+    Ok(group)
+}
+
+/// One more listener for an existing group, e.g. when a slot is added.
+pub fn bind_one(addr: SocketAddr, backlog: Backlog) -> Result<TcpListener> {
+    let fd = new_socket(addr, true)?;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    bind(raw, &SockaddrStorage::from(addr)).map_err(|e| bind_error(addr, e))?;
+    listen(&fd, backlog).map_err(|e| bind_error(addr, e))?;
+    // SAFETY: `fd` is a listening TCP socket we own.
+    Ok(unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) })
+}
+
+/// Connections waiting in `listener`'s accept queue (`tcpi_unacked` of a listening socket).
+pub fn queued(listener: &TcpListener) -> io::Result<u32> {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(listener);
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt fills at most `len` bytes of `info`.
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_unacked)
+}
+
+/// Refuses group sizes the maps cannot hold.
+pub fn check_count(workers: u32) -> Result<()> {
+    let max = balancer_common::MAX_SLOTS;
+    if workers == 0 {
+        bail!("--workers 0: at least one worker is needed (default: one per CPU)");
+    }
+    if workers > max {
+        bail!("--workers {workers} is above the maximum of {max} slots: pass --workers {max} or fewer");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_forms_users_write() {
+        assert_eq!(parse_addr(":8080").unwrap(), "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(parse_addr("8080").unwrap(), "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(parse_addr("127.0.0.1:9").unwrap(), "127.0.0.1:9".parse().unwrap());
+        assert_eq!(parse_addr("[::1]:80").unwrap(), "[::1]:80".parse().unwrap());
+        let e = parse_addr("localhost").unwrap_err().to_string();
+        assert!(e.contains("bad listen address"), "{e}");
+        assert!(parse_addr("1.2.3.4:99999").is_err());
+    }
+
+    #[test]
+    fn worker_counts_are_bounded() {
+        assert!(check_count(0).unwrap_err().to_string().contains("at least one"));
+        assert!(check_count(1025).unwrap_err().to_string().contains("maximum of 1024"));
+        assert!(check_count(1024).is_ok());
+    }
+
+    #[test]
+    fn a_group_shares_one_port_and_refuses_a_second_group() {
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
+        let port = group[0].local_addr().unwrap().port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let e = bind_group(addr, 2, 16).unwrap_err().to_string();
+        assert!(e.contains("in use"), "{e}");
+    }
+}

@@ -1,0 +1,65 @@
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::Result;
+use balancer::{
+    cli::{Cli, Command, RunArgs},
+    control, listeners, supervisor, worker,
+};
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes, joined.
+            eprintln!("balancer: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run(args) => supervisor::run(options(args)?),
+        Command::Worker => worker::run(),
+        Command::Status { control, json } => {
+            let answer = control::call(&control, "status")?;
+            if json {
+                println!("{answer}");
+            } else {
+                let status: control::Status = serde_json::from_str(&answer)?;
+                print!("{}", control::render(&status));
+            }
+            Ok(())
+        }
+        Command::Stop { control } => control::call(&control, "stop").map(drop),
+    }
+}
+
+fn options(args: RunArgs) -> Result<supervisor::Options> {
+    let listen = listeners::parse_addr(&args.listen)?;
+    let workers = match args.workers {
+        Some(n) => n,
+        None => std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+    };
+    if !(args.kill_timeout.is_finite() && args.kill_timeout >= 0.0) {
+        anyhow::bail!("--kill-timeout {}: give a number of seconds, 0 or more", args.kill_timeout);
+    }
+    if args.backlog < 1 {
+        anyhow::bail!("--backlog {}: give a queue length of 1 or more", args.backlog);
+    }
+    Ok(supervisor::Options {
+        listen,
+        workers,
+        policy: args.policy,
+        backlog: args.backlog,
+        command: (!args.command.is_empty()).then_some(args.command),
+        control: args.control,
+        kill_timeout: Duration::from_secs_f64(args.kill_timeout),
+        backoff: Default::default(),
+    })
+}

@@ -1,0 +1,222 @@
+//! Starting one worker process with its slot's listener, the systemd way.
+//!
+//! A worker gets exactly two descriptors beyond stdio: its slot's listening socket as fd 3
+//! (`LISTEN_FDS=1`, `LISTEN_PID`, `LISTEN_FDNAMES`, as `sd_listen_fds(3)` expects) and the
+//! `REPORTS` map as fd 4 (`BALANCER_REPORT_FD`) for workers that report their closes. Every
+//! other descriptor of the supervisor (sibling listeners, the program, the other maps) is
+//! close-on-exec and never reaches it.
+//!
+//! `LISTEN_PID` must hold the worker's own pid, known only after the fork; setting an
+//! environment variable in the forked child of a multi-threaded parent may deadlock on the
+//! allocator, so the environment block is prepared before the fork with room for the digits,
+//! which the child fills in before calling `execve` itself.
+
+use std::{
+    ffi::{CString, OsStr, OsString},
+    os::{
+        fd::{AsRawFd, BorrowedFd},
+        unix::{ffi::OsStrExt, process::CommandExt},
+    },
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// Fd numbers a worker finds its descriptors at.
+pub const LISTEN_FD: i32 = 3;
+pub const REPORT_FD: i32 = 4;
+
+/// Digits reserved for the pid in `LISTEN_PID=`.
+const PID_DIGITS: usize = 10;
+
+/// A worker command, checked once when the supervisor starts.
+#[derive(Clone, Debug)]
+pub struct WorkerCommand {
+    /// Absolute path of the program, resolved through PATH.
+    pub program: PathBuf,
+    /// argv, including argv[0] as the user wrote it.
+    pub args: Vec<OsString>,
+}
+
+impl WorkerCommand {
+    /// Resolves `argv[0]` like a shell would, so that a typo fails at start-up with one line
+    /// instead of as a crash loop.
+    pub fn resolve(args: Vec<OsString>) -> Result<WorkerCommand> {
+        let Some(first) = args.first() else { bail!("empty worker command") };
+        let program = find_program(first).with_context(|| {
+            format!(
+                "worker command not found: {}: check the spelling, install it, or give its full path",
+                first.to_string_lossy()
+            )
+        })?;
+        Ok(WorkerCommand { program, args })
+    }
+
+    /// The built-in HTTP worker: this very executable, `balancer worker`.
+    pub fn builtin() -> Result<WorkerCommand> {
+        let exe = std::env::current_exe().context("cannot find the balancer executable")?;
+        Ok(WorkerCommand { program: exe.clone(), args: vec![exe.into_os_string(), "worker".into()] })
+    }
+
+    pub fn display(&self) -> String {
+        self.args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+    }
+}
+
+fn find_program(name: &OsStr) -> Option<PathBuf> {
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if name.as_bytes().contains(&b'/') {
+        let p = PathBuf::from(name);
+        return is_exec(&p).then(|| std::path::absolute(&p).unwrap_or(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_exec(p))
+}
+
+/// What one spawn gives the worker beyond the command.
+pub struct Spawn<'a> {
+    pub slot: u32,
+    pub listener: BorrowedFd<'a>,
+    pub reports: BorrowedFd<'a>,
+}
+
+fn cstring(s: impl AsRef<OsStr>) -> Result<CString> {
+    CString::new(s.as_ref().as_bytes()).context("argument or environment entry contains a NUL byte")
+}
+
+/// Forks and execs one worker. The child gets its own process group, so that a Ctrl-C in the
+/// terminal reaches the supervisor alone, which then stops the workers in order; and it gets
+/// SIGTERM if the supervisor dies, so no worker outlives it holding a listener.
+pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Child> {
+    let program = cstring(&cmd.program)?;
+    let argv: Vec<CString> = cmd.args.iter().map(cstring).collect::<Result<_>>()?;
+
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| {
+            !matches!(
+                k.to_str(),
+                Some("LISTEN_FDS" | "LISTEN_PID" | "LISTEN_FDNAMES" | "BALANCER_SLOT" | "BALANCER_REPORT_FD")
+            )
+        })
+        .map(|(k, v)| {
+            let mut kv = k;
+            kv.push("=");
+            kv.push(v);
+            cstring(kv)
+        })
+        .collect::<Result<_>>()?;
+    env.push(cstring("LISTEN_FDS=1")?);
+    env.push(cstring("LISTEN_FDNAMES=balancer")?);
+    env.push(cstring(format!("BALANCER_SLOT={}", spawn.slot))?);
+    env.push(cstring(format!("BALANCER_REPORT_FD={REPORT_FD}"))?);
+    let pid_index = env.len();
+    env.push(cstring(format!("LISTEN_PID={}", "0".repeat(PID_DIGITS)))?);
+
+    let image = ExecImage::new(program, argv, env, pid_index);
+    let listener = spawn.listener.as_raw_fd();
+    let reports = spawn.reports.as_raw_fd();
+
+    let mut command = std::process::Command::new(&cmd.program);
+    command.process_group(0);
+    // SAFETY: the closure runs in the forked child and only makes async-signal-safe calls and
+    // writes into memory prepared before the fork (the child's own copy of it).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Move both fds above the target numbers first, so that neither dup2 overwrites the
+            // other's source.
+            let l = libc::fcntl(listener, libc::F_DUPFD_CLOEXEC, 10);
+            let r = libc::fcntl(reports, libc::F_DUPFD_CLOEXEC, 10);
+            if l < 0 || r < 0 || libc::dup2(l, LISTEN_FD) < 0 || libc::dup2(r, REPORT_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(l);
+            libc::close(r);
+            // dup2 leaves the new fds without FD_CLOEXEC: exactly these two survive the exec.
+            image.exec()
+        });
+    }
+    let child = tokio::process::Command::from(command)
+        .kill_on_drop(false)
+        .spawn()
+        .with_context(|| format!("cannot start worker `{}`", cmd.display()))?;
+    Ok(child)
+}
+
+/// The program, argv and environment as `execve` wants them, built before the fork.
+struct ExecImage {
+    program: CString,
+    _argv: Vec<CString>,
+    env: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    env_ptrs: Vec<*const libc::c_char>,
+    pid_index: usize,
+}
+
+// SAFETY: only used by the forked child, which has a single thread.
+unsafe impl Send for ExecImage {}
+unsafe impl Sync for ExecImage {}
+
+impl ExecImage {
+    fn new(program: CString, argv: Vec<CString>, env: Vec<CString>, pid_index: usize) -> ExecImage {
+        let ptrs = |v: &[CString]| v.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        ExecImage { argv_ptrs: ptrs(&argv), env_ptrs: ptrs(&env), program, _argv: argv, env, pid_index }
+    }
+
+    /// In the child: fills in `LISTEN_PID` and replaces the process image. Returns only on error.
+    unsafe fn exec(&self) -> std::io::Result<()> {
+        let entry = self.env[self.pid_index].as_ptr() as *mut u8;
+        write_pid(entry.add("LISTEN_PID=".len()), libc::getpid() as u32);
+        libc::execve(self.program.as_ptr(), self.argv_ptrs.as_ptr(), self.env_ptrs.as_ptr());
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Writes `pid` in decimal followed by a NUL over the placeholder, which has room for any pid.
+/// No zero padding: C parsers such as systemd's read a leading zero as octal.
+unsafe fn write_pid(dst: *mut u8, mut pid: u32) {
+    let mut digits = [0u8; PID_DIGITS];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (pid % 10) as u8;
+        n += 1;
+        pid /= 10;
+        if pid == 0 {
+            break;
+        }
+    }
+    for i in 0..n {
+        *dst.add(i) = digits[n - 1 - i];
+    }
+    *dst.add(n) = 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_through_path_and_names_a_missing_command() {
+        let sh = WorkerCommand::resolve(vec!["sh".into(), "-c".into(), "true".into()]).unwrap();
+        assert!(sh.program.is_absolute());
+        let e = WorkerCommand::resolve(vec!["no-such-server-xyz".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("worker command not found: no-such-server-xyz"), "{e:#}");
+    }
+
+    #[test]
+    fn pid_is_written_in_plain_decimal() {
+        let mut buf = *b"00000000000";
+        unsafe { write_pid(buf.as_mut_ptr(), 4321) };
+        assert_eq!(&buf[..5], b"4321\0");
+        unsafe { write_pid(buf.as_mut_ptr(), u32::MAX) };
+        assert_eq!(&buf, b"4294967295\0");
+        unsafe { write_pid(buf.as_mut_ptr(), 0) };
+        assert_eq!(&buf[..2], b"0\0");
+    }
+}

@@ -1,0 +1,408 @@
+//! The supervisor: owns the listeners and the program, starts one worker per slot, restarts
+//! workers that exit, answers the control socket, and stops everything in order.
+//!
+//! It runs on a single thread. Besides being all it needs, this matters for correctness: a
+//! child's `PR_SET_PDEATHSIG` fires when the *thread* that forked it exits, so every fork must
+//! come from a thread that lives as long as the supervisor.
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, TcpListener},
+    os::fd::AsFd,
+    path::PathBuf,
+    process::ExitStatus,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use balancer_common::{stats, Policy, SlotState};
+use nix::{sys::signal::Signal, unistd::Pid};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    backoff::{self, Backoff, Decision},
+    capabilities,
+    control::{self, Request, SlotStatus, Status},
+    listeners,
+    process::{self, Spawn, WorkerCommand},
+    program::Steering,
+};
+
+pub struct Options {
+    pub listen: SocketAddr,
+    pub workers: u32,
+    pub policy: Policy,
+    pub backlog: i32,
+    pub command: Option<Vec<std::ffi::OsString>>,
+    pub control: PathBuf,
+    pub kill_timeout: Duration,
+    pub backoff: backoff::Policy,
+}
+
+struct Slot {
+    listener: TcpListener,
+    pid: Option<Pid>,
+    started: Option<Instant>,
+    /// The slot's REPORTS counters when the current worker started.
+    baseline: (u64, u64),
+    /// Bumped on every start, so that a stale exit or restart event is recognised.
+    generation: u64,
+    restarts: u64,
+    last_exit: Option<String>,
+    backoff: Backoff,
+    given_up: bool,
+}
+
+enum Event {
+    Exited { slot: u32, generation: u64, status: std::io::Result<ExitStatus> },
+    Restart { slot: u32, generation: u64 },
+    Control(Request, oneshot::Sender<String>),
+}
+
+pub struct Supervisor {
+    opts: Options,
+    command: WorkerCommand,
+    steering: Steering,
+    slots: Vec<Slot>,
+    events: mpsc::UnboundedSender<Event>,
+    stopping: bool,
+}
+
+/// Everything `balancer run` does, from checks to exit.
+pub fn run(opts: Options) -> Result<()> {
+    // Checks first: nothing is created until every input is known good.
+    listeners::check_count(opts.workers)?;
+    let command = match &opts.command {
+        Some(args) => WorkerCommand::resolve(args.clone())?,
+        None => WorkerCommand::builtin()?,
+    };
+    capabilities::require_bpf()?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut sup = Supervisor::start(opts, command, tx).await?;
+        sup.serve(rx).await
+    })
+}
+
+impl Supervisor {
+    async fn start(opts: Options, command: WorkerCommand, events: mpsc::UnboundedSender<Event>) -> Result<Supervisor> {
+        let group = listeners::bind_group(opts.listen, opts.workers, opts.backlog)?;
+        let mut steering = Steering::load()?;
+        for (i, l) in group.iter().enumerate() {
+            steering.insert(i as u32, l)?;
+            steering.slots.set_weight(i as u32, 1);
+            steering.set_state(i as u32, SlotState::Down);
+        }
+        steering.configure(opts.workers, opts.policy)?;
+        steering.attach(&group[0])?;
+        let control = control::bind(&opts.control)?;
+
+        let slots = group
+            .into_iter()
+            .map(|listener| Slot {
+                listener,
+                pid: None,
+                started: None,
+                baseline: (0, 0),
+                generation: 0,
+                restarts: 0,
+                last_exit: None,
+                backoff: Backoff::new(opts.backoff),
+                given_up: false,
+            })
+            .collect();
+        let mut sup = Supervisor { opts, command, steering, slots, events, stopping: false };
+        tokio::spawn(accept_control(control, sup.events.clone()));
+        if let Some(log) = sup.steering.take_log() {
+            tokio::spawn(forward_program_log(log));
+        }
+        for slot in 0..sup.slots.len() as u32 {
+            if let Err(e) = sup.start_worker(slot) {
+                // No half-started state: the workers already started go, and returning drops
+                // the listeners, which detaches the program.
+                sup.stopping = true;
+                sup.signal_all(Signal::SIGKILL);
+                let _ = std::fs::remove_file(&sup.opts.control);
+                return Err(e);
+            }
+        }
+        let listen = sup.slots[0].listener.local_addr()?;
+        let up: Vec<String> = sup
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{i}:{}", s.pid.map_or(0, |p| p.as_raw())))
+            .collect();
+        log::info!(
+            "serving on {listen} with {} workers (slot:pid {}), policy {}, worker `{}`",
+            sup.slots.len(),
+            up.join(" "),
+            sup.opts.policy.name(),
+            sup.command.display()
+        );
+        log::info!(
+            "try: curl http://{}/   status: balancer status --control {}   stop: Ctrl-C",
+            try_addr(listen),
+            sup.opts.control.display()
+        );
+        Ok(sup)
+    }
+
+    fn start_worker(&mut self, slot: u32) -> Result<()> {
+        let s = &mut self.slots[slot as usize];
+        let child = process::spawn(
+            &self.command,
+            Spawn { slot, listener: s.listener.as_fd(), reports: self.steering.reports_fd() },
+        )?;
+        let pid = Pid::from_raw(child.id().context("worker exited before it could be tracked")? as i32);
+        s.generation += 1;
+        s.pid = Some(pid);
+        s.started = Some(Instant::now());
+        s.baseline = (self.steering.reports.accepted(slot), self.steering.reports.closed(slot));
+        // Connections may be sent to it at once: until it accepts they wait in its queue.
+        self.steering.set_state(slot, SlotState::Up);
+        let generation = s.generation;
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let mut child = child;
+            let status = child.wait().await;
+            let _ = events.send(Event::Exited { slot, generation, status });
+        });
+        log::debug!("slot {slot}: worker pid {pid} started");
+        Ok(())
+    }
+
+    async fn serve(&mut self, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                _ = int.recv() => break,
+                _ = term.recv() => break,
+                Some(event) = rx.recv() => match event {
+                    Event::Exited { slot, generation, status } => self.on_exit(slot, generation, status),
+                    Event::Restart { slot, generation } => self.on_restart(slot, generation),
+                    Event::Control(Request::Status, reply) => {
+                        let _ = reply.send(serde_json::to_string(&self.status())?);
+                    }
+                    Event::Control(Request::Stop, reply) => {
+                        let _ = reply.send("{\"stopping\":true}".into());
+                        break;
+                    }
+                },
+            }
+        }
+        log::info!("stopping: no new connections are steered, workers get SIGTERM");
+        let clean = self.stop_with(&mut rx, &mut int).await;
+        if clean {
+            Ok(())
+        } else {
+            anyhow::bail!("some workers had to be killed after --kill-timeout")
+        }
+    }
+
+    fn on_exit(&mut self, slot: u32, generation: u64, status: std::io::Result<ExitStatus>) {
+        let s = &mut self.slots[slot as usize];
+        if s.generation != generation {
+            return;
+        }
+        // Down first, before anything else: the program must stop choosing this slot now.
+        self.steering.set_state(slot, SlotState::Down);
+        let ran_for = s.started.map_or(Duration::ZERO, |t| t.elapsed());
+        let reason = describe(&status);
+        s.pid = None;
+        s.started = None;
+        s.last_exit = Some(reason.clone());
+        settle(&self.steering, slot, s.baseline);
+        if self.stopping {
+            return;
+        }
+        match s.backoff.on_exit(ran_for) {
+            Decision::RestartAfter(delay) => {
+                log::warn!("slot {slot}: worker {reason} after {ran_for:.1?}; restarting in {delay:?}");
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = events.send(Event::Restart { slot, generation });
+                });
+            }
+            Decision::GiveUp => {
+                s.given_up = true;
+                s.last_exit = Some(format!("{reason}; gave up after {} quick failures", s.backoff.quick_failures()));
+                log::error!(
+                    "slot {slot}: worker `{}` {reason} {} times in a row within {:?} of starting; \
+                     the slot stays down, the other slots keep serving",
+                    self.command.display(),
+                    s.backoff.quick_failures(),
+                    self.opts.backoff.quick
+                );
+            }
+        }
+    }
+
+    fn on_restart(&mut self, slot: u32, generation: u64) {
+        let s = &self.slots[slot as usize];
+        if self.stopping || s.generation != generation || s.pid.is_some() {
+            return;
+        }
+        self.slots[slot as usize].restarts += 1;
+        if let Err(e) = self.start_worker(slot) {
+            log::error!("slot {slot}: {e:#}");
+            // Treat a failed spawn like an instant exit, so backoff and give-up apply.
+            self.on_exit(slot, generation, Err(std::io::Error::other(format!("{e:#}"))));
+        }
+    }
+
+    fn status(&self) -> Status {
+        let stats = self.steering.stats();
+        let program = stats::NAMES.iter().zip(stats).map(|(n, v)| (n.to_string(), v)).collect::<BTreeMap<_, _>>();
+        let slots = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let i = i as u32;
+                let state = if s.given_up { "failed" } else { self.steering.slots.state(i).name() };
+                SlotStatus {
+                    slot: i,
+                    state: state.into(),
+                    pid: s.pid.map(|p| p.as_raw() as u32),
+                    load: self.steering.load_of(i),
+                    assigned: self.steering.slots.assigned(i),
+                    accepted: self.steering.reports.accepted(i),
+                    closed: self.steering.reports.closed(i),
+                    queued: listeners::queued(&s.listener).unwrap_or(0),
+                    restarts: s.restarts,
+                    uptime_seconds: s.started.map(|t| t.elapsed().as_secs_f64()),
+                    last_exit: s.last_exit.clone(),
+                }
+            })
+            .collect();
+        Status {
+            pid: std::process::id(),
+            listen: self.slots[0].listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            policy: self.steering.policy().name().into(),
+            command: self.command.display(),
+            slots,
+            program,
+        }
+    }
+
+    fn signal_all(&self, sig: Signal) {
+        for s in &self.slots {
+            if let Some(pid) = s.pid {
+                let _ = nix::sys::signal::kill(pid, sig);
+            }
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.slots.iter().filter(|s| s.pid.is_some()).count()
+    }
+
+    /// Marks every slot down, sends SIGTERM, waits up to the kill timeout (a second Ctrl-C cuts
+    /// it short), then SIGKILLs the rest. Returns whether every worker stopped by itself.
+    async fn stop_with(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>, int: &mut tokio::signal::unix::Signal) -> bool {
+        self.stopping = true;
+        for i in 0..self.slots.len() as u32 {
+            self.steering.set_state(i, SlotState::Down);
+        }
+        self.signal_all(Signal::SIGTERM);
+        let deadline = tokio::time::sleep(self.opts.kill_timeout);
+        tokio::pin!(deadline);
+        let mut clean = true;
+        while self.running() > 0 {
+            tokio::select! {
+                Some(event) = rx.recv() => match event {
+                    Event::Exited { slot, generation, status } => self.on_exit(slot, generation, status),
+                    Event::Control(_, reply) => { let _ = reply.send("{\"stopping\":true}".into()); }
+                    Event::Restart { .. } => {}
+                },
+                _ = &mut deadline, if clean => {
+                    log::warn!("{} workers still running after {:?}: SIGKILL", self.running(), self.opts.kill_timeout);
+                    self.signal_all(Signal::SIGKILL);
+                    clean = false;
+                }
+                _ = int.recv(), if clean => {
+                    log::warn!("second interrupt: SIGKILL");
+                    self.signal_all(Signal::SIGKILL);
+                    clean = false;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.opts.control);
+        log::info!("stopped");
+        clean
+    }
+}
+
+/// Adds to `closed` the connections a dead worker still had open: the kernel closed them when
+/// it died, but it can no longer report them.
+fn settle(steering: &Steering, slot: u32, (accepted0, closed0): (u64, u64)) {
+    let accepted = steering.reports.accepted(slot).wrapping_sub(accepted0);
+    let closed = steering.reports.closed(slot).wrapping_sub(closed0);
+    let open = accepted.saturating_sub(closed);
+    if open > 0 {
+        steering.reports.add_closed(slot, open);
+    }
+}
+
+fn describe(status: &std::io::Result<ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exited with code {code}"),
+            (None, Some(sig)) => {
+                let name = Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown signal");
+                format!("killed by {name}")
+            }
+            _ => "ended".into(),
+        },
+        Err(e) => format!("could not be waited for: {e}"),
+    }
+}
+
+fn try_addr(listen: SocketAddr) -> String {
+    if listen.ip().is_unspecified() {
+        format!("localhost:{}", listen.port())
+    } else {
+        listen.to_string()
+    }
+}
+
+async fn accept_control(listener: tokio::net::UnixListener, events: mpsc::UnboundedSender<Event>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let events = events.clone();
+        tokio::spawn(async move {
+            let answer = match control::read_request(&mut stream).await {
+                Ok(request) => {
+                    let (tx, rx) = oneshot::channel();
+                    if events.send(Event::Control(request, tx)).is_err() {
+                        return;
+                    }
+                    rx.await.unwrap_or_else(|_| "error: supervisor is stopping".into())
+                }
+                Err(e) => format!("error: {e}"),
+            };
+            control::reply(&mut stream, &answer).await;
+        });
+    }
+}
+
+
+/// Copies the program's records into the supervisor's log as they arrive.
+async fn forward_program_log(log: crate::program::ProgramLog) {
+    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd lives.
+    let Ok(mut fd) = (unsafe { tokio::io::unix::AsyncFd::register_with_interest(log, tokio::io::Interest::READABLE) }) else {
+        return;
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else { return };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}

@@ -1,0 +1,203 @@
+//! The built-in demo worker: `balancer worker`.
+//!
+//! A single-threaded HTTP/1.1 server, built like a Node.js process: one event loop on one
+//! thread, so a request that holds the loop (`/work?ms=N`) holds every other connection of this
+//! worker too. That is the behaviour the balancer exists to route around.
+//!
+//! It takes its listener from fd 3 (`LISTEN_FDS`), and when the supervisor gives it the
+//! `REPORTS` map (`BALANCER_REPORT_FD`) it counts each accepted and each closed connection there
+//! with one atomic add, so the program knows its load without a system call.
+//!
+//! Routes: `GET /` answers `slot=<slot> pid=<pid>`; `GET /work?ms=N` holds the loop for N ms
+//! (sleeping, or burning CPU with `&cpu=1`); `GET /healthz` answers `ok`.
+
+use std::{
+    convert::Infallible,
+    os::fd::{FromRawFd, OwnedFd},
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::{process::LISTEN_FD, shared::SlotReporter};
+
+/// Longest hold `/work` accepts, so that a typo cannot wedge a worker for hours.
+const MAX_WORK_MS: u64 = 60_000;
+
+/// Takes the listener the way `sd_listen_fds(3)` does.
+fn inherited_listener() -> Result<std::net::TcpListener> {
+    let fds: u32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .context("no LISTEN_FDS: `balancer worker` is started by `balancer run`, which passes it a listener on fd 3")?;
+    if fds < 1 {
+        bail!("LISTEN_FDS={fds}: no listener was passed");
+    }
+    if let Some(pid) = std::env::var("LISTEN_PID").ok().and_then(|v| v.parse::<u32>().ok()) {
+        if pid != std::process::id() {
+            bail!("LISTEN_PID={pid} names another process: the listener is not meant for us");
+        }
+    }
+    // SAFETY: fd 3 was passed to us as a listening socket; we take ownership of it.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(LISTEN_FD) };
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+fn reporter() -> Option<SlotReporter> {
+    let fd: i32 = std::env::var("BALANCER_REPORT_FD").ok()?.parse().ok()?;
+    let slot: u32 = std::env::var("BALANCER_SLOT").ok()?.parse().ok()?;
+    // SAFETY: the supervisor passed this fd for us to keep.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    match SlotReporter::new(fd, slot) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            log::warn!("not reporting load: {e:#}");
+            None
+        }
+    }
+}
+
+/// Counts a connection closed when the connection's task ends, however it ends.
+struct Open(Option<Rc<SlotReporter>>, Rc<std::cell::Cell<usize>>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(r) = &self.0 {
+            r.closed();
+        }
+        self.1.set(self.1.get() - 1);
+    }
+}
+
+pub fn run() -> Result<()> {
+    let listener = inherited_listener()?;
+    let reporter = reporter().map(Rc::new);
+    let slot = std::env::var("BALANCER_SLOT").unwrap_or_else(|_| "-".into());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, serve(listener, reporter, Rc::from(slot)))
+}
+
+async fn serve(listener: std::net::TcpListener, reporter: Option<Rc<SlotReporter>>, slot: Rc<str>) -> Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let open = Rc::new(std::cell::Cell::new(0usize));
+    let pid = std::process::id();
+    let start = |stream: tokio::net::TcpStream| {
+        if let Some(r) = &reporter {
+            r.accepted();
+        }
+        let guard = Open(reporter.clone(), open.clone());
+        open.set(open.get() + 1);
+        let slot = slot.clone();
+        let mut stop = stop_rx.clone();
+        tokio::task::spawn_local(async move {
+            let _guard = guard;
+            let _ = stream.set_nodelay(true);
+            let service = service_fn(move |req| handle(req, slot.clone(), pid));
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
+        });
+    };
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => start(stream),
+                Err(e) => {
+                    // Out of fds or memory: back off instead of spinning on the error.
+                    log::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = term.recv() => break,
+        }
+    }
+    // Stopping: serve what already waits in the queue, finish what is in flight (idle
+    // keep-alive connections close at once), then exit. The supervisor's kill timeout bounds it.
+    while let Ok(stream) = accept_now(&listener) {
+        start(stream);
+    }
+    let _ = stop_tx.send(true);
+    while open.get() > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// A non-blocking accept: a connection if one is queued now. It also finds connections whose
+/// arrival woke no one (connections migrated from a closed listener do not wake epoll).
+fn accept_now(listener: &tokio::net::TcpListener) -> std::io::Result<tokio::net::TcpStream> {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(listener);
+    // SAFETY: borrows the listener's fd for one accept; ManuallyDrop keeps it open.
+    let std_listener = std::mem::ManuallyDrop::new(unsafe { std::net::TcpListener::from_raw_fd(fd) });
+    let (stream, _) = std_listener.accept()?;
+    stream.set_nonblocking(true)?;
+    tokio::net::TcpStream::from_std(stream)
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+async fn handle(req: Request<Incoming>, slot: Rc<str>, pid: u32) -> Result<Response<Full<Bytes>>, Infallible> {
+    let text = |status: StatusCode, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        Ok(r)
+    };
+    match req.uri().path() {
+        "/" => text(StatusCode::OK, format!("slot={slot} pid={pid}\n")),
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/work" => {
+            let query = req.uri().query().unwrap_or("");
+            let Some(ms) = query_param(query, "ms").and_then(|v| v.parse::<u64>().ok()) else {
+                return text(StatusCode::BAD_REQUEST, "usage: /work?ms=N[&cpu=1]\n".into());
+            };
+            let ms = ms.min(MAX_WORK_MS);
+            let cpu = query_param(query, "cpu") == Some("1");
+            hold_loop(Duration::from_millis(ms), cpu);
+            text(StatusCode::OK, format!("slot={slot} pid={pid} worked={ms}ms\n"))
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// Blocks the event loop on purpose, as a synchronous handler in Node.js would.
+fn hold_loop(d: Duration, cpu: bool) {
+    if cpu {
+        let end = Instant::now() + d;
+        let mut x = 0u64;
+        while Instant::now() < end {
+            for i in 0..1000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+    } else {
+        std::thread::sleep(d);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params() {
+        assert_eq!(query_param("ms=20&cpu=1", "ms"), Some("20"));
+        assert_eq!(query_param("ms=20&cpu=1", "cpu"), Some("1"));
+        assert_eq!(query_param("msx=20", "ms"), None);
+        assert_eq!(query_param("", "ms"), None);
+    }
+}

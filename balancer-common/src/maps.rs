@@ -135,7 +135,11 @@ mod tests {
         assert_eq!(load(10, 3), 7);
         assert_eq!(load(3, 3), 0);
         assert_eq!(load(3, 4), 0);
-        assert_eq!(load(u64::MAX, 0), 0, "a wrapped difference is treated as a transient");
+        assert_eq!(
+            load(u64::MAX, 0),
+            0,
+            "a wrapped difference is treated as a transient"
+        );
     }
 
     #[test]

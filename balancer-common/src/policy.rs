@@ -92,13 +92,24 @@ impl Scan {
     /// Starts a selection among `0..slots` with random `seed`.
     #[inline(always)]
     pub const fn new(slots: u32, seed: u64) -> Scan {
-        let slots = if slots > crate::MAX_SLOTS { crate::MAX_SLOTS } else { slots };
+        let slots = if slots > crate::MAX_SLOTS {
+            crate::MAX_SLOTS
+        } else {
+            slots
+        };
         let (start, count) = if slots <= SCAN_LIMIT {
             (0, slots)
         } else {
             (reduce((seed >> 32) as u32, slots), SCAN_LIMIT)
         };
-        Scan { slots, start, count, best: u32::MAX, seed, best_key: u64::MAX }
+        Scan {
+            slots,
+            start,
+            count,
+            best: u32::MAX,
+            seed,
+            best_key: u64::MAX,
+        }
     }
 
     /// How many candidates to look at.
@@ -147,7 +158,11 @@ impl Scan {
 /// Ties go to the candidate with the smallest per-slot random number drawn from `seed`, so equal
 /// slots are chosen equally often whatever their index. Returns `None` when no candidate is
 /// selectable.
-pub fn least_loaded(slots: u32, seed: u64, mut load_of: impl FnMut(u32) -> Option<u64>) -> Option<u32> {
+pub fn least_loaded(
+    slots: u32,
+    seed: u64,
+    mut load_of: impl FnMut(u32) -> Option<u64>,
+) -> Option<u32> {
     let mut scan = Scan::new(slots, seed);
     for i in 0..scan.count() {
         let slot = scan.slot(i);
@@ -208,7 +223,10 @@ mod tests {
         for (slot, &h) in hits.iter().enumerate() {
             if loads[slot] == 2 {
                 let share = h as f64 / rounds as f64;
-                assert!((share - 0.25).abs() < 0.02, "slot {slot} got {share:.3} of ties, want 0.25");
+                assert!(
+                    (share - 0.25).abs() < 0.02,
+                    "slot {slot} got {share:.3} of ties, want 0.25"
+                );
             } else {
                 assert_eq!(h, 0, "slot {slot} is busier than the minimum");
             }
@@ -260,7 +278,10 @@ mod tests {
             hits[s as usize] += 1;
         }
         let min = *hits.iter().min().unwrap();
-        assert!(min > 10, "every slot is reachable: least hit {min} of 50 expected");
+        assert!(
+            min > 10,
+            "every slot is reachable: least hit {min} of 50 expected"
+        );
     }
 
     #[test]
@@ -269,7 +290,9 @@ mod tests {
         let mut rng = Rng(11);
         let stuck = 17u32;
         let picks: Vec<u32> = (0..20_000)
-            .map(|_| least_loaded(n, rng.next(), |s| Some(if s == stuck { 100 } else { 1 })).unwrap())
+            .map(|_| {
+                least_loaded(n, rng.next(), |s| Some(if s == stuck { 100 } else { 1 })).unwrap()
+            })
             .collect();
         assert!(!picks.contains(&stuck));
     }

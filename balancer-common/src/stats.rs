@@ -15,5 +15,10 @@ pub const HASH: u32 = 4;
 pub const COUNT: u32 = 5;
 
 /// Names used in metrics and status output, indexed like the counters.
-pub const NAMES: [&str; COUNT as usize] =
-    ["selected", "no_slot_up", "select_failed", "map_error", "hash_policy"];
+pub const NAMES: [&str; COUNT as usize] = [
+    "selected",
+    "no_slot_up",
+    "select_failed",
+    "map_error",
+    "hash_policy",
+];

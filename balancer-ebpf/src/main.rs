@@ -25,7 +25,9 @@ use aya_ebpf::{
     programs::SkReuseportContext,
 };
 use aya_log_ebpf::warn;
-use balancer_common::{maps::load, policy, stats, Config, Policy, Report, Slot, SlotState, MAX_SLOTS};
+use balancer_common::{
+    maps::load, policy, stats, Config, Policy, Report, Slot, SlotState, MAX_SLOTS,
+};
 
 /// Slot index -> the slot's listening socket. Filled by the supervisor.
 #[map]
@@ -66,7 +68,10 @@ extern "C" fn consider(i: u64, scan: *mut c_void) -> i64 {
     // Volatile: user space changes these under us; the compiler must not cache them.
     unsafe {
         if read_volatile(&(*s).state) == SlotState::Up as u32 {
-            scan.offer(slot, load(read_volatile(&(*s).assigned), read_volatile(&(*r).closed)));
+            scan.offer(
+                slot,
+                load(read_volatile(&(*s).assigned), read_volatile(&(*r).closed)),
+            );
         }
     }
     0 // continue the loop
@@ -88,7 +93,12 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
     // slots, where an unrolled or bounded loop would be walked (and its branches multiplied)
     // once per iteration.
     unsafe {
-        bpf_loop(scan.count(), consider as *mut c_void, (&raw mut scan).cast(), 0);
+        bpf_loop(
+            scan.count(),
+            consider as *mut c_void,
+            (&raw mut scan).cast(),
+            0,
+        );
     }
     let chosen = scan.best();
     let Some(index) = chosen else {
@@ -99,12 +109,17 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
     if let Err(err) = SOCKETS.select_reuseport(&ctx, index) {
         // The supervisor marks a slot up only after its socket is in SOCKETS, so this is rare
         // enough to log.
-        warn!(&ctx, "slot {} has no usable socket ({}): kernel hash used", index, err);
+        warn!(
+            &ctx,
+            "slot {} has no usable socket ({}): kernel hash used", index, err
+        );
         count(stats::FALLBACK_SELECT_FAILED);
         return SK_PASS;
     }
     if let Some(slot) = SLOTS.get_ptr_mut(index) {
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*slot).assigned, 1) };
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*slot).assigned, 1)
+        };
     }
     count(stats::SELECTED);
     SK_PASS

@@ -43,7 +43,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(policy: Policy) -> Backoff {
-        Backoff { policy, failures: 0, quick_failures: 0 }
+        Backoff {
+            policy,
+            failures: 0,
+            quick_failures: 0,
+        }
     }
 
     /// Records an exit after the worker ran for `ran_for` and says what to do.
@@ -61,7 +65,11 @@ impl Backoff {
         }
         let shift = self.failures.min(20);
         self.failures += 1;
-        let delay = self.policy.initial.saturating_mul(1u32 << shift).min(self.policy.max);
+        let delay = self
+            .policy
+            .initial
+            .saturating_mul(1u32 << shift)
+            .min(self.policy.max);
         Decision::RestartAfter(delay)
     }
 
@@ -79,7 +87,10 @@ mod tests {
 
     #[test]
     fn doubles_to_the_cap() {
-        let mut b = Backoff::new(Policy { give_up_after: 100, ..Policy::default() });
+        let mut b = Backoff::new(Policy {
+            give_up_after: 100,
+            ..Policy::default()
+        });
         let delays: Vec<_> = (0..9).map(|_| b.on_exit(2000 * MS)).collect();
         let ms = |d: Decision| match d {
             Decision::RestartAfter(d) => d.as_millis(),
@@ -97,14 +108,19 @@ mod tests {
         for _ in 0..4 {
             b.on_exit(2000 * MS);
         }
-        assert_eq!(b.on_exit(Duration::from_secs(60)), Decision::RestartAfter(100 * MS));
+        assert_eq!(
+            b.on_exit(Duration::from_secs(60)),
+            Decision::RestartAfter(100 * MS)
+        );
     }
 
     #[test]
     fn gives_up_on_a_command_that_dies_at_once() {
         let mut b = Backoff::new(Policy::default());
         let decisions: Vec<_> = (0..5).map(|_| b.on_exit(5 * MS)).collect();
-        assert!(decisions[..4].iter().all(|d| matches!(d, Decision::RestartAfter(_))));
+        assert!(decisions[..4]
+            .iter()
+            .all(|d| matches!(d, Decision::RestartAfter(_))));
         assert_eq!(decisions[4], Decision::GiveUp);
         // The total wait before giving up stays short and bounded: 100+200+400+800 ms.
         let waited: Duration = decisions[..4]

@@ -48,7 +48,13 @@ pub enum Command {
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Address to serve on: ADDR:PORT, [IPV6]:PORT or :PORT.
-    #[arg(short, long, env = "BALANCER_LISTEN", default_value = "0.0.0.0:8080", value_name = "ADDR:PORT")]
+    #[arg(
+        short,
+        long,
+        env = "BALANCER_LISTEN",
+        default_value = "0.0.0.0:8080",
+        value_name = "ADDR:PORT"
+    )]
     pub listen: String,
 
     /// Number of worker processes (slots). Default: one per CPU.
@@ -79,7 +85,10 @@ pub struct RunArgs {
 
 fn parse_policy(s: &str) -> Result<balancer_common::Policy, String> {
     balancer_common::Policy::from_name(s).ok_or_else(|| {
-        let names: Vec<_> = balancer_common::Policy::ALL.iter().map(|p| p.name()).collect();
+        let names: Vec<_> = balancer_common::Policy::ALL
+            .iter()
+            .map(|p| p.name())
+            .collect();
         format!("unknown policy {s:?}: choose one of {}", names.join(", "))
     })
 }

@@ -49,7 +49,9 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         "" => Err("empty request: expected `status` or `stop`".into()),
         other => {
             let shown: String = other.chars().take(40).collect();
-            Err(format!("unknown request {shown:?}: expected `status` or `stop`"))
+            Err(format!(
+                "unknown request {shown:?}: expected `status` or `stop`"
+            ))
         }
     }
 }
@@ -94,8 +96,9 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
                 path.display()
             );
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove the stale control socket {}", path.display()))?;
+        std::fs::remove_file(path).with_context(|| {
+            format!("cannot remove the stale control socket {}", path.display())
+        })?;
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).ok();
@@ -104,14 +107,18 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let listener = tokio::net::UnixListener::bind(path);
     nix::sys::stat::umask(old);
-    let listener = listener.with_context(|| format!("cannot create the control socket {}", path.display()))?;
+    let listener =
+        listener.with_context(|| format!("cannot create the control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
 
 /// Reads one request from `stream`, bounded in size and time.
 pub async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, String> {
-    let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(stream, MAX_REQUEST as u64 + 1));
+    let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(
+        stream,
+        MAX_REQUEST as u64 + 1,
+    ));
     let mut line = Vec::new();
     match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
         Err(_) => Err("request timed out".into()),
@@ -168,7 +175,11 @@ pub fn render(status: &Status) -> String {
             s.last_exit.as_deref().unwrap_or("-"),
         ));
     }
-    let program: Vec<String> = status.program.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let program: Vec<String> = status
+        .program
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     out.push_str(&format!("program: {}\n", program.join(" ")));
     out
 }
@@ -187,7 +198,9 @@ mod tests {
     fn rejects_everything_else_with_a_reason() {
         assert!(parse_request(b"").unwrap_err().contains("empty"));
         assert!(parse_request(b"\xff\xfe").unwrap_err().contains("UTF-8"));
-        assert!(parse_request(b"reboot").unwrap_err().contains("unknown request"));
+        assert!(parse_request(b"reboot")
+            .unwrap_err()
+            .contains("unknown request"));
         assert!(parse_request(&[b'a'; 5000]).unwrap_err().contains("longer"));
     }
 

@@ -36,7 +36,11 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr> {
 }
 
 fn new_socket(addr: SocketAddr, reuseport: bool) -> Result<OwnedFd> {
-    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
         .context("cannot create a TCP socket")?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
@@ -74,8 +78,11 @@ pub fn bind_group(addr: SocketAddr, count: u32, backlog: i32) -> Result<Vec<TcpL
     let mut addr = addr;
     if addr.port() != 0 {
         let probe = new_socket(addr, false)?;
-        bind(std::os::fd::AsRawFd::as_raw_fd(&probe), &SockaddrStorage::from(addr))
-            .map_err(|e| bind_error(addr, e))?;
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&probe),
+            &SockaddrStorage::from(addr),
+        )
+        .map_err(|e| bind_error(addr, e))?;
     }
     let backlog = Backlog::new(backlog).context("bad backlog")?;
     let mut group = Vec::with_capacity(count as usize);
@@ -103,7 +110,13 @@ pub fn queued(listener: &TcpListener) -> io::Result<u32> {
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: getsockopt fills at most `len` bytes of `info`.
     let rc = unsafe {
-        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len)
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
@@ -129,9 +142,15 @@ mod tests {
 
     #[test]
     fn parses_the_forms_users_write() {
-        assert_eq!(parse_addr(":8080").unwrap(), "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(
+            parse_addr(":8080").unwrap(),
+            "0.0.0.0:8080".parse().unwrap()
+        );
         assert_eq!(parse_addr("8080").unwrap(), "0.0.0.0:8080".parse().unwrap());
-        assert_eq!(parse_addr("127.0.0.1:9").unwrap(), "127.0.0.1:9".parse().unwrap());
+        assert_eq!(
+            parse_addr("127.0.0.1:9").unwrap(),
+            "127.0.0.1:9".parse().unwrap()
+        );
         assert_eq!(parse_addr("[::1]:80").unwrap(), "[::1]:80".parse().unwrap());
         let e = parse_addr("localhost").unwrap_err().to_string();
         assert!(e.contains("bad listen address"), "{e}");
@@ -140,8 +159,14 @@ mod tests {
 
     #[test]
     fn worker_counts_are_bounded() {
-        assert!(check_count(0).unwrap_err().to_string().contains("at least one"));
-        assert!(check_count(1025).unwrap_err().to_string().contains("maximum of 1024"));
+        assert!(check_count(0)
+            .unwrap_err()
+            .to_string()
+            .contains("at least one"));
+        assert!(check_count(1025)
+            .unwrap_err()
+            .to_string()
+            .contains("maximum of 1024"));
         assert!(check_count(1024).is_ok());
     }
 

@@ -8,7 +8,18 @@ use balancer::{
 use clap::Parser as _;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // clap's message, without the usage block: one line that names the problem.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("balancer: error: {first} (see `balancer --help`)");
+            return ExitCode::from(2);
+        }
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
@@ -44,13 +55,21 @@ fn options(args: RunArgs) -> Result<supervisor::Options> {
     let listen = listeners::parse_addr(&args.listen)?;
     let workers = match args.workers {
         Some(n) => n,
-        None => std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        None => std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
     };
     if !(args.kill_timeout.is_finite() && args.kill_timeout >= 0.0) {
-        anyhow::bail!("--kill-timeout {}: give a number of seconds, 0 or more", args.kill_timeout);
+        anyhow::bail!(
+            "--kill-timeout {}: give a number of seconds, 0 or more",
+            args.kill_timeout
+        );
     }
     if args.backlog < 1 {
-        anyhow::bail!("--backlog {}: give a queue length of 1 or more", args.backlog);
+        anyhow::bail!(
+            "--backlog {}: give a queue length of 1 or more",
+            args.backlog
+        );
     }
     Ok(supervisor::Options {
         listen,

@@ -42,7 +42,9 @@ impl WorkerCommand {
     /// Resolves `argv[0]` like a shell would, so that a typo fails at start-up with one line
     /// instead of as a crash loop.
     pub fn resolve(args: Vec<OsString>) -> Result<WorkerCommand> {
-        let Some(first) = args.first() else { bail!("empty worker command") };
+        let Some(first) = args.first() else {
+            bail!("empty worker command")
+        };
         let program = find_program(first).with_context(|| {
             format!(
                 "worker command not found: {}: check the spelling, install it, or give its full path",
@@ -55,18 +57,28 @@ impl WorkerCommand {
     /// The built-in HTTP worker: this very executable, `balancer worker`.
     pub fn builtin() -> Result<WorkerCommand> {
         let exe = std::env::current_exe().context("cannot find the balancer executable")?;
-        Ok(WorkerCommand { program: exe.clone(), args: vec![exe.into_os_string(), "worker".into()] })
+        Ok(WorkerCommand {
+            program: exe.clone(),
+            args: vec![exe.into_os_string(), "worker".into()],
+        })
     }
 
     pub fn display(&self) -> String {
-        self.args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+        self.args
+            .iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
 fn find_program(name: &OsStr) -> Option<PathBuf> {
     let is_exec = |p: &Path| {
         std::fs::metadata(p)
-            .map(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+            .map(|m| {
+                m.is_file()
+                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+            })
             .unwrap_or(false)
     };
     if name.as_bytes().contains(&b'/') {
@@ -74,7 +86,9 @@ fn find_program(name: &OsStr) -> Option<PathBuf> {
         return is_exec(&p).then(|| std::path::absolute(&p).unwrap_or(p));
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_exec(p))
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_exec(p))
 }
 
 /// What one spawn gives the worker beyond the command.
@@ -99,7 +113,13 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
         .filter(|(k, _)| {
             !matches!(
                 k.to_str(),
-                Some("LISTEN_FDS" | "LISTEN_PID" | "LISTEN_FDNAMES" | "BALANCER_SLOT" | "BALANCER_REPORT_FD")
+                Some(
+                    "LISTEN_FDS"
+                        | "LISTEN_PID"
+                        | "LISTEN_FDNAMES"
+                        | "BALANCER_SLOT"
+                        | "BALANCER_REPORT_FD"
+                )
             )
         })
         .map(|(k, v)| {
@@ -165,15 +185,31 @@ unsafe impl Sync for ExecImage {}
 
 impl ExecImage {
     fn new(program: CString, argv: Vec<CString>, env: Vec<CString>, pid_index: usize) -> ExecImage {
-        let ptrs = |v: &[CString]| v.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        ExecImage { argv_ptrs: ptrs(&argv), env_ptrs: ptrs(&env), program, _argv: argv, env, pid_index }
+        let ptrs = |v: &[CString]| {
+            v.iter()
+                .map(|a| a.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
+        };
+        ExecImage {
+            argv_ptrs: ptrs(&argv),
+            env_ptrs: ptrs(&env),
+            program,
+            _argv: argv,
+            env,
+            pid_index,
+        }
     }
 
     /// In the child: fills in `LISTEN_PID` and replaces the process image. Returns only on error.
     unsafe fn exec(&self) -> std::io::Result<()> {
         let entry = self.env[self.pid_index].as_ptr() as *mut u8;
         write_pid(entry.add("LISTEN_PID=".len()), libc::getpid() as u32);
-        libc::execve(self.program.as_ptr(), self.argv_ptrs.as_ptr(), self.env_ptrs.as_ptr());
+        libc::execve(
+            self.program.as_ptr(),
+            self.argv_ptrs.as_ptr(),
+            self.env_ptrs.as_ptr(),
+        );
         Err(std::io::Error::last_os_error())
     }
 }
@@ -206,7 +242,10 @@ mod tests {
         let sh = WorkerCommand::resolve(vec!["sh".into(), "-c".into(), "true".into()]).unwrap();
         assert!(sh.program.is_absolute());
         let e = WorkerCommand::resolve(vec!["no-such-server-xyz".into()]).unwrap_err();
-        assert!(format!("{e:#}").contains("worker command not found: no-such-server-xyz"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("worker command not found: no-such-server-xyz"),
+            "{e:#}"
+        );
     }
 
     #[test]

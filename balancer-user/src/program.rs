@@ -67,7 +67,8 @@ impl Steering {
         })?;
 
         let take = |bpf: &mut Ebpf, name: &str| {
-            bpf.take_map(name).with_context(|| format!("the object file has no map {name}"))
+            bpf.take_map(name)
+                .with_context(|| format!("the object file has no map {name}"))
         };
         let sockets = ReusePortSockArray::try_from(take(&mut bpf, names::SOCKETS_MAP)?)?;
         let config = Array::try_from(take(&mut bpf, names::CONFIG_MAP)?)?;
@@ -84,7 +85,16 @@ impl Steering {
         let reports = Mapped::new(reports_map.fd().as_fd())?;
         // The mapping keeps the map alive; the fd is not needed any more.
         drop(slots_map);
-        Ok(Steering { bpf, logger: Some(logger), sockets, config, stats, reports_map, slots, reports })
+        Ok(Steering {
+            bpf,
+            logger: Some(logger),
+            sockets,
+            config,
+            stats,
+            reports_map,
+            slots,
+            reports,
+        })
     }
 
     /// The program's log records, to be drained into this process's log whenever its fd is
@@ -102,7 +112,9 @@ impl Steering {
 
     /// Takes `slot` out of the socket array (its socket then leaves the group's choices).
     pub fn remove(&mut self, slot: u32) -> Result<()> {
-        self.sockets.clear_index(&slot).with_context(|| format!("cannot clear slot {slot}"))
+        self.sockets
+            .clear_index(&slot)
+            .with_context(|| format!("cannot clear slot {slot}"))
     }
 
     /// Installs the program on the reuseport group `listener` belongs to.
@@ -112,14 +124,21 @@ impl Steering {
             .program(names::PROGRAM)
             .context("steering program missing")?
             .try_into()?;
-        program
-            .attach(listener)
-            .context("cannot attach the steering program to the listeners (SO_ATTACH_REUSEPORT_EBPF)")
+        program.attach(listener).context(
+            "cannot attach the steering program to the listeners (SO_ATTACH_REUSEPORT_EBPF)",
+        )
     }
 
     pub fn configure(&mut self, slots: u32, policy: Policy) -> Result<()> {
         self.config
-            .set(0, Config { slots, policy: policy as u32 }, 0)
+            .set(
+                0,
+                Config {
+                    slots,
+                    policy: policy as u32,
+                },
+                0,
+            )
             .context("cannot write the program's configuration")
     }
 
@@ -159,8 +178,10 @@ impl Steering {
     /// (run time in ns, run count) the kernel measured for the program while
     /// `kernel.bpf_stats_enabled` was on; zeros otherwise.
     pub fn run_stats(&self) -> (u64, u64) {
-        let program: Option<&SkReuseport> =
-            self.bpf.program(names::PROGRAM).and_then(|p| p.try_into().ok());
+        let program: Option<&SkReuseport> = self
+            .bpf
+            .program(names::PROGRAM)
+            .and_then(|p| p.try_into().ok());
         match program.and_then(|p| p.info().ok()) {
             Some(info) => (info.run_time().as_nanos() as u64, info.run_count()),
             None => (0, 0),

@@ -32,10 +32,20 @@ impl<T> Mapped<T> {
         let bytes = std::num::NonZeroUsize::new(len * std::mem::size_of::<T>()).expect("non-empty");
         // SAFETY: a fresh shared mapping of a map fd; the kernel checks size and flags.
         let ptr = unsafe {
-            mmap(None, bytes, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, fd, 0)
+            mmap(
+                None,
+                bytes,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd,
+                0,
+            )
         }
         .context("cannot map the load map into memory (was it created with BPF_F_MMAPABLE?)")?;
-        Ok(Mapped { ptr: ptr.cast(), len })
+        Ok(Mapped {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 
     fn at(&self, slot: u32) -> *mut T {
@@ -117,8 +127,14 @@ pub struct SlotReporter {
 
 impl SlotReporter {
     pub fn new(fd: impl AsFd, slot: u32) -> Result<Self> {
-        anyhow::ensure!(slot < MAX_SLOTS, "slot {slot} is out of range (at most {MAX_SLOTS} slots)");
-        Ok(SlotReporter { reports: Mapped::new(fd.as_fd())?, slot })
+        anyhow::ensure!(
+            slot < MAX_SLOTS,
+            "slot {slot} is out of range (at most {MAX_SLOTS} slots)"
+        );
+        Ok(SlotReporter {
+            reports: Mapped::new(fd.as_fd())?,
+            slot,
+        })
     }
 
     pub fn accepted(&self) {

@@ -54,8 +54,15 @@ struct Slot {
 }
 
 enum Event {
-    Exited { slot: u32, generation: u64, status: std::io::Result<ExitStatus> },
-    Restart { slot: u32, generation: u64 },
+    Exited {
+        slot: u32,
+        generation: u64,
+        status: std::io::Result<ExitStatus>,
+    },
+    Restart {
+        slot: u32,
+        generation: u64,
+    },
     Control(Request, oneshot::Sender<String>),
 }
 
@@ -78,7 +85,9 @@ pub fn run(opts: Options) -> Result<()> {
     };
     capabilities::require_bpf()?;
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut sup = Supervisor::start(opts, command, tx).await?;
@@ -87,7 +96,11 @@ pub fn run(opts: Options) -> Result<()> {
 }
 
 impl Supervisor {
-    async fn start(opts: Options, command: WorkerCommand, events: mpsc::UnboundedSender<Event>) -> Result<Supervisor> {
+    async fn start(
+        opts: Options,
+        command: WorkerCommand,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Result<Supervisor> {
         let group = listeners::bind_group(opts.listen, opts.workers, opts.backlog)?;
         let mut steering = Steering::load()?;
         for (i, l) in group.iter().enumerate() {
@@ -113,7 +126,14 @@ impl Supervisor {
                 given_up: false,
             })
             .collect();
-        let mut sup = Supervisor { opts, command, steering, slots, events, stopping: false };
+        let mut sup = Supervisor {
+            opts,
+            command,
+            steering,
+            slots,
+            events,
+            stopping: false,
+        };
         tokio::spawn(accept_control(control, sup.events.clone()));
         if let Some(log) = sup.steering.take_log() {
             tokio::spawn(forward_program_log(log));
@@ -154,13 +174,24 @@ impl Supervisor {
         let s = &mut self.slots[slot as usize];
         let child = process::spawn(
             &self.command,
-            Spawn { slot, listener: s.listener.as_fd(), reports: self.steering.reports_fd() },
+            Spawn {
+                slot,
+                listener: s.listener.as_fd(),
+                reports: self.steering.reports_fd(),
+            },
         )?;
-        let pid = Pid::from_raw(child.id().context("worker exited before it could be tracked")? as i32);
+        let pid = Pid::from_raw(
+            child
+                .id()
+                .context("worker exited before it could be tracked")? as i32,
+        );
         s.generation += 1;
         s.pid = Some(pid);
         s.started = Some(Instant::now());
-        s.baseline = (self.steering.reports.accepted(slot), self.steering.reports.closed(slot));
+        s.baseline = (
+            self.steering.reports.accepted(slot),
+            self.steering.reports.closed(slot),
+        );
         // Connections may be sent to it at once: until it accepts they wait in its queue.
         self.steering.set_state(slot, SlotState::Up);
         let generation = s.generation;
@@ -168,7 +199,11 @@ impl Supervisor {
         tokio::spawn(async move {
             let mut child = child;
             let status = child.wait().await;
-            let _ = events.send(Event::Exited { slot, generation, status });
+            let _ = events.send(Event::Exited {
+                slot,
+                generation,
+                status,
+            });
         });
         log::debug!("slot {slot}: worker pid {pid} started");
         Ok(())
@@ -222,7 +257,9 @@ impl Supervisor {
         }
         match s.backoff.on_exit(ran_for) {
             Decision::RestartAfter(delay) => {
-                log::warn!("slot {slot}: worker {reason} after {ran_for:.1?}; restarting in {delay:?}");
+                log::warn!(
+                    "slot {slot}: worker {reason} after {ran_for:.1?}; restarting in {delay:?}"
+                );
                 let events = self.events.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
@@ -231,7 +268,10 @@ impl Supervisor {
             }
             Decision::GiveUp => {
                 s.given_up = true;
-                s.last_exit = Some(format!("{reason}; gave up after {} quick failures", s.backoff.quick_failures()));
+                s.last_exit = Some(format!(
+                    "{reason}; gave up after {} quick failures",
+                    s.backoff.quick_failures()
+                ));
                 log::error!(
                     "slot {slot}: worker `{}` {reason} {} times in a row within {:?} of starting; \
                      the slot stays down, the other slots keep serving",
@@ -252,20 +292,32 @@ impl Supervisor {
         if let Err(e) = self.start_worker(slot) {
             log::error!("slot {slot}: {e:#}");
             // Treat a failed spawn like an instant exit, so backoff and give-up apply.
-            self.on_exit(slot, generation, Err(std::io::Error::other(format!("{e:#}"))));
+            self.on_exit(
+                slot,
+                generation,
+                Err(std::io::Error::other(format!("{e:#}"))),
+            );
         }
     }
 
     fn status(&self) -> Status {
         let stats = self.steering.stats();
-        let program = stats::NAMES.iter().zip(stats).map(|(n, v)| (n.to_string(), v)).collect::<BTreeMap<_, _>>();
+        let program = stats::NAMES
+            .iter()
+            .zip(stats)
+            .map(|(n, v)| (n.to_string(), v))
+            .collect::<BTreeMap<_, _>>();
         let slots = self
             .slots
             .iter()
             .enumerate()
             .map(|(i, s)| {
                 let i = i as u32;
-                let state = if s.given_up { "failed" } else { self.steering.slots.state(i).name() };
+                let state = if s.given_up {
+                    "failed"
+                } else {
+                    self.steering.slots.state(i).name()
+                };
                 SlotStatus {
                     slot: i,
                     state: state.into(),
@@ -283,7 +335,11 @@ impl Supervisor {
             .collect();
         Status {
             pid: std::process::id(),
-            listen: self.slots[0].listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            listen: self.slots[0]
+                .listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             policy: self.steering.policy().name().into(),
             command: self.command.display(),
             slots,
@@ -305,7 +361,11 @@ impl Supervisor {
 
     /// Marks every slot down, sends SIGTERM, waits up to the kill timeout (a second Ctrl-C cuts
     /// it short), then SIGKILLs the rest. Returns whether every worker stopped by itself.
-    async fn stop_with(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>, int: &mut tokio::signal::unix::Signal) -> bool {
+    async fn stop_with(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+        int: &mut tokio::signal::unix::Signal,
+    ) -> bool {
         self.stopping = true;
         for i in 0..self.slots.len() as u32 {
             self.steering.set_state(i, SlotState::Down);
@@ -356,7 +416,9 @@ fn describe(status: &std::io::Result<ExitStatus>) -> String {
         Ok(s) => match (s.code(), s.signal()) {
             (Some(code), _) => format!("exited with code {code}"),
             (None, Some(sig)) => {
-                let name = Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown signal");
+                let name = Signal::try_from(sig)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown signal");
                 format!("killed by {name}")
             }
             _ => "ended".into(),
@@ -375,7 +437,9 @@ fn try_addr(listen: SocketAddr) -> String {
 
 async fn accept_control(listener: tokio::net::UnixListener, events: mpsc::UnboundedSender<Event>) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
         let events = events.clone();
         tokio::spawn(async move {
             let answer = match control::read_request(&mut stream).await {
@@ -384,7 +448,8 @@ async fn accept_control(listener: tokio::net::UnixListener, events: mpsc::Unboun
                     if events.send(Event::Control(request, tx)).is_err() {
                         return;
                     }
-                    rx.await.unwrap_or_else(|_| "error: supervisor is stopping".into())
+                    rx.await
+                        .unwrap_or_else(|_| "error: supervisor is stopping".into())
                 }
                 Err(e) => format!("error: {e}"),
             };
@@ -393,15 +458,18 @@ async fn accept_control(listener: tokio::net::UnixListener, events: mpsc::Unboun
     }
 }
 
-
 /// Copies the program's records into the supervisor's log as they arrive.
 async fn forward_program_log(log: crate::program::ProgramLog) {
     // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd lives.
-    let Ok(mut fd) = (unsafe { tokio::io::unix::AsyncFd::register_with_interest(log, tokio::io::Interest::READABLE) }) else {
+    let Ok(mut fd) = (unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(log, tokio::io::Interest::READABLE)
+    }) else {
         return;
     };
     loop {
-        let Ok(mut guard) = fd.readable_mut().await else { return };
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
         guard.get_inner_mut().flush();
         guard.clear_ready();
     }

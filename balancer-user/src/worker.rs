@@ -21,7 +21,9 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use hyper::{
+    body::Incoming, server::conn::http1, service::service_fn, Request, Response, StatusCode,
+};
 use hyper_util::rt::TokioIo;
 
 use crate::{process::LISTEN_FD, shared::SlotReporter};
@@ -38,7 +40,10 @@ fn inherited_listener() -> Result<std::net::TcpListener> {
     if fds < 1 {
         bail!("LISTEN_FDS={fds}: no listener was passed");
     }
-    if let Some(pid) = std::env::var("LISTEN_PID").ok().and_then(|v| v.parse::<u32>().ok()) {
+    if let Some(pid) = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
         if pid != std::process::id() {
             bail!("LISTEN_PID={pid} names another process: the listener is not meant for us");
         }
@@ -79,12 +84,18 @@ pub fn run() -> Result<()> {
     let listener = inherited_listener()?;
     let reporter = reporter().map(Rc::new);
     let slot = std::env::var("BALANCER_SLOT").unwrap_or_else(|_| "-".into());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, serve(listener, reporter, Rc::from(slot)))
 }
 
-async fn serve(listener: std::net::TcpListener, reporter: Option<Rc<SlotReporter>>, slot: Rc<str>) -> Result<()> {
+async fn serve(
+    listener: std::net::TcpListener,
+    reporter: Option<Rc<SlotReporter>>,
+    slot: Rc<str>,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -141,17 +152,24 @@ async fn serve(listener: std::net::TcpListener, reporter: Option<Rc<SlotReporter
 fn accept_now(listener: &tokio::net::TcpListener) -> std::io::Result<tokio::net::TcpStream> {
     let fd = std::os::fd::AsRawFd::as_raw_fd(listener);
     // SAFETY: borrows the listener's fd for one accept; ManuallyDrop keeps it open.
-    let std_listener = std::mem::ManuallyDrop::new(unsafe { std::net::TcpListener::from_raw_fd(fd) });
+    let std_listener =
+        std::mem::ManuallyDrop::new(unsafe { std::net::TcpListener::from_raw_fd(fd) });
     let (stream, _) = std_listener.accept()?;
     stream.set_nonblocking(true)?;
     tokio::net::TcpStream::from_std(stream)
 }
 
 fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
-async fn handle(req: Request<Incoming>, slot: Rc<str>, pid: u32) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    slot: Rc<str>,
+    pid: u32,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let text = |status: StatusCode, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
@@ -163,12 +181,18 @@ async fn handle(req: Request<Incoming>, slot: Rc<str>, pid: u32) -> Result<Respo
         "/work" => {
             let query = req.uri().query().unwrap_or("");
             let Some(ms) = query_param(query, "ms").and_then(|v| v.parse::<u64>().ok()) else {
-                return text(StatusCode::BAD_REQUEST, "usage: /work?ms=N[&cpu=1]\n".into());
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "usage: /work?ms=N[&cpu=1]\n".into(),
+                );
             };
             let ms = ms.min(MAX_WORK_MS);
             let cpu = query_param(query, "cpu") == Some("1");
             hold_loop(Duration::from_millis(ms), cpu);
-            text(StatusCode::OK, format!("slot={slot} pid={pid} worked={ms}ms\n"))
+            text(
+                StatusCode::OK,
+                format!("slot={slot} pid={pid} worked={ms}ms\n"),
+            )
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }

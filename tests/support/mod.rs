@@ -1,0 +1,367 @@
+//! Helpers for the end-to-end tests: a fresh network namespace per test, a running `balancer`
+//! as a child process, and a minimal HTTP client that opens a new connection per request.
+//!
+//! Every test calls [`netns`] first. Network namespaces belong to threads: the test's thread
+//! moves into a namespace of its own, with only a loopback interface, and every socket, client
+//! thread and process it creates afterwards lives there. Tests therefore all use port 8080
+//! without colliding, and no packet leaves the namespace.
+
+use std::{
+    io::{BufRead as _, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    os::unix::net::UnixStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
+
+/// Moves the calling thread into a new network namespace with loopback up.
+pub fn netns() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("unshare(CLONE_NEWNET): the end-to-end tests need root (or CAP_SYS_ADMIN)");
+    // SIOCSIFFLAGS on "lo" through any socket of the namespace.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) };
+    unsafe { libc::close(fd) };
+    assert_eq!(
+        rc,
+        0,
+        "cannot bring lo up: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// The `balancer` binary under test: `BALANCER_BIN`, or the one next to this test's build.
+pub fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BALANCER_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join("balancer");
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build -p balancer` or `cargo xtask test`",
+        p.display()
+    );
+    p
+}
+
+fn scratch_dir() -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "balancer-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A `balancer run` child process, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Balancer {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub control: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Balancer {
+    /// Starts `balancer run --listen 127.0.0.1:<port> --workers <workers> <extra>` and waits
+    /// until every slot is up.
+    pub fn start(port: u16, workers: u32, extra: &[&str]) -> Balancer {
+        let dir = scratch_dir();
+        let control = dir.join("control.sock");
+        let log = dir.join("balancer.log");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(bin())
+            .args([
+                "run",
+                "--listen",
+                &addr.to_string(),
+                "--workers",
+                &workers.to_string(),
+            ])
+            .arg("--control")
+            .arg(&control)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("cannot start balancer");
+        let mut b = Balancer {
+            child,
+            addr,
+            control,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = b.child.try_wait() {
+                panic!("balancer exited at start ({status}):\n{}", b.log_text());
+            }
+            if let Ok(s) = b.status() {
+                let slots = s["slots"].as_array().unwrap();
+                if slots.len() == workers as usize && slots.iter().all(|s| s["state"] == "up") {
+                    return b;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "balancer did not come up:\n{}",
+                b.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The supervisor's `status` answer.
+    pub fn status(&self) -> Result<Value> {
+        let mut s = UnixStream::connect(&self.control)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"status\n")?;
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line)?;
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    /// The value of `field` for each slot, in slot order.
+    pub fn per_slot(&self, field: &str) -> Vec<u64> {
+        let s = self.status().unwrap();
+        s["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s[field].as_u64().unwrap_or(0))
+            .collect()
+    }
+
+    pub fn pid_of(&self, slot: usize) -> i32 {
+        self.status().unwrap()["slots"][slot]["pid"]
+            .as_i64()
+            .expect("slot has a worker") as i32
+    }
+
+    /// Polls until `cond` holds on the status, or panics after `within`.
+    pub fn wait_for(&self, within: Duration, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.status().unwrap();
+            if cond(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last status: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `sig` and waits (bounded) for the exit status.
+    pub fn stop(&mut self, sig: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, sig);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("balancer did not stop within 20 s:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop(nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+}
+
+/// A parsed reply of the built-in worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub slot: u32,
+    pub pid: u32,
+}
+
+fn parse_reply(raw: &str) -> Result<Reply> {
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status line in {raw:?}"))?;
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("");
+    let field = |name: &str| -> Option<u32> {
+        body.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    };
+    Ok(Reply {
+        status,
+        slot: field("slot").with_context(|| format!("no slot in {body:?}"))?,
+        pid: field("pid").unwrap_or(0),
+    })
+}
+
+/// Opens a connection (bounded in time), for requests sent later.
+pub fn connect(addr: SocketAddr) -> Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    // Requests go out as one segment, at once: no Nagle delay behind a first partial write.
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    Ok(s)
+}
+
+/// Sends one request on `stream` and reads the whole reply (the server closes after it).
+pub fn request_on(stream: &mut TcpStream, path: &str) -> Result<Reply> {
+    stream.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    parse_reply(&raw)
+}
+
+/// One request on a new connection: what a browser or `curl` does.
+pub fn get(addr: SocketAddr, path: &str) -> Result<Reply> {
+    request_on(&mut connect(addr)?, path)
+}
+
+/// A keep-alive connection that stays on one worker: tells which slot it reached.
+pub struct KeepAlive {
+    stream: TcpStream,
+    pub slot: u32,
+}
+
+impl KeepAlive {
+    pub fn open(addr: SocketAddr) -> Result<KeepAlive> {
+        let mut stream = connect(addr)?;
+        let reply = keepalive_request(&mut stream, "/")?;
+        Ok(KeepAlive {
+            stream,
+            slot: reply.slot,
+        })
+    }
+
+    /// Sends a request without waiting for the reply (e.g. `/work?ms=N` to hold the worker).
+    pub fn send(&mut self, path: &str) -> Result<()> {
+        self.stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())?;
+        Ok(())
+    }
+
+    /// Reads one reply to an earlier [`KeepAlive::send`].
+    pub fn read_reply(&mut self) -> Result<Reply> {
+        read_one(&mut self.stream)
+    }
+}
+
+fn keepalive_request(stream: &mut TcpStream, path: &str) -> Result<Reply> {
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())?;
+    read_one(stream)
+}
+
+/// Reads one HTTP/1.1 reply with a Content-Length body.
+fn read_one(stream: &mut TcpStream) -> Result<Reply> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            bail!("connection closed before the reply was complete");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let len: usize = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= head_end + 4 + len {
+                return parse_reply(&text);
+            }
+        }
+    }
+}
+
+/// Holds the event loop of the worker behind each of `holders` for `ms` milliseconds, and
+/// returns once the requests have had time to reach the workers.
+pub fn hold(holders: &mut [KeepAlive], ms: u64) {
+    for h in holders.iter_mut() {
+        h.send(&format!("/work?ms={ms}")).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+/// Opens keep-alive connections until one lands on each of `slots` distinct slots.
+pub fn one_per_slot(addr: SocketAddr, slots: usize) -> Vec<KeepAlive> {
+    let mut found: Vec<KeepAlive> = Vec::new();
+    let mut spare = Vec::new();
+    for _ in 0..500 {
+        let k = KeepAlive::open(addr).unwrap();
+        if found.iter().any(|f| f.slot == k.slot) {
+            spare.push(k); // held open so that the next connection goes elsewhere
+        } else {
+            found.push(k);
+            if found.len() == slots {
+                return found;
+            }
+        }
+    }
+    panic!("could not reach {slots} distinct slots");
+}
+
+/// Resets a connection (RST instead of FIN) when dropped: SO_LINGER with a zero timeout.
+pub fn reset(stream: TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(stream);
+}
+
+/// Counts of replies per slot.
+pub fn histogram(replies: &[Reply], slots: usize) -> Vec<usize> {
+    let mut h = vec![0; slots];
+    for r in replies {
+        h[r.slot as usize] += 1;
+    }
+    h
+}

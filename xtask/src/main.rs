@@ -1,1 +1,107 @@
-fn main(){}
+//! `cargo xtask`: set up the toolchain the eBPF program needs, then build, run, test.
+//!
+//! Every command first runs `setup`, which is idempotent and quick when all is in place, so
+//! that the two commands in the README work on a fresh machine.
+
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Development tasks for balancer")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the eBPF program needs (LLVM 22, bpf-linker, rust-src).
+    Setup,
+    /// Build (release) and run `balancer run`; arguments after `--` go to it.
+    /// Default: --listen 0.0.0.0:8080, one built-in worker per CPU.
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Check formatting and lints, then run every test (unit and end-to-end; needs root).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    let env = setup::ensure()?;
+    match task {
+        Task::Setup => Ok(()),
+        Task::Run { args } => {
+            cargo(&env, &["build", "--release", "-p", "balancer"])?;
+            let mut cmd = Command::new(root().join("target/release/balancer"));
+            cmd.arg("run");
+            if args.is_empty() {
+                cmd.args(["--listen", "0.0.0.0:8080"]);
+            }
+            cmd.args(&args);
+            exec(cmd)
+        }
+        Task::Test { args } => {
+            cargo(&env, &["fmt", "--all", "--", "--check"]).context("run `cargo fmt --all`")?;
+            cargo(&env, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            cargo(&env, &["build", "-p", "balancer"])?;
+            let bin = root().join("target/debug/balancer");
+            let mut test = vec!["test", "--", "--test-threads=2"];
+            test.extend(args.iter().map(String::as_str));
+            let status = env
+                .command("cargo")
+                .args(&test)
+                .env("BALANCER_BIN", &bin)
+                .current_dir(root())
+                .status()?;
+            if !status.success() {
+                bail!("tests failed");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn cargo(env: &setup::Env, args: &[&str]) -> Result<()> {
+    let status = env
+        .command("cargo")
+        .args(args)
+        .current_dir(root())
+        .status()?;
+    if !status.success() {
+        bail!("`cargo {}` failed", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Replaces this process with `cmd`, so that Ctrl-C and the exit code are the balancer's own.
+fn exec(mut cmd: Command) -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let err = cmd.exec();
+    bail!("cannot start {:?}: {err}", cmd.get_program())
+}

@@ -1,0 +1,106 @@
+//! Worker death and supervisor shutdown: nothing queued is lost, nothing is left behind.
+
+use std::{
+    net::TcpListener,
+    thread,
+    time::{Duration, Instant},
+};
+
+use balancer_tests::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+#[test]
+fn sigkill_of_a_worker_loses_none_of_its_queued_connections() {
+    netns();
+    let b = Balancer::start(8080, 2, &[]);
+    // Hold both workers' event loops, so that new connections wait in the accept queues.
+    let mut holders = one_per_slot(b.addr, 2);
+    hold(&mut holders, 1500);
+    let victim = holders.iter().position(|h| h.slot == 0).unwrap();
+    let old_pid = b.pid_of(0);
+    let replies = thread::scope(|s| {
+        let clients: Vec<_> = (0..20).map(|_| s.spawn(|| get(b.addr, "/"))).collect();
+        // Wait until connections are queued on slot 0, then kill its worker.
+        b.wait_for(
+            Duration::from_secs(5),
+            "connections queued on slot 0",
+            |s| s["slots"][0]["queued"].as_u64().unwrap() >= 3,
+        );
+        let queued = b.per_slot("queued")[0];
+        kill(Pid::from_raw(old_pid), Signal::SIGKILL).unwrap();
+        let replies: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        (queued, replies)
+    });
+    let (queued, replies) = replies;
+    let failed: Vec<_> = replies.iter().filter(|r| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 20 queued connections failed: {failed:?}",
+        failed.len()
+    );
+    let new_pid = b.pid_of(0) as u32;
+    assert_ne!(new_pid, old_pid as u32, "slot 0 has a new worker");
+    let by_replacement = replies
+        .iter()
+        .filter(|r| matches!(r, Ok(r) if r.slot == 0 && r.pid == new_pid))
+        .count();
+    assert!(
+        by_replacement as u64 >= queued,
+        "the replacement answered {by_replacement} connections, {queued} were queued at the kill"
+    );
+    // Only the request in flight on the killed worker failed.
+    assert!(holders[victim].read_reply().is_err());
+    let s = b.status().unwrap();
+    assert_eq!(s["slots"][0]["restarts"], 1);
+    assert!(
+        s["slots"][0]["last_exit"]
+            .as_str()
+            .unwrap()
+            .contains("SIGKILL"),
+        "{s}"
+    );
+}
+
+#[test]
+fn sigint_stops_every_worker_and_frees_the_port() {
+    netns();
+    let mut b = Balancer::start(8080, 3, &[]);
+    assert_eq!(get(b.addr, "/").unwrap().status, 200);
+    let pids: Vec<i32> = (0..3).map(|i| b.pid_of(i)).collect();
+    let status = b.stop(Signal::SIGINT);
+    assert!(
+        status.success(),
+        "clean stop exits 0, got {status}:\n{}",
+        b.log_text()
+    );
+    for pid in pids {
+        // Reaped by the supervisor: no such process any more.
+        assert!(
+            kill(Pid::from_raw(pid), None).is_err(),
+            "worker {pid} outlived the supervisor"
+        );
+    }
+    // The port is free for a plain (non-reuseport) bind: no listener, so no program, remains.
+    TcpListener::bind(b.addr).expect("port still held after stop");
+    assert!(!b.control.exists(), "control socket removed");
+}
+
+#[test]
+fn a_worker_that_exits_is_restarted_and_its_slot_skipped_meanwhile() {
+    netns();
+    let b = Balancer::start(8080, 2, &[]);
+    let pid = b.pid_of(1);
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // While slot 1 is down or restarting, every connection is still answered.
+    while Instant::now() < deadline {
+        assert_eq!(get(b.addr, "/").unwrap().status, 200);
+        let s = b.status().unwrap();
+        if s["slots"][1]["restarts"] == 1 && s["slots"][1]["state"] == "up" {
+            assert_ne!(s["slots"][1]["pid"].as_i64().unwrap() as i32, pid);
+            return;
+        }
+    }
+    panic!("slot 1 was not restarted:\n{}", b.log_text());
+}

@@ -1,0 +1,177 @@
+//! Installs what the eBPF build needs, only where it is missing:
+//! - Debian's LLVM 22 development files, which bpf-linker links against;
+//! - bpf-linker 0.13 built for LLVM 22 (the newest LLVM whose bitcode it reads here);
+//! - a nightly toolchain with rust-src (the program is built with `-Z build-std=core`) whose
+//!   LLVM is not newer than bpf-linker's: a newer one writes bitcode bpf-linker cannot read.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+const LLVM_MAJOR: u32 = 22;
+const BPF_LINKER: &str = "0.13.0";
+/// A nightly known to ship LLVM 22, used when the machine's `nightly` is newer.
+const PINNED_NIGHTLY: &str = "nightly-2026-05-20";
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "libxml2-dev",
+    "iproute2",
+];
+
+/// The environment later commands run in.
+pub struct Env {
+    toolchain: String,
+    path: std::ffi::OsString,
+}
+
+impl Env {
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("PATH", &self.path)
+            .env("BALANCER_EBPF_TOOLCHAIN", &self.toolchain);
+        cmd
+    }
+}
+
+fn cargo_bin() -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+        });
+    home.join("bin")
+}
+
+fn quiet(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed ({status})", cmd.get_program());
+    }
+    Ok(())
+}
+
+fn llvm_major(toolchain: &str) -> Option<u32> {
+    let vv = quiet(
+        Command::new("rustc")
+            .arg(format!("+{toolchain}"))
+            .arg("-vV"),
+    )?;
+    let line = vv.lines().find_map(|l| l.strip_prefix("LLVM version: "))?;
+    line.split('.').next()?.parse().ok()
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            quiet(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !nix_is_root() {
+        bail!(
+            "missing Debian packages {}: run `sudo apt-get install {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn nix_is_root() -> bool {
+    quiet(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
+}
+
+pub fn ensure() -> Result<Env> {
+    let bin = cargo_bin();
+    let mut paths = vec![bin.clone()];
+    paths.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let path = std::env::join_paths(paths)?;
+
+    // The toolchain for the eBPF crate.
+    let toolchain = match llvm_major("nightly") {
+        Some(v) if v <= LLVM_MAJOR => "nightly".to_string(),
+        found => {
+            eprintln!("xtask: nightly has LLVM {found:?}, bpf-linker needs <= {LLVM_MAJOR}: using {PINNED_NIGHTLY}");
+            if llvm_major(PINNED_NIGHTLY).is_none() {
+                run(Command::new("rustup").args([
+                    "toolchain",
+                    "install",
+                    PINNED_NIGHTLY,
+                    "--profile",
+                    "minimal",
+                ]))?;
+            }
+            PINNED_NIGHTLY.to_string()
+        }
+    };
+    let sysroot = quiet(
+        Command::new("rustc")
+            .arg(format!("+{toolchain}"))
+            .args(["--print", "sysroot"]),
+    )
+    .context("no rustc for the eBPF toolchain")?;
+    if !PathBuf::from(sysroot.trim())
+        .join("lib/rustlib/src/rust/library/core")
+        .exists()
+    {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            &toolchain,
+        ]))?;
+    }
+
+    // bpf-linker, built against LLVM 22.
+    let linker = bin.join("bpf-linker");
+    let have = quiet(Command::new(&linker).arg("--version")).unwrap_or_default();
+    if !have.contains(BPF_LINKER) {
+        apt_install(APT_PACKAGES)?;
+        run(Command::new("cargo")
+            .args([
+                "install",
+                "--locked",
+                "--force",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{LLVM_MAJOR}"),
+            ])
+            .env("LLVM_PREFIX", format!("/usr/lib/llvm-{LLVM_MAJOR}")))?;
+    } else {
+        apt_install(&APT_PACKAGES[5..])?;
+    }
+    Ok(Env { toolchain, path })
+}

@@ -302,11 +302,15 @@ impl Supervisor {
 
     fn status(&self) -> Status {
         let stats = self.steering.stats();
-        let program = stats::NAMES
+        let mut program = stats::NAMES
             .iter()
             .zip(stats)
             .map(|(n, v)| (n.to_string(), v))
             .collect::<BTreeMap<_, _>>();
+        // Non-zero only while kernel.bpf_stats_enabled=1.
+        let (run_time_ns, run_count) = self.steering.run_stats();
+        program.insert("run_time_ns".into(), run_time_ns);
+        program.insert("run_count".into(), run_count);
         let slots = self
             .slots
             .iter()

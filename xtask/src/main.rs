@@ -3,6 +3,7 @@
 //! Every command first runs `setup`, which is idempotent and quick when all is in place, so
 //! that the two commands in the README work on a fresh machine.
 
+mod bench;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -26,6 +27,12 @@ enum Task {
     Run {
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Measure (release build, needs root) and write docs/benchmarks.md and .json.
+    Bench {
+        /// A shorter run (under 3 minutes).
+        #[arg(long)]
+        quick: bool,
     },
     /// Check formatting and lints, then run every test (unit and end-to-end; needs root).
     Test {
@@ -58,6 +65,10 @@ fn run(task: Task) -> Result<()> {
             }
             cmd.args(&args);
             exec(cmd)
+        }
+        Task::Bench { quick } => {
+            cargo(&env, &["build", "--release", "-p", "balancer"])?;
+            bench::run(&root().join("target/release/balancer"), &root(), quick)
         }
         Task::Test { args } => {
             cargo(&env, &["fmt", "--all", "--", "--check"]).context("run `cargo fmt --all`")?;

@@ -95,7 +95,9 @@ fn a_worker_that_exits_is_restarted_and_its_slot_skipped_meanwhile() {
     let deadline = Instant::now() + Duration::from_secs(5);
     // While slot 1 is down or restarting, every connection is still answered.
     while Instant::now() < deadline {
-        assert_eq!(get(b.addr, "/").unwrap().status, 200);
+        let reply =
+            get(b.addr, "/").unwrap_or_else(|e| panic!("request failed: {e:#}\n{}", b.log_text()));
+        assert_eq!(reply.status, 200);
         let s = b.status().unwrap();
         if s["slots"][1]["restarts"] == 1 && s["slots"][1]["state"] == "up" {
             assert_ne!(s["slots"][1]["pid"].as_i64().unwrap() as i32, pid);
@@ -103,4 +105,48 @@ fn a_worker_that_exits_is_restarted_and_its_slot_skipped_meanwhile() {
         }
     }
     panic!("slot 1 was not restarted:\n{}", b.log_text());
+}
+
+#[test]
+fn a_worker_gets_its_listener_on_fd_3_and_nothing_else_of_the_supervisor() {
+    netns();
+    // `sleep` opens nothing itself: its fds and environment are exactly what it was given.
+    let b = Balancer::start(8080, 2, &["--", "sleep", "30"]);
+    for slot in 0..2 {
+        let pid = b.pid_of(slot);
+        let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+            .collect();
+        fds.sort();
+        assert_eq!(
+            fds,
+            [0, 1, 2, 3, 4],
+            "worker {slot} holds exactly stdio, its listener and REPORTS"
+        );
+        let fd = |n: u32| std::fs::read_link(format!("/proc/{pid}/fd/{n}")).unwrap();
+        assert!(
+            fd(3).to_string_lossy().starts_with("socket:"),
+            "{:?}",
+            fd(3)
+        );
+        assert_eq!(fd(4).to_string_lossy(), "anon_inode:bpf-map");
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let env: Vec<String> = environ
+            .split(|&c| c == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        for want in [
+            format!("LISTEN_PID={pid}"),
+            "LISTEN_FDS=1".into(),
+            "LISTEN_FDNAMES=balancer".into(),
+            format!("BALANCER_SLOT={slot}"),
+            "BALANCER_REPORT_FD=4".into(),
+        ] {
+            assert!(env.contains(&want), "worker {slot} lacks {want}: {env:?}");
+        }
+    }
+    // Each worker's fd 3 is its own slot's listener: two different sockets.
+    let inode = |slot| std::fs::read_link(format!("/proc/{}/fd/3", b.pid_of(slot))).unwrap();
+    assert_ne!(inode(0), inode(1));
 }

@@ -156,9 +156,12 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
             if l < 0 || r < 0 || libc::dup2(l, LISTEN_FD) < 0 || libc::dup2(r, REPORT_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            libc::close(l);
-            libc::close(r);
-            // dup2 leaves the new fds without FD_CLOEXEC: exactly these two survive the exec.
+            // Everything above fd 4 goes, including fds the supervisor itself inherited without
+            // close-on-exec from whatever started it (a jobserver pipe, a shell's fd): a worker
+            // gets stdio, its listener and the REPORTS map, nothing else.
+            if libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             image.exec()
         });
     }

@@ -80,6 +80,50 @@ impl Drop for Open {
     }
 }
 
+/// A connection that reports its close the moment the server starts closing it (before the FIN
+/// goes out), not when its task is dropped later: a client that reconnects as soon as it sees the
+/// close must already find this worker's load decremented. A connection that ends otherwise
+/// (reset, error) reports when dropped.
+struct Counted {
+    stream: tokio::net::TcpStream,
+    open: Option<Open>,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.open.take(); // reports the close
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 pub fn run() -> Result<()> {
     let listener = inherited_listener()?;
     let reporter = reporter().map(Rc::new);
@@ -101,7 +145,9 @@ async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let open = Rc::new(std::cell::Cell::new(0usize));
     let pid = std::process::id();
-    let start = |stream: tokio::net::TcpStream| {
+    // `last_call`: accepted while stopping, so it gets exactly one request and no graceful
+    // shutdown (which would close it before its waiting request is even read).
+    let start = |stream: tokio::net::TcpStream, last_call: bool| {
         if let Some(r) = &reporter {
             r.accepted();
         }
@@ -110,11 +156,22 @@ async fn serve(
         let slot = slot.clone();
         let mut stop = stop_rx.clone();
         tokio::task::spawn_local(async move {
-            let _guard = guard;
             let _ = stream.set_nodelay(true);
             let service = service_fn(move |req| handle(req, slot.clone(), pid));
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = http1::Builder::new()
+                .keep_alive(!last_call)
+                .serve_connection(
+                    TokioIo::new(Counted {
+                        stream,
+                        open: Some(guard),
+                    }),
+                    service,
+                );
             tokio::pin!(conn);
+            if last_call {
+                let _ = conn.await;
+                return;
+            }
             tokio::select! {
                 _ = conn.as_mut() => return,
                 _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
@@ -125,7 +182,7 @@ async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => start(stream),
+                Ok((stream, _)) => start(stream, false),
                 Err(e) => {
                     // Out of fds or memory: back off instead of spinning on the error.
                     log::warn!("accept failed: {e}");
@@ -138,7 +195,7 @@ async fn serve(
     // Stopping: serve what already waits in the queue, finish what is in flight (idle
     // keep-alive connections close at once), then exit. The supervisor's kill timeout bounds it.
     while let Ok(stream) = accept_now(&listener) {
-        start(stream);
+        start(stream, true);
     }
     let _ = stop_tx.send(true);
     while open.get() > 0 {

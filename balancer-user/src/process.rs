@@ -3,8 +3,8 @@
 //! A worker gets exactly two descriptors beyond stdio: its slot's listening socket as fd 3
 //! (`LISTEN_FDS=1`, `LISTEN_PID`, `LISTEN_FDNAMES`, as `sd_listen_fds(3)` expects) and the
 //! `REPORTS` map as fd 4 (`BALANCER_REPORT_FD`) for workers that report their closes. Every
-//! other descriptor of the supervisor (sibling listeners, the program, the other maps) is
-//! close-on-exec and never reaches it.
+//! other descriptor (sibling listeners, the program, the other maps, anything the supervisor
+//! itself inherited) is closed in the child before the exec and never reaches it.
 //!
 //! `LISTEN_PID` must hold the worker's own pid, known only after the fork; setting an
 //! environment variable in the forked child of a multi-threaded parent may deadlock on the

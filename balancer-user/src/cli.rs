@@ -18,6 +18,10 @@ balancer run --listen :8080 --workers 4 -- node server.js"
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log format: human (default) or json (one object per line, for log shippers).
+    #[arg(long, global = true, env = "BALANCER_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    pub log_format: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -37,6 +41,9 @@ pub enum Command {
         /// Print the raw JSON answer instead of a table.
         #[arg(long)]
         json: bool,
+        /// Refresh once a second: a live view with per-slot load bars and connections per second.
+        #[arg(long, short)]
+        watch: bool,
     },
     /// Stop a running balancer gracefully (like Ctrl-C).
     Stop {
@@ -72,6 +79,16 @@ pub struct RunArgs {
     /// Control socket (mode 0600) for `balancer status` and `balancer stop`.
     #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
     pub control: PathBuf,
+
+    /// Where to serve Prometheus metrics (/metrics) and probes (/healthz, /readyz), or `off`.
+    /// Loopback by default; 9464 rather than 9090 so as not to collide with a local Prometheus.
+    #[arg(
+        long,
+        env = "BALANCER_METRICS",
+        default_value = "127.0.0.1:9464",
+        value_name = "ADDR:PORT|off"
+    )]
+    pub metrics: String,
 
     /// Seconds workers get to finish after SIGTERM before they are killed.
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]

@@ -72,6 +72,10 @@ pub struct SlotStatus {
     pub restarts: u64,
     pub uptime_seconds: Option<f64>,
     pub last_exit: Option<String>,
+    /// Exit code of the last worker exit, if it exited (rather than was killed).
+    pub last_exit_code: Option<i32>,
+    /// Signal that killed the last worker, if one did.
+    pub last_exit_signal: Option<i32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -3,7 +3,7 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::Result;
 use balancer::{
     cli::{Cli, Command, RunArgs},
-    control, listeners, supervisor, worker,
+    control, listeners, logging, supervisor, watch, worker,
 };
 use clap::Parser as _;
 
@@ -20,9 +20,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    logging::init(&cli.log_format);
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -37,7 +35,12 @@ fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => supervisor::run(options(args)?),
         Command::Worker => worker::run(),
-        Command::Status { control, json } => {
+        Command::Status {
+            control,
+            watch: true,
+            json: false,
+        } => watch::run(&control),
+        Command::Status { control, json, .. } => {
             let answer = control::call(&control, "status")?;
             if json {
                 println!("{answer}");
@@ -80,5 +83,13 @@ fn options(args: RunArgs) -> Result<supervisor::Options> {
         control: args.control,
         kill_timeout: Duration::from_secs_f64(args.kill_timeout),
         backoff: Default::default(),
+        metrics: match args.metrics.trim() {
+            "off" | "" => None,
+            addr => Some(listeners::parse_addr(addr).map_err(|_| {
+                anyhow::anyhow!(
+                    "bad --metrics {addr:?}: expected ADDR:PORT such as 127.0.0.1:9464, or off"
+                )
+            })?),
+        },
     })
 }

@@ -5,6 +5,7 @@
 //! child's `PR_SET_PDEATHSIG` fires when the *thread* that forked it exits, so every fork must
 //! come from a thread that lives as long as the supervisor.
 
+use std::os::unix::process::ExitStatusExt as _;
 use std::{
     collections::BTreeMap,
     net::{SocketAddr, TcpListener},
@@ -24,6 +25,7 @@ use crate::{
     capabilities,
     control::{self, Request, SlotStatus, Status},
     listeners,
+    metrics::{self, Ask},
     process::{self, Spawn, WorkerCommand},
     program::Steering,
 };
@@ -37,6 +39,8 @@ pub struct Options {
     pub control: PathBuf,
     pub kill_timeout: Duration,
     pub backoff: backoff::Policy,
+    /// Where to serve /metrics, /healthz and /readyz; None for off.
+    pub metrics: Option<SocketAddr>,
 }
 
 struct Slot {
@@ -49,6 +53,7 @@ struct Slot {
     generation: u64,
     restarts: u64,
     last_exit: Option<String>,
+    last_status: Option<ExitStatus>,
     backoff: Backoff,
     given_up: bool,
 }
@@ -72,6 +77,7 @@ pub struct Supervisor {
     steering: Steering,
     slots: Vec<Slot>,
     events: mpsc::UnboundedSender<Event>,
+    asks: mpsc::UnboundedSender<Ask>,
     stopping: bool,
 }
 
@@ -90,8 +96,9 @@ pub fn run(opts: Options) -> Result<()> {
         .build()?;
     runtime.block_on(async move {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut sup = Supervisor::start(opts, command, tx).await?;
-        sup.serve(rx).await
+        let (ask_tx, ask_rx) = mpsc::unbounded_channel();
+        let mut sup = Supervisor::start(opts, command, tx, ask_tx).await?;
+        sup.serve(rx, ask_rx).await
     })
 }
 
@@ -100,6 +107,7 @@ impl Supervisor {
         opts: Options,
         command: WorkerCommand,
         events: mpsc::UnboundedSender<Event>,
+        asks: mpsc::UnboundedSender<Ask>,
     ) -> Result<Supervisor> {
         let group = listeners::bind_group(opts.listen, opts.workers, opts.backlog)?;
         let mut steering = Steering::load()?;
@@ -111,6 +119,16 @@ impl Supervisor {
         steering.configure(opts.workers, opts.policy)?;
         steering.attach(&group[0])?;
         let control = control::bind(&opts.control)?;
+        let metrics = match opts.metrics {
+            Some(addr) => match metrics::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&opts.control);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
 
         let slots = group
             .into_iter()
@@ -122,6 +140,7 @@ impl Supervisor {
                 generation: 0,
                 restarts: 0,
                 last_exit: None,
+                last_status: None,
                 backoff: Backoff::new(opts.backoff),
                 given_up: false,
             })
@@ -132,9 +151,13 @@ impl Supervisor {
             steering,
             slots,
             events,
+            asks,
             stopping: false,
         };
         tokio::spawn(accept_control(control, sup.events.clone()));
+        if let Some(listener) = metrics {
+            tokio::spawn(metrics::serve(listener, sup.asks.clone()));
+        }
         if let Some(log) = sup.steering.take_log() {
             tokio::spawn(forward_program_log(log));
         }
@@ -209,7 +232,11 @@ impl Supervisor {
         Ok(())
     }
 
-    async fn serve(&mut self, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<()> {
+    async fn serve(
+        &mut self,
+        mut rx: mpsc::UnboundedReceiver<Event>,
+        mut asks: mpsc::UnboundedReceiver<Ask>,
+    ) -> Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
@@ -217,6 +244,7 @@ impl Supervisor {
             tokio::select! {
                 _ = int.recv() => break,
                 _ = term.recv() => break,
+                Some(ask) = asks.recv() => self.answer(ask),
                 Some(event) = rx.recv() => match event {
                     Event::Exited { slot, generation, status } => self.on_exit(slot, generation, status),
                     Event::Restart { slot, generation } => self.on_restart(slot, generation),
@@ -251,6 +279,7 @@ impl Supervisor {
         s.pid = None;
         s.started = None;
         s.last_exit = Some(reason.clone());
+        s.last_status = status.as_ref().ok().copied();
         settle(&self.steering, slot, s.baseline);
         if self.stopping {
             return;
@@ -334,6 +363,8 @@ impl Supervisor {
                     restarts: s.restarts,
                     uptime_seconds: s.started.map(|t| t.elapsed().as_secs_f64()),
                     last_exit: s.last_exit.clone(),
+                    last_exit_code: s.last_status.and_then(|st| st.code()),
+                    last_exit_signal: s.last_status.and_then(|st| st.signal()),
                 }
             })
             .collect();
@@ -348,6 +379,20 @@ impl Supervisor {
             command: self.command.display(),
             slots,
             program,
+        }
+    }
+
+    fn answer(&self, ask: Ask) {
+        match ask {
+            Ask::Metrics(reply) => {
+                let _ = reply.send(metrics::render(metrics::Snapshot {
+                    status: self.status(),
+                    process: metrics::Process::read(),
+                }));
+            }
+            Ask::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
         }
     }
 

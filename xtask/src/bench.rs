@@ -58,7 +58,7 @@ impl Running {
                 "--workers",
                 &workers.to_string(),
             ])
-            .args(["--policy", policy, "--backlog", "128"])
+            .args(["--policy", policy, "--backlog", "128", "--metrics", "off"])
             .arg("--control")
             .arg(&control)
             .stdin(Stdio::null())

@@ -15,6 +15,8 @@ const LLVM_MAJOR: u32 = 22;
 const BPF_LINKER: &str = "0.13.0";
 /// A nightly known to ship LLVM 22, used when the machine's `nightly` is newer.
 const PINNED_NIGHTLY: &str = "nightly-2026-05-20";
+/// The first five build bpf-linker; the rest are used by the tests (a real Prometheus scrapes
+/// the metrics endpoint in one of them).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -22,7 +24,10 @@ const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "libxml2-dev",
     "iproute2",
+    "prometheus",
 ];
+/// PyPI packages the tests use: (module, package). A strict OpenMetrics parser.
+const PIP_PACKAGES: &[(&str, &str)] = &[("prometheus_client", "prometheus-client")];
 
 /// The environment later commands run in.
 pub struct Env {
@@ -172,6 +177,11 @@ pub fn ensure() -> Result<Env> {
             .env("LLVM_PREFIX", format!("/usr/lib/llvm-{LLVM_MAJOR}")))?;
     } else {
         apt_install(&APT_PACKAGES[5..])?;
+    }
+    for (module, package) in PIP_PACKAGES {
+        if quiet(Command::new("python3").args(["-c", &format!("import {module}")])).is_none() {
+            run(Command::new("python3").args(["-m", "pip", "install", "-q", package]))?;
+        }
     }
     Ok(Env { toolchain, path })
 }

@@ -1,0 +1,374 @@
+//! The Prometheus endpoint: `/metrics` in the OpenMetrics text format, plus `/healthz` and
+//! `/readyz` for probes.
+//!
+//! Nothing is counted per connection in user space: each scrape reads the program's maps (the
+//! per-slot counters through the shared mapping, the per-CPU stats with one lookup per reason)
+//! and each listener's accept queue (one `getsockopt` per slot), and encodes that snapshot. The
+//! server binds loopback by default; it answers nothing but these three paths.
+
+use std::{convert::Infallible, net::SocketAddr};
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    body::Incoming, header, server::conn::http1, service::service_fn, Request, Response, StatusCode,
+};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::DescriptorEncoder,
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::control::Status;
+
+/// Slot states exposed as `balancer_slot_state{state=...}`: every slot has one series per state,
+/// 1 for the current one, so that every series exists from the start.
+pub const STATES: [&str; 4] = ["up", "draining", "down", "failed"];
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What the supervisor is asked for by the HTTP side.
+pub enum Ask {
+    /// The rendered exposition.
+    Metrics(oneshot::Sender<String>),
+    /// The current status, for the probes.
+    Status(oneshot::Sender<Status>),
+}
+
+/// One scrape's worth of data.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub status: Status,
+    pub process: Process,
+}
+
+/// This process's own figures, as the Prometheus client libraries name them.
+#[derive(Debug, Default)]
+pub struct Process {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub open_fds: u64,
+    pub start_time_seconds: f64,
+}
+
+impl Process {
+    /// Reads /proc/self. Fields that cannot be read stay 0.
+    pub fn read() -> Process {
+        let mut p = Process::default();
+        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+                // utime, stime are fields 14, 15; starttime 22; rss 24 (1-based, from /proc(5)).
+                p.cpu_seconds = (num(11) + num(12)) / tick;
+                p.resident_bytes = num(21) as u64 * page;
+                let boot = std::fs::read_to_string("/proc/stat")
+                    .ok()
+                    .and_then(|s| {
+                        s.lines()
+                            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())
+                    })
+                    .unwrap_or(0.0);
+                p.start_time_seconds = boot + num(19) / tick;
+            }
+        }
+        p.open_fds = std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count() as u64)
+            .unwrap_or(0);
+        p
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn family<M: prometheus_client::encoding::EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: impl IntoIterator<Item = (Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in rows {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn slot(i: u32) -> Labels {
+    vec![("slot", i.to_string())]
+}
+
+impl prometheus_client::collector::Collector for Snapshot {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let s = &self.status;
+        let slots = || s.slots.iter();
+        family(
+            &mut e,
+            "balancer_slot_connections_assigned",
+            "Connections the program sent to the slot.",
+            Counter,
+            slots().map(|x| (slot(x.slot), ConstCounter::new(x.assigned))),
+        )?;
+        family(
+            &mut e,
+            "balancer_slot_connections_closed",
+            "Connections of the slot reported closed.",
+            Counter,
+            slots().map(|x| (slot(x.slot), ConstCounter::new(x.closed))),
+        )?;
+        family(
+            &mut e,
+            "balancer_slot_load",
+            "Open connections of the slot as the program sees them (assigned, not closed).",
+            Gauge,
+            slots().map(|x| (slot(x.slot), ConstGauge::new(x.load as i64))),
+        )?;
+        family(
+            &mut e,
+            "balancer_slot_accept_queue",
+            "Connections waiting in the slot's accept queue.",
+            Gauge,
+            slots().map(|x| (slot(x.slot), ConstGauge::new(x.queued as i64))),
+        )?;
+        family(
+            &mut e,
+            "balancer_slot_state",
+            "1 for the slot's current state, 0 for the others.",
+            Gauge,
+            slots().flat_map(|x| {
+                STATES.iter().map(move |st| {
+                    let mut l = slot(x.slot);
+                    l.push(("state", st.to_string()));
+                    (l, ConstGauge::new(i64::from(x.state == *st)))
+                })
+            }),
+        )?;
+        family(
+            &mut e,
+            "balancer_slot_restarts",
+            "Times the slot's worker was restarted.",
+            Counter,
+            slots().map(|x| (slot(x.slot), ConstCounter::new(x.restarts))),
+        )?;
+        family(
+            &mut e,
+            "balancer_slot_last_exit_code",
+            "Exit code of the slot's last worker exit; -1 if none or killed by a signal.",
+            Gauge,
+            slots().map(|x| {
+                (
+                    slot(x.slot),
+                    ConstGauge::new(x.last_exit_code.map_or(-1, i64::from)),
+                )
+            }),
+        )?;
+        family(
+            &mut e,
+            "balancer_slot_last_exit_signal",
+            "Signal that ended the slot's last worker; 0 if none.",
+            Gauge,
+            slots().map(|x| {
+                (
+                    slot(x.slot),
+                    ConstGauge::new(x.last_exit_signal.map_or(0, i64::from)),
+                )
+            }),
+        )?;
+        // Info-style series are gauges of value 1 named `_info`, the convention every Prometheus
+        // parser reads (the OpenMetrics `info` type is unknown to the classic text format).
+        family(
+            &mut e,
+            "balancer_slot_worker_info",
+            "The pid of each slot's running worker.",
+            Gauge,
+            slots().filter_map(|x| {
+                Some((
+                    vec![("slot", x.slot.to_string()), ("pid", x.pid?.to_string())],
+                    ConstGauge::new(1),
+                ))
+            }),
+        )?;
+        let stat = |k: &str| s.program.get(k).copied().unwrap_or(0);
+        family(
+            &mut e,
+            "balancer_program_selections",
+            "Connections the program sent to the slot its policy chose.",
+            Counter,
+            [(Vec::new(), ConstCounter::new(stat("selected")))],
+        )?;
+        family(
+            &mut e,
+            "balancer_program_fallbacks",
+            "Connections left to the kernel's hash, by reason.",
+            Counter,
+            balancer_common::stats::NAMES[1..]
+                .iter()
+                .map(|r| (vec![("reason", r.to_string())], ConstCounter::new(stat(r)))),
+        )?;
+        family(&mut e, "balancer_program_run_seconds", "Time the kernel spent running the program (counts only while kernel.bpf_stats_enabled=1).", Counter,
+            [(Vec::new(), ConstCounter::new(stat("run_time_ns") as f64 / 1e9))])?;
+        family(
+            &mut e,
+            "balancer_program_runs",
+            "Runs of the program (counts only while kernel.bpf_stats_enabled=1).",
+            Counter,
+            [(Vec::new(), ConstCounter::new(stat("run_count")))],
+        )?;
+        family(
+            &mut e,
+            "balancer_policy_info",
+            "The steering policy in force.",
+            Gauge,
+            [(vec![("policy", s.policy.clone())], ConstGauge::new(1))],
+        )?;
+        family(
+            &mut e,
+            "balancer_slots",
+            "Worker slots configured.",
+            Gauge,
+            [(Vec::new(), ConstGauge::new(s.slots.len() as i64))],
+        )?;
+        let p = &self.process;
+        family(
+            &mut e,
+            "process_cpu_seconds",
+            "User and system CPU time of the supervisor.",
+            Counter,
+            [(Vec::new(), ConstCounter::new(p.cpu_seconds))],
+        )?;
+        family(
+            &mut e,
+            "process_resident_memory_bytes",
+            "Resident memory of the supervisor.",
+            Gauge,
+            [(Vec::new(), ConstGauge::new(p.resident_bytes as i64))],
+        )?;
+        family(
+            &mut e,
+            "process_open_fds",
+            "Open file descriptors of the supervisor.",
+            Gauge,
+            [(Vec::new(), ConstGauge::new(p.open_fds as i64))],
+        )?;
+        family(
+            &mut e,
+            "process_start_time_seconds",
+            "Start time of the supervisor, seconds since the epoch.",
+            Gauge,
+            [(Vec::new(), ConstGauge::new(p.start_time_seconds))],
+        )?;
+        Ok(())
+    }
+}
+
+/// Encodes one snapshot.
+pub fn render(snapshot: Snapshot) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(snapshot));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
+    out
+}
+
+/// Binds the endpoint. Port in use is an error here, before any worker starts.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                anyhow::anyhow!(
+                    "metrics port {} is in use on {}: pass --metrics ADDR:PORT or --metrics off",
+                    addr.port(),
+                    addr.ip()
+                )
+            } else {
+                anyhow::anyhow!("cannot bind the metrics endpoint {addr}: {e}")
+            }
+        })
+        .context("metrics")
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, asks: mpsc::UnboundedSender<Ask>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let asks = asks.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| answer(req, asks.clone()));
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    asks: mpsc::UnboundedSender<Ask>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |status: StatusCode, content_type: &str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            content_type.parse().expect("valid header"),
+        );
+        Ok(r)
+    };
+    let unavailable = || {
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "supervisor not answering\n".into(),
+        )
+    };
+    match req.uri().path() {
+        "/metrics" => {
+            let (tx, rx) = oneshot::channel();
+            if asks.send(Ask::Metrics(tx)).is_err() {
+                return unavailable();
+            }
+            match rx.await {
+                Ok(body) => reply(StatusCode::OK, CONTENT_TYPE, body),
+                Err(_) => unavailable(),
+            }
+        }
+        path @ ("/healthz" | "/readyz") => {
+            let (tx, rx) = oneshot::channel();
+            if asks.send(Ask::Status(tx)).is_err() {
+                return unavailable();
+            }
+            let Ok(status) = rx.await else {
+                return unavailable();
+            };
+            let up = status.slots.iter().filter(|s| s.state == "up").count();
+            if path == "/readyz" && up == 0 {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "no worker slot is up\n".into(),
+                )
+            } else {
+                reply(
+                    StatusCode::OK,
+                    "text/plain",
+                    format!("ok: {up} of {} slots up\n", status.slots.len()),
+                )
+            }
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "see /metrics, /healthz, /readyz\n".into(),
+        ),
+    }
+}

@@ -53,7 +53,20 @@ pub fn frame(status: &Status, previous: Option<(&Status, Duration)>) -> String {
     out
 }
 
+/// Redraws until interrupted; a closed stdout (`| head`) ends it quietly.
 pub fn run(path: &Path) -> Result<()> {
+    match watch(path) {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn watch(path: &Path) -> Result<()> {
     let tty = std::io::stdout().is_terminal();
     let mut previous: Option<(Status, Instant)> = None;
     loop {

@@ -1,17 +1,87 @@
 //! Compiles the eBPF program (`balancer-ebpf`, for the BPF target, with the nightly toolchain
 //! and bpf-linker) into OUT_DIR, where `src/program.rs` embeds it. `cargo xtask setup` installs
 //! what this needs; `BALANCER_EBPF_TOOLCHAIN` names a toolchain other than `nightly`.
-fn main() -> anyhow::Result<()> {
+//!
+//! This is what aya-build does, plus `-C target-cpu=v3`: the round-robin policy needs the value
+//! an atomic add returns (BPF_FETCH), which BPF ISA v3 has and the default v1 does not (the
+//! kernel has run v3 programs since 5.1; the program needs 5.17 for `bpf_loop` anyway).
+
+use std::{
+    env,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+fn main() -> Result<()> {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let root = manifest.parent().context("workspace root")?.to_path_buf();
+    for watched in [
+        "balancer-ebpf/src",
+        "balancer-ebpf/Cargo.toml",
+        "balancer-common/src",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
     println!("cargo:rerun-if-env-changed=BALANCER_EBPF_TOOLCHAIN");
-    let toolchain = std::env::var("BALANCER_EBPF_TOOLCHAIN").ok();
-    let toolchain = match toolchain.as_deref() {
-        Some(t) if !t.is_empty() => aya_build::Toolchain::Custom(t),
-        _ => aya_build::Toolchain::Nightly,
+    let toolchain = env::var("BALANCER_EBPF_TOOLCHAIN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let toolchain = toolchain.as_deref().unwrap_or("nightly");
+    let arch = env::var("CARGO_CFG_TARGET_ARCH")?;
+    let endian = env::var("CARGO_CFG_TARGET_ENDIAN")?;
+    let target = if endian == "big" {
+        "bpfeb-unknown-none"
+    } else {
+        "bpfel-unknown-none"
     };
-    let package = aya_build::Package {
-        name: "balancer-ebpf",
-        root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../balancer-ebpf"),
-        ..Default::default()
-    };
-    aya_build::build_ebpf([package], toolchain)
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    let target_dir = out.join("ebpf-target");
+
+    let rustflags = [
+        format!("--cfg=bpf_target_arch=\"{arch}\""),
+        "-Cdebuginfo=2".into(),
+        "-Clink-arg=--btf".into(),
+        "-Ctarget-cpu=v3".into(),
+    ]
+    .join("\x1f");
+    let output = Command::new("rustup")
+        .args([
+            "run",
+            toolchain,
+            "cargo",
+            "build",
+            "--package",
+            "balancer-ebpf",
+            "--bins",
+            "--release",
+        ])
+        .args(["--target", target, "-Z", "build-std=core", "--target-dir"])
+        .arg(&target_dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        // The outer build's compiler settings must not leak into the nightly build.
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTFLAGS")
+        .current_dir(&root)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .context(
+            "cannot run rustup: install the Rust toolchain with rustup, or run `cargo xtask setup`",
+        )?;
+    if !output.status.success() {
+        for line in String::from_utf8_lossy(&output.stderr).lines() {
+            println!("cargo:warning={line}");
+        }
+        bail!(
+            "building the eBPF program failed (toolchain `{toolchain}`); `cargo xtask setup` installs \
+             bpf-linker and rust-src"
+        );
+    }
+    let built = target_dir.join(target).join("release").join("balancer");
+    std::fs::copy(&built, out.join("balancer"))
+        .with_context(|| format!("cannot copy {}", built.display()))?;
+    Ok(())
 }

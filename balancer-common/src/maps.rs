@@ -16,6 +16,8 @@ pub const SLOTS_MAP: &str = "SLOTS";
 pub const REPORTS_MAP: &str = "REPORTS";
 pub const CONFIG_MAP: &str = "CONFIG";
 pub const STATS_MAP: &str = "STATS";
+pub const COUNTERS_MAP: &str = "COUNTERS";
+pub const STICKY_MAP: &str = "STICKY";
 pub const PROGRAM: &str = "balancer";
 
 /// Whether the program may send new connections to a slot.
@@ -97,6 +99,9 @@ pub struct Config {
     /// A [`crate::Policy`] as `u32`.
     pub policy: u32,
 }
+
+/// Index of the round-robin ticket counter in `COUNTERS`.
+pub const ROUND_ROBIN_TICKET: u32 = 0;
 
 /// The load of a slot from its two counters. Wrapping subtraction then a sign check: a reading
 /// taken between a worker's close and the program's matching add (or after the supervisor

@@ -13,15 +13,35 @@ pub enum Policy {
     LeastLoaded = 0,
     /// The kernel's own 4-tuple hash over every listener, as if no program were attached.
     Hash = 1,
+    /// Power of two random choices: the less loaded of two random slots. Constant cost at any
+    /// group size, and no herding onto one idle slot when many selections race.
+    P2c = 2,
+    /// Each slot in turn, from one counter shared by all CPUs (exact order, not per CPU).
+    RoundRobin = 3,
+    /// Least loaded relative to each slot's weight; idle slots share in proportion to weight.
+    Weighted = 4,
+    /// The same client address always lands on the same slot (consistent hashing).
+    Sticky = 5,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 2] = [Policy::LeastLoaded, Policy::Hash];
+    pub const ALL: [Policy; 6] = [
+        Policy::LeastLoaded,
+        Policy::Hash,
+        Policy::P2c,
+        Policy::RoundRobin,
+        Policy::Weighted,
+        Policy::Sticky,
+    ];
 
     pub const fn from_u32(v: u32) -> Option<Policy> {
         match v {
             0 => Some(Policy::LeastLoaded),
             1 => Some(Policy::Hash),
+            2 => Some(Policy::P2c),
+            3 => Some(Policy::RoundRobin),
+            4 => Some(Policy::Weighted),
+            5 => Some(Policy::Sticky),
             _ => None,
         }
     }
@@ -30,6 +50,10 @@ impl Policy {
         match self {
             Policy::LeastLoaded => "least-loaded",
             Policy::Hash => "hash",
+            Policy::P2c => "p2c",
+            Policy::RoundRobin => "round-robin",
+            Policy::Weighted => "weighted",
+            Policy::Sticky => "sticky",
         }
     }
 
@@ -72,7 +96,7 @@ pub const fn reduce(r: u32, n: u32) -> u32 {
     ((r as u64 * n as u64) >> 32) as u32
 }
 
-/// One least-loaded selection in progress: which slots to look at, and the best seen so far.
+/// One selection in progress: which slots to look at, and the best seen so far.
 ///
 /// The program drives it from `bpf_loop` (one callback per candidate, so the verifier checks the
 /// loop body once instead of once per slot); the host drives it from a plain loop in
@@ -82,14 +106,17 @@ pub const fn reduce(r: u32, n: u32) -> u32 {
 pub struct Scan {
     slots: u32,
     start: u32,
+    step: u32,
     count: u32,
     best: u32,
+    weighted: u32,
     seed: u64,
     best_key: u64,
 }
 
 impl Scan {
-    /// Starts a selection among `0..slots` with random `seed`.
+    /// Least-loaded among `0..slots` with random `seed`: every slot up to [`SCAN_LIMIT`] of
+    /// them, else a window of [`SCAN_LIMIT`] consecutive slots from a random start.
     #[inline(always)]
     pub const fn new(slots: u32, seed: u64) -> Scan {
         let slots = if slots > crate::MAX_SLOTS {
@@ -105,11 +132,36 @@ impl Scan {
         Scan {
             slots,
             start,
+            step: 1,
             count,
             best: u32::MAX,
+            weighted: 0,
             seed,
             best_key: u64::MAX,
         }
+    }
+
+    /// Like [`Scan::new`], comparing load relative to weight (see [`Scan::offer`]).
+    #[inline(always)]
+    pub const fn weighted(slots: u32, seed: u64) -> Scan {
+        let mut scan = Scan::new(slots, seed);
+        scan.weighted = 1;
+        scan
+    }
+
+    /// Power of two choices: two distinct random slots.
+    #[inline(always)]
+    pub const fn pair(slots: u32, seed: u64) -> Scan {
+        let mut scan = Scan::new(slots, seed);
+        if scan.slots >= 2 {
+            let a = reduce((seed >> 32) as u32, scan.slots);
+            let b = reduce(seed as u32, scan.slots - 1);
+            let b = if b >= a { b + 1 } else { b };
+            scan.start = a;
+            scan.step = if b > a { b - a } else { b + scan.slots - a };
+            scan.count = 2;
+        }
+        scan
     }
 
     /// How many candidates to look at.
@@ -118,11 +170,11 @@ impl Scan {
         self.count
     }
 
-    /// The slot index of candidate `i` (`i < count()`): consecutive slots from a random start,
-    /// wrapping at the end of the group.
+    /// The slot index of candidate `i` (`i < count()`): `start + i * step`, wrapping at the end
+    /// of the group (one subtraction suffices: both terms are below `slots`).
     #[inline(always)]
     pub const fn slot(&self, i: u32) -> u32 {
-        let slot = self.start + i;
+        let slot = self.start + i * self.step;
         if slot >= self.slots {
             slot - self.slots
         } else {
@@ -130,12 +182,30 @@ impl Scan {
         }
     }
 
-    /// Considers `slot` with `load` open connections.
+    /// Considers `slot` with `load` open connections and relative capacity `weight`.
+    ///
+    /// Unweighted: the key is the load in the high bits and a per-slot random number in the low
+    /// ones, so one comparison both ranks and breaks ties uniformly.
+    ///
+    /// Weighted: the key is `(load + E) / weight` with `E` an exponential random variable (in
+    /// load units). When all slots are idle, the smallest of independent `E_i / w_i` falls on
+    /// slot `i` with probability `w_i / sum(w)`: traffic splits in proportion to weight; under
+    /// load the ratio load/weight dominates, as in weighted least-connections.
     #[inline(always)]
-    pub fn offer(&mut self, slot: u32, load: u64) {
-        let load = if load > LOAD_CAP { LOAD_CAP } else { load };
-        // One comparison per slot: load in the high bits, tie-break in the low ones.
-        let key = (load << TIE_BITS) | (mix(self.seed, slot) >> (64 - TIE_BITS));
+    pub fn offer(&mut self, slot: u32, load: u64, weight: u32) {
+        let random = mix(self.seed, slot);
+        let key = if self.weighted != 0 {
+            let load = if load > WEIGHTED_LOAD_CAP {
+                WEIGHTED_LOAD_CAP
+            } else {
+                load
+            };
+            let weight = if weight == 0 { 1 } else { weight as u64 };
+            (load * LOAD_UNIT + exponential(random)) / weight
+        } else {
+            let load = if load > LOAD_CAP { LOAD_CAP } else { load };
+            (load << TIE_BITS) | (random >> (64 - TIE_BITS))
+        };
         if key < self.best_key {
             self.best_key = key;
             self.best = slot;
@@ -153,6 +223,47 @@ impl Scan {
     }
 }
 
+/// One connection of load in the units of [`exponential`]: 2^16 / ln 2.
+const LOAD_UNIT: u64 = 94_548;
+/// Keeps `load * LOAD_UNIT` far from overflow.
+const WEIGHTED_LOAD_CAP: u64 = 1 << 30;
+
+/// An Exp(1) random variable from 64 random bits, in units of 1/65536 of a bit of log2, that
+/// is `-log2(u) * 65536` for `u` uniform in (0, 1]. Integer only (the verifier allows no floats):
+/// the integer part of log2 from the leading zeros, the fraction from the next 16 bits
+/// (Mitchell's approximation, within 0.09 of a bit).
+#[inline(always)]
+pub const fn exponential(random: u64) -> u64 {
+    let x = random | 1;
+    let lz = x.leading_zeros() as u64;
+    // x = 2^(63 - lz) * (1 + f), f in [0, 1): its top 16 bits after the leading one.
+    let fraction = ((x << lz) << 1) >> 48;
+    // -log2(x / 2^64) = 64 - (63 - lz) - f = (lz + 1) - f
+    ((lz + 1) << 16) - fraction
+}
+
+/// Round-robin: the slot for the `ticket`-th selection.
+#[inline(always)]
+pub const fn round_robin(ticket: u64, slots: u32) -> Option<u32> {
+    if slots == 0 {
+        None
+    } else {
+        Some((ticket % slots as u64) as u32)
+    }
+}
+
+/// Size of the sticky lookup table: a prime well above 64 entries per slot for the largest
+/// group, so that each slot owns close to `1/N` of the table.
+pub const STICKY_TABLE: u32 = 65_537;
+
+/// The sticky table index of a client address (IPv4 as one word, IPv6 folded from four).
+#[inline(always)]
+pub const fn sticky_index(address: [u32; 4]) -> u32 {
+    let folded = (address[0] as u64) << 32 | address[1] as u64;
+    let folded = folded ^ mix(address[2] as u64, address[3]);
+    (mix(folded, 0x5354) % STICKY_TABLE as u64) as u32
+}
+
 /// Picks the slot in `0..slots` with the smallest load, reading each candidate's load through
 /// `load_of`, which answers `None` for a slot that must not be chosen (down, draining, unreadable).
 /// Ties go to the candidate with the smallest per-slot random number drawn from `seed`, so equal
@@ -167,7 +278,7 @@ pub fn least_loaded(
     for i in 0..scan.count() {
         let slot = scan.slot(i);
         if let Some(load) = load_of(slot) {
-            scan.offer(slot, load);
+            scan.offer(slot, load, 1);
         }
     }
     scan.best()
@@ -313,5 +424,123 @@ mod tests {
             assert_eq!(Policy::from_u32(p as u32), Some(p));
         }
         assert_eq!(Policy::from_name("fastest"), None);
+    }
+
+    /// Runs a whole selection the way the program does, with per-slot loads and weights.
+    fn select(mut scan: Scan, loads: &[u64], weights: &[u32]) -> Option<u32> {
+        for i in 0..scan.count() {
+            let s = scan.slot(i);
+            scan.offer(s, loads[s as usize], weights[s as usize]);
+        }
+        scan.best()
+    }
+
+    #[test]
+    fn p2c_looks_at_two_distinct_slots_and_takes_the_less_loaded() {
+        let mut rng = Rng(5);
+        let loads = [3u64, 0, 7, 1, 9];
+        let mut hits = [0u32; 5];
+        for _ in 0..50_000 {
+            let scan = Scan::pair(5, rng.next());
+            assert_eq!(scan.count(), 2);
+            let (a, b) = (scan.slot(0), scan.slot(1));
+            assert!(a != b && a < 5 && b < 5, "{a} {b}");
+            let chosen = select(scan, &loads, &[1; 5]).unwrap();
+            let want = if loads[a as usize] <= loads[b as usize] {
+                a
+            } else {
+                b
+            };
+            assert_eq!(chosen, want);
+            hits[chosen as usize] += 1;
+        }
+        // Slot 4 (the most loaded) is never the less loaded of two; slot 1 (idle) wins whenever
+        // drawn: 2/5 of the pairs.
+        assert_eq!(hits[4], 0);
+        let share = hits[1] as f64 / 50_000.0;
+        assert!((share - 0.4).abs() < 0.02, "{share}");
+        // Degenerate groups.
+        assert_eq!(Scan::pair(1, 9).count(), 1);
+        assert_eq!(Scan::pair(0, 9).count(), 0);
+    }
+
+    #[test]
+    fn p2c_pairs_cover_every_slot_evenly() {
+        let mut rng = Rng(17);
+        let n = 1024u32;
+        let mut seen = std::vec![0u32; n as usize];
+        for _ in 0..(n * 40) {
+            let scan = Scan::pair(n, rng.next());
+            seen[scan.slot(0) as usize] += 1;
+            seen[scan.slot(1) as usize] += 1;
+        }
+        let (min, max) = (*seen.iter().min().unwrap(), *seen.iter().max().unwrap());
+        assert!(
+            min > 40 && max < 130,
+            "each slot drawn ~80 times: {min}..{max}"
+        );
+    }
+
+    #[test]
+    fn exponential_has_mean_one_over_ln2_bits() {
+        let mut rng = Rng(23);
+        let n = 200_000;
+        let sum: f64 = (0..n)
+            .map(|_| exponential(rng.next()) as f64 / 65536.0)
+            .sum();
+        // E[-log2 U] = 1/ln 2 = 1.4427; Mitchell's approximation shifts it slightly.
+        let mean = sum / n as f64;
+        assert!((mean - 1.4427).abs() < 0.06, "{mean}");
+    }
+
+    #[test]
+    fn weighted_idle_slots_share_in_proportion_to_weight() {
+        let mut rng = Rng(29);
+        let weights = [3u32, 1, 1, 1];
+        let mut hits = [0u32; 4];
+        let rounds = 60_000;
+        for _ in 0..rounds {
+            hits[select(Scan::weighted(4, rng.next()), &[0; 4], &weights).unwrap() as usize] += 1;
+        }
+        let shares: std::vec::Vec<f64> = hits.iter().map(|&h| h as f64 / rounds as f64).collect();
+        for (i, want) in [0.5, 1.0 / 6.0, 1.0 / 6.0, 1.0 / 6.0].iter().enumerate() {
+            assert!((shares[i] - want).abs() < 0.03, "slot {i}: {shares:?}");
+        }
+    }
+
+    #[test]
+    fn weighted_prefers_the_lowest_load_per_weight() {
+        let mut rng = Rng(31);
+        // Slot 0: 6 open on weight 3 (2 per unit); slot 1: 4 on weight 1; slot 2: 1 on weight 1.
+        let mut hits = [0u32; 3];
+        for _ in 0..10_000 {
+            hits[select(Scan::weighted(3, rng.next()), &[6, 4, 1], &[3, 1, 1]).unwrap()
+                as usize] += 1;
+        }
+        assert!(hits[2] > 7_000 && hits[1] < 500, "{hits:?}");
+        // A zero weight counts as 1, never as a division by zero.
+        assert!(select(Scan::weighted(2, 1), &[0, 0], &[0, 0]).is_some());
+    }
+
+    #[test]
+    fn round_robin_visits_each_slot_in_turn() {
+        let picks: std::vec::Vec<u32> = (0..8).map(|t| round_robin(t, 3).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0, 1]);
+        assert_eq!(round_robin(5, 0), None);
+    }
+
+    #[test]
+    fn sticky_index_spreads_clients_over_the_table() {
+        let mut buckets = std::vec![0u32; 16];
+        for host in 0..16_000u32 {
+            let idx = sticky_index([0x7f00_0000 | host, 0, 0, 0]);
+            assert!(idx < STICKY_TABLE);
+            buckets[(idx * 16 / STICKY_TABLE) as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|&b| (800..1200).contains(&b)),
+            "{buckets:?}"
+        );
+        assert_eq!(sticky_index([1, 2, 3, 4]), sticky_index([1, 2, 3, 4]));
     }
 }

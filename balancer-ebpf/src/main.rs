@@ -17,14 +17,15 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    bindings::{sk_action::SK_PASS, BPF_F_MMAPABLE},
+    bindings::{bpf_hdr_start_off::BPF_HDR_START_NET, sk_action::SK_PASS, BPF_F_MMAPABLE},
     cty::c_void,
-    helpers::{bpf_get_prandom_u32, bpf_loop},
+    helpers::{bpf_get_prandom_u32, bpf_loop, bpf_skb_load_bytes_relative},
     macros::{map, sk_reuseport},
     maps::{Array, PerCpuArray, ReusePortSockArray},
     programs::SkReuseportContext,
 };
 use aya_log_ebpf::warn;
+use balancer_common::maps::ROUND_ROBIN_TICKET;
 use balancer_common::{
     maps::load, policy, stats, Config, Policy, Report, Slot, SlotState, MAX_SLOTS,
 };
@@ -48,12 +49,49 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
 
+/// Counters shared by all CPUs: the round-robin ticket.
+#[map]
+static COUNTERS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Sticky table: index (from the client address) -> slot, rebuilt by the supervisor with
+/// consistent hashing whenever the set of up slots changes.
+#[map]
+static STICKY: Array<u32> = Array::with_max_entries(policy::STICKY_TABLE, BPF_F_MMAPABLE);
+
 #[inline(always)]
 fn count(index: u32) {
     // Per-CPU: no other CPU writes this value, so a plain add is race-free.
     if let Some(c) = STATS.get_ptr_mut(index) {
         unsafe { *c += 1 };
     }
+}
+
+fn is_up(slot: u32) -> bool {
+    SLOTS
+        .get_ptr(slot)
+        .is_some_and(|s| unsafe { read_volatile(&(*s).state) } == SlotState::Up as u32)
+}
+
+/// The client's address from the packet's IP header, as four words (IPv4 in the first).
+fn client_address(ctx: &SkReuseportContext) -> Option<[u32; 4]> {
+    let mut address = [0u32; 4];
+    // eth_protocol is in network byte order: htons(ETH_P_IP) is 0x0008 on this little-endian
+    // target, htons(ETH_P_IPV6) 0xdd86.
+    let (offset, len) = match ctx.eth_protocol() {
+        0x0008 => (12, 4), // IPv4 source address
+        0xdd86 => (8, 16), // IPv6 source address
+        _ => return None,
+    };
+    let rc = unsafe {
+        bpf_skb_load_bytes_relative(
+            ctx.md as *const c_void,
+            offset,
+            (&raw mut address).cast(),
+            len,
+            BPF_HDR_START_NET,
+        )
+    };
+    (rc == 0).then_some(address)
 }
 
 /// The `bpf_loop` body: offers candidate `i` of the scan to the policy if its slot is up.
@@ -68,10 +106,8 @@ extern "C" fn consider(i: u64, scan: *mut c_void) -> i64 {
     // Volatile: user space changes these under us; the compiler must not cache them.
     unsafe {
         if read_volatile(&(*s).state) == SlotState::Up as u32 {
-            scan.offer(
-                slot,
-                load(read_volatile(&(*s).assigned), read_volatile(&(*r).closed)),
-            );
+            let load = load(read_volatile(&(*s).assigned), read_volatile(&(*r).closed));
+            scan.offer(slot, load, read_volatile(&(*s).weight));
         }
     }
     0 // continue the loop
@@ -88,19 +124,48 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
         return SK_PASS;
     }
 
-    let mut scan = policy::Scan::new(config.slots, policy::seed(unsafe { bpf_get_prandom_u32() }));
-    // bpf_loop, not a Rust loop: the verifier checks `consider` once, whatever the number of
-    // slots, where an unrolled or bounded loop would be walked (and its branches multiplied)
-    // once per iteration.
-    unsafe {
-        bpf_loop(
-            scan.count(),
-            consider as *mut c_void,
-            (&raw mut scan).cast(),
-            0,
-        );
-    }
-    let chosen = scan.best();
+    let seed = policy::seed(unsafe { bpf_get_prandom_u32() });
+    let slots = config.slots;
+    let policy = config.policy;
+    // Policies that name one slot directly; if it is not up, least-loaded chooses instead.
+    let direct = if policy == Policy::RoundRobin as u32 {
+        COUNTERS.get_ptr_mut(ROUND_ROBIN_TICKET).and_then(|t| {
+            // SeqCst, not Relaxed: LLVM lowers a relaxed add to the legacy BPF XADD, which
+            // returns nothing, even when the old value is used; SeqCst gives atomic_fetch_add.
+            let ticket = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(t, 1) };
+            policy::round_robin(ticket, slots)
+        })
+    } else if policy == Policy::Sticky as u32 {
+        client_address(&ctx)
+            .and_then(|address| STICKY.get(policy::sticky_index(address)))
+            .copied()
+    } else {
+        None
+    };
+    let chosen = match direct.filter(|&slot| is_up(slot)) {
+        Some(slot) => Some(slot),
+        None => {
+            let mut scan = if policy == Policy::P2c as u32 {
+                policy::Scan::pair(slots, seed)
+            } else if policy == Policy::Weighted as u32 {
+                policy::Scan::weighted(slots, seed)
+            } else {
+                policy::Scan::new(slots, seed)
+            };
+            // bpf_loop, not a Rust loop: the verifier checks `consider` once, whatever the
+            // number of slots, where a plain loop would be walked (and its branches
+            // multiplied) once per iteration.
+            unsafe {
+                bpf_loop(
+                    scan.count(),
+                    consider as *mut c_void,
+                    (&raw mut scan).cast(),
+                    0,
+                );
+            }
+            scan.best()
+        }
+    };
     let Some(index) = chosen else {
         count(stats::FALLBACK_NO_SLOT);
         return SK_PASS;

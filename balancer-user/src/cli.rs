@@ -45,6 +45,22 @@ pub enum Command {
         #[arg(long, short)]
         watch: bool,
     },
+    /// Switch the steering policy of a running balancer, without restarting anything.
+    Policy {
+        /// least-loaded, p2c, round-robin, weighted, sticky or hash.
+        #[arg(value_parser = parse_policy)]
+        policy: balancer_common::Policy,
+        #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
+        control: PathBuf,
+    },
+    /// Set one slot's weight in a running balancer (used by the weighted policy).
+    Weight {
+        slot: u32,
+        #[arg(value_parser = clap::value_parser!(u32).range(1..=crate::control::MAX_WEIGHT as i64))]
+        weight: u32,
+        #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
+        control: PathBuf,
+    },
     /// Stop a running balancer gracefully (like Ctrl-C).
     Stop {
         #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
@@ -68,9 +84,15 @@ pub struct RunArgs {
     #[arg(short, long, env = "BALANCER_WORKERS", value_name = "N")]
     pub workers: Option<u32>,
 
-    /// How the program picks a worker: least-loaded, or hash (the kernel's own, for comparison).
+    /// How the program picks a worker: least-loaded, p2c, round-robin, weighted, sticky, or hash
+    /// (the kernel's own, for comparison). Switch it live with `balancer policy`.
     #[arg(short, long, env = "BALANCER_POLICY", default_value = "least-loaded", value_parser = parse_policy)]
     pub policy: balancer_common::Policy,
+
+    /// Per-slot weights for the weighted policy, e.g. 3,1,1,1 (missing ones are 1).
+    #[arg(long, value_delimiter = ',', value_name = "W,W,...",
+          value_parser = clap::value_parser!(u32).range(1..=crate::control::MAX_WEIGHT as i64))]
+    pub weights: Vec<u32>,
 
     /// Accept queue length of each worker's listener.
     #[arg(long, default_value_t = 1024, value_name = "N")]
@@ -100,7 +122,7 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-fn parse_policy(s: &str) -> Result<balancer_common::Policy, String> {
+pub fn parse_policy(s: &str) -> Result<balancer_common::Policy, String> {
     balancer_common::Policy::from_name(s).ok_or_else(|| {
         let names: Vec<_> = balancer_common::Policy::ALL
             .iter()

@@ -35,7 +35,20 @@ pub fn default_path() -> PathBuf {
 pub enum Request {
     Status,
     Stop,
+    /// Switch the steering policy, live.
+    Policy(balancer_common::Policy),
+    /// Set one slot's weight (for the weighted policy), live.
+    Weight {
+        slot: u32,
+        weight: u32,
+    },
 }
+
+/// What the control socket accepts, for error messages.
+const USAGE: &str = "expected `status`, `stop`, `policy NAME` or `weight SLOT N`";
+
+/// Largest weight accepted: keeps weighted keys far from overflow.
+pub const MAX_WEIGHT: u32 = 1_000_000;
 
 /// Parses one request line. Pure, so that it can be fuzzed on the host.
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
@@ -43,15 +56,38 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         return Err(format!("request longer than {MAX_REQUEST} bytes"));
     }
     let text = std::str::from_utf8(line).map_err(|_| "request is not UTF-8".to_string())?;
-    match text.trim() {
-        "status" => Ok(Request::Status),
-        "stop" => Ok(Request::Stop),
-        "" => Err("empty request: expected `status` or `stop`".into()),
-        other => {
-            let shown: String = other.chars().take(40).collect();
-            Err(format!(
-                "unknown request {shown:?}: expected `status` or `stop`"
-            ))
+    let words: Vec<&str> = text.split_whitespace().collect();
+    match words.as_slice() {
+        ["status"] => Ok(Request::Status),
+        ["stop"] => Ok(Request::Stop),
+        ["policy", name] => balancer_common::Policy::from_name(name)
+            .map(Request::Policy)
+            .ok_or_else(|| {
+                let names: Vec<_> = balancer_common::Policy::ALL
+                    .iter()
+                    .map(|p| p.name())
+                    .collect();
+                let shown: String = name.chars().take(40).collect();
+                format!(
+                    "unknown policy {shown:?}: choose one of {}",
+                    names.join(", ")
+                )
+            }),
+        ["weight", slot, weight] => {
+            let slot = slot
+                .parse()
+                .map_err(|_| format!("bad slot {slot:?}: a slot number"))?;
+            let weight = weight
+                .parse()
+                .ok()
+                .filter(|w| (1..=MAX_WEIGHT).contains(w))
+                .ok_or_else(|| format!("bad weight {weight:?}: a number from 1 to {MAX_WEIGHT}"))?;
+            Ok(Request::Weight { slot, weight })
+        }
+        [] => Err(format!("empty request: {USAGE}")),
+        _ => {
+            let shown: String = text.trim().chars().take(40).collect();
+            Err(format!("unknown request {shown:?}: {USAGE}"))
         }
     }
 }
@@ -196,6 +232,23 @@ mod tests {
     fn parses_known_requests() {
         assert_eq!(parse_request(b"status\n"), Ok(Request::Status));
         assert_eq!(parse_request(b"  stop  "), Ok(Request::Stop));
+        assert_eq!(
+            parse_request(b"policy p2c\n"),
+            Ok(Request::Policy(balancer_common::Policy::P2c))
+        );
+        assert_eq!(
+            parse_request(b"weight 2 5"),
+            Ok(Request::Weight { slot: 2, weight: 5 })
+        );
+        assert!(parse_request(b"policy fastest")
+            .unwrap_err()
+            .contains("unknown policy"));
+        assert!(parse_request(b"weight 2 0")
+            .unwrap_err()
+            .contains("bad weight"));
+        assert!(parse_request(b"weight x 1")
+            .unwrap_err()
+            .contains("bad slot"));
     }
 
     #[test]

@@ -51,6 +51,24 @@ fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Stop { control } => control::call(&control, "stop").map(drop),
+        Command::Policy { policy, control } => {
+            println!(
+                "{}",
+                control::call(&control, &format!("policy {}", policy.name()))?
+            );
+            Ok(())
+        }
+        Command::Weight {
+            slot,
+            weight,
+            control,
+        } => {
+            println!(
+                "{}",
+                control::call(&control, &format!("weight {slot} {weight}"))?
+            );
+            Ok(())
+        }
     }
 }
 
@@ -68,6 +86,12 @@ fn options(args: RunArgs) -> Result<supervisor::Options> {
             args.kill_timeout
         );
     }
+    if args.weights.len() > workers as usize {
+        anyhow::bail!(
+            "--weights has {} values for {workers} workers: give at most one weight per worker",
+            args.weights.len()
+        );
+    }
     if args.backlog < 1 {
         anyhow::bail!(
             "--backlog {}: give a queue length of 1 or more",
@@ -83,6 +107,7 @@ fn options(args: RunArgs) -> Result<supervisor::Options> {
         control: args.control,
         kill_timeout: Duration::from_secs_f64(args.kill_timeout),
         backoff: Default::default(),
+        weights: args.weights,
         metrics: match args.metrics.trim() {
             "off" | "" => None,
             addr => Some(listeners::parse_addr(addr).map_err(|_| {

@@ -15,7 +15,7 @@ use aya::{
     programs::SkReuseport,
     Ebpf, EbpfLoader,
 };
-use balancer_common::{maps as names, stats, Config, Policy, Report, Slot, SlotState};
+use balancer_common::{maps as names, policy, stats, Config, Policy, Report, Slot, SlotState};
 
 use crate::{capabilities, shared::Mapped};
 
@@ -37,6 +37,7 @@ pub struct Steering {
     reports_map: MapData,
     pub slots: Mapped<Slot>,
     pub reports: Mapped<Report>,
+    sticky: Mapped<u32>,
 }
 
 impl Steering {
@@ -81,6 +82,12 @@ impl Steering {
             aya::maps::Map::Array(m) => m,
             _ => bail!("map {} is not an array", names::REPORTS_MAP),
         };
+        let sticky_map = match take(&mut bpf, names::STICKY_MAP)? {
+            aya::maps::Map::Array(m) => m,
+            _ => bail!("map {} is not an array", names::STICKY_MAP),
+        };
+        let sticky = Mapped::with_len(sticky_map.fd().as_fd(), policy::STICKY_TABLE as usize)?;
+        drop(sticky_map);
         let slots = Mapped::new(slots_map.fd().as_fd())?;
         let reports = Mapped::new(reports_map.fd().as_fd())?;
         // The mapping keeps the map alive; the fd is not needed any more.
@@ -94,6 +101,7 @@ impl Steering {
             reports_map,
             slots,
             reports,
+            sticky,
         })
     }
 
@@ -173,6 +181,14 @@ impl Steering {
 
     pub fn set_state(&self, slot: u32, state: SlotState) {
         self.slots.set_state(slot, state);
+    }
+
+    /// Rebuilds the sticky table for the slots now up among `0..slots`.
+    pub fn refresh_sticky(&self, slots: u32) {
+        let up: Vec<u32> = (0..slots)
+            .filter(|&s| self.slots.state(s) == SlotState::Up)
+            .collect();
+        self.sticky.store_all(&crate::sticky::table(&up));
     }
 
     /// (run time in ns, run count) the kernel measured for the program while

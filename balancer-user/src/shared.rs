@@ -28,7 +28,11 @@ unsafe impl<T> Sync for Mapped<T> {}
 impl<T> Mapped<T> {
     /// Maps `MAX_SLOTS` values of `T` from the array map behind `fd`.
     pub fn new(fd: BorrowedFd<'_>) -> Result<Self> {
-        let len = MAX_SLOTS as usize;
+        Self::with_len(fd, MAX_SLOTS as usize)
+    }
+
+    /// Maps `len` values of `T` (the map's max_entries) from the array map behind `fd`.
+    pub fn with_len(fd: BorrowedFd<'_>, len: usize) -> Result<Self> {
         let bytes = std::num::NonZeroUsize::new(len * std::mem::size_of::<T>()).expect("non-empty");
         // SAFETY: a fresh shared mapping of a map fd; the kernel checks size and flags.
         let ptr = unsafe {
@@ -94,6 +98,17 @@ impl Mapped<Slot> {
     pub fn assigned(&self, slot: u32) -> u64 {
         let p = self.at(slot);
         u64_at(unsafe { &raw mut (*p).assigned }).load(Ordering::Acquire)
+    }
+}
+
+impl Mapped<u32> {
+    /// Overwrites the whole array, one atomic store per entry: a reader sees each entry either
+    /// old or new, never torn.
+    pub fn store_all(&self, values: &[u32]) {
+        for (i, &v) in values.iter().enumerate().take(self.len) {
+            // SAFETY: in bounds, 4-byte aligned.
+            unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(i)) }.store(v, Ordering::Relaxed);
+        }
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Options {
     pub backoff: backoff::Policy,
     /// Where to serve /metrics, /healthz and /readyz; None for off.
     pub metrics: Option<SocketAddr>,
+    /// Per-slot weights for the weighted policy; missing ones are 1.
+    pub weights: Vec<u32>,
 }
 
 struct Slot {
@@ -113,7 +115,9 @@ impl Supervisor {
         let mut steering = Steering::load()?;
         for (i, l) in group.iter().enumerate() {
             steering.insert(i as u32, l)?;
-            steering.slots.set_weight(i as u32, 1);
+            steering
+                .slots
+                .set_weight(i as u32, opts.weights.get(i).copied().unwrap_or(1));
             steering.set_state(i as u32, SlotState::Down);
         }
         steering.configure(opts.workers, opts.policy)?;
@@ -217,6 +221,7 @@ impl Supervisor {
         );
         // Connections may be sent to it at once: until it accepts they wait in its queue.
         self.steering.set_state(slot, SlotState::Up);
+        self.steering.refresh_sticky(self.opts.workers);
         let generation = s.generation;
         let events = self.events.clone();
         tokio::spawn(async move {
@@ -255,6 +260,12 @@ impl Supervisor {
                         let _ = reply.send("{\"stopping\":true}".into());
                         break;
                     }
+                    Event::Control(Request::Policy(policy), reply) => {
+                        let _ = reply.send(self.set_policy(policy));
+                    }
+                    Event::Control(Request::Weight { slot, weight }, reply) => {
+                        let _ = reply.send(self.set_weight(slot, weight));
+                    }
                 },
             }
         }
@@ -274,6 +285,7 @@ impl Supervisor {
         }
         // Down first, before anything else: the program must stop choosing this slot now.
         self.steering.set_state(slot, SlotState::Down);
+        self.steering.refresh_sticky(self.opts.workers);
         let ran_for = s.started.map_or(Duration::ZERO, |t| t.elapsed());
         let reason = describe(&status);
         s.pid = None;
@@ -380,6 +392,33 @@ impl Supervisor {
             slots,
             program,
         }
+    }
+
+    /// Switches the policy by rewriting the program's configuration: the next connection is
+    /// steered by the new policy; workers and open connections are untouched.
+    fn set_policy(&mut self, policy: Policy) -> String {
+        if policy == Policy::Sticky {
+            self.steering.refresh_sticky(self.opts.workers);
+        }
+        match self.steering.configure(self.slots.len() as u32, policy) {
+            Ok(()) => {
+                log::info!("policy is now {}", policy.name());
+                serde_json::json!({ "policy": policy.name() }).to_string()
+            }
+            Err(e) => format!("error: {e:#}"),
+        }
+    }
+
+    fn set_weight(&mut self, slot: u32, weight: u32) -> String {
+        if slot as usize >= self.slots.len() {
+            return format!(
+                "error: no slot {slot}: slots are 0 to {}",
+                self.slots.len() - 1
+            );
+        }
+        self.steering.slots.set_weight(slot, weight);
+        log::info!("slot {slot}: weight {weight}");
+        serde_json::json!({ "slot": slot, "weight": weight }).to_string()
     }
 
     fn answer(&self, ask: Ask) {

@@ -79,18 +79,17 @@ impl Balancer {
     /// Starts `balancer run --listen 127.0.0.1:<port> --workers <workers> <extra>` and waits
     /// until every slot is up.
     pub fn start(port: u16, workers: u32, extra: &[&str]) -> Balancer {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        Balancer::start_on(&addr.to_string(), addr, workers, extra)
+    }
+
+    /// Starts `balancer run --listen <listen>`; clients will connect to `addr`.
+    pub fn start_on(listen: &str, addr: SocketAddr, workers: u32, extra: &[&str]) -> Balancer {
         let dir = scratch_dir();
         let control = dir.join("control.sock");
         let log = dir.join("balancer.log");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = Command::new(bin())
-            .args([
-                "run",
-                "--listen",
-                &addr.to_string(),
-                "--workers",
-                &workers.to_string(),
-            ])
+            .args(["run", "--listen", listen, "--workers", &workers.to_string()])
             .arg("--control")
             .arg(&control)
             .args(extra)
@@ -242,6 +241,29 @@ pub fn request_on(stream: &mut TcpStream, path: &str) -> Result<Reply> {
     let mut raw = String::new();
     stream.read_to_string(&mut raw)?;
     parse_reply(&raw)
+}
+
+/// One request on a new connection from source address `from` (any 127.x.y.z is local).
+pub fn get_from(from: std::net::IpAddr, addr: SocketAddr, path: &str) -> Result<Reply> {
+    use nix::sys::socket::{
+        bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage,
+    };
+    use std::os::fd::AsRawFd as _;
+    let family = if from.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrStorage::from(SocketAddr::new(from, 0)),
+    )?;
+    connect(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    let mut stream = TcpStream::from(fd);
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    stream.set_nodelay(true)?;
+    request_on(&mut stream, path)
 }
 
 /// One request on a new connection: what a browser or `curl` does.

@@ -1,0 +1,172 @@
+//! Each policy once through the real program, a live policy switch, and IPv6 listeners.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    thread,
+    time::Duration,
+};
+
+use balancer_tests::*;
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+
+fn sequential(b: &Balancer, n: usize) -> Vec<usize> {
+    let replies: Vec<Reply> = (0..n).map(|_| get(b.addr, "/").unwrap()).collect();
+    histogram(&replies, b.per_slot("assigned").len())
+}
+
+#[test]
+fn round_robin_is_exact() {
+    netns();
+    let b = Balancer::start(8080, 4, &["--policy", "round-robin"]);
+    assert_eq!(sequential(&b, 400), [100, 100, 100, 100]);
+}
+
+#[test]
+fn p2c_spreads_idle_connections() {
+    netns();
+    let b = Balancer::start(8080, 4, &["--policy", "p2c"]);
+    let h = sequential(&b, 800);
+    eprintln!("p2c, 800 sequential connections over 4 workers: {h:?}");
+    assert!(h.iter().all(|&n| (140..=260).contains(&n)), "{h:?}");
+}
+
+#[test]
+fn weighted_splits_idle_traffic_by_weight() {
+    netns();
+    let b = Balancer::start(8080, 4, &["--policy", "weighted", "--weights", "3,1,1,1"]);
+    let h = sequential(&b, 1200);
+    eprintln!("weighted 3,1,1,1, 1200 sequential connections: {h:?}");
+    assert!(
+        (510..=690).contains(&h[0]),
+        "weight 3 of 6 should get about 600: {h:?}"
+    );
+    for &n in &h[1..] {
+        assert!(
+            (140..=260).contains(&n),
+            "weight 1 of 6 should get about 200: {h:?}"
+        );
+    }
+    // Live weight change: slot 3 to weight 6 (of 11) takes the largest share.
+    let out = std::process::Command::new(bin())
+        .args(["weight", "3", "6", "--control"])
+        .arg(&b.control)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let h = sequential(&b, 1100);
+    assert!(h[3] > h[0] && h[3] > 450, "after weight 6 on slot 3: {h:?}");
+}
+
+fn client(i: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 1, i))
+}
+
+#[test]
+fn sticky_keeps_each_client_on_one_worker_and_survives_a_restart() {
+    netns();
+    let b = Balancer::start(8080, 4, &["--policy", "sticky"]);
+    let mut home = BTreeMap::new();
+    for i in 1..=24 {
+        let slots: Vec<u32> = (0..4)
+            .map(|_| get_from(client(i), b.addr, "/").unwrap().slot)
+            .collect();
+        assert!(
+            slots.iter().all(|&s| s == slots[0]),
+            "client {i} moved between workers: {slots:?}"
+        );
+        home.insert(i, slots[0]);
+    }
+    let used: std::collections::BTreeSet<_> = home.values().collect();
+    assert!(
+        used.len() >= 3,
+        "24 clients should spread over the workers: {home:?}"
+    );
+
+    // Kill the worker of one slot: its clients are answered elsewhere meanwhile, the others
+    // stay where they were.
+    let victim = home[&1];
+    kill(Pid::from_raw(b.pid_of(victim as usize)), Signal::SIGKILL).unwrap();
+    for (&i, &slot) in &home {
+        let r =
+            get_from(client(i), b.addr, "/").expect("every client is answered during the restart");
+        if slot != victim {
+            assert_eq!(r.slot, slot, "client {i} of a live slot must not move");
+        }
+    }
+    b.wait_for(Duration::from_secs(10), "the slot's restart", |s| {
+        s["slots"][victim as usize]["restarts"] == 1 && s["slots"][victim as usize]["state"] == "up"
+    });
+    // Back up: every client is home again.
+    for (&i, &slot) in &home {
+        assert_eq!(
+            get_from(client(i), b.addr, "/").unwrap().slot,
+            slot,
+            "client {i}"
+        );
+    }
+}
+
+#[test]
+fn switching_policy_live_drops_nothing() {
+    netns();
+    let b = Balancer::start(8080, 3, &[]);
+    let failures = thread::scope(|s| {
+        let load: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| (0..300).filter(|_| get(b.addr, "/").is_err()).count()))
+            .collect();
+        thread::sleep(Duration::from_millis(100));
+        let out = std::process::Command::new(bin())
+            .args(["policy", "round-robin", "--control"])
+            .arg(&b.control)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        load.into_iter().map(|h| h.join().unwrap()).sum::<usize>()
+    });
+    assert_eq!(failures, 0);
+    assert_eq!(b.status().unwrap()["policy"], "round-robin");
+    let slots: Vec<u32> = (0..6).map(|_| get(b.addr, "/").unwrap().slot).collect();
+    let first = slots[0];
+    let expect: Vec<u32> = (0..6).map(|i| (first + i) % 3).collect();
+    assert_eq!(slots, expect, "exact rotation after the switch");
+}
+
+#[test]
+fn ipv6_and_dual_stack_listeners() {
+    netns();
+    let v6: SocketAddr = "[::1]:8080".parse().unwrap();
+    {
+        let b = Balancer::start_on("[::1]:8080", v6, 2, &[]);
+        let h = sequential(&b, 40);
+        assert_eq!(h.iter().sum::<usize>(), 40);
+        assert!(h.iter().all(|&n| n > 5), "{h:?}");
+    }
+    // [::] accepts IPv4 clients too (v4-mapped), through the same program.
+    let b = Balancer::start_on(
+        "[::]:8081",
+        "[::1]:8081".parse().unwrap(),
+        2,
+        &["--policy", "round-robin"],
+    );
+    let v4: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+    let slots: Vec<u32> = (0..4)
+        .map(|i| get(if i % 2 == 0 { v4 } else { b.addr }, "/").unwrap().slot)
+        .collect();
+    assert_eq!(
+        slots,
+        [slots[0], 1 - slots[0], slots[0], 1 - slots[0]],
+        "alternating across families"
+    );
+}

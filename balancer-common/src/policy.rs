@@ -490,7 +490,7 @@ mod tests {
             .sum();
         // E[-log2 U] = 1/ln 2 = 1.4427; Mitchell's approximation shifts it slightly.
         let mean = sum / n as f64;
-        assert!((mean - 1.4427).abs() < 0.06, "{mean}");
+        assert!((mean - core::f64::consts::LOG2_E).abs() < 0.06, "{mean}");
     }
 
     #[test]

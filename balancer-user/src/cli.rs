@@ -89,6 +89,11 @@ pub struct RunArgs {
     #[arg(short, long, env = "BALANCER_POLICY", default_value = "least-loaded", value_parser = parse_policy)]
     pub policy: balancer_common::Policy,
 
+    /// Serve UDP instead of TCP: each datagram is steered by the program (per datagram for
+    /// least-loaded, p2c, round-robin and weighted; per client address for sticky).
+    #[arg(long)]
+    pub udp: bool,
+
     /// Per-slot weights for the weighted policy, e.g. 3,1,1,1 (missing ones are 1).
     #[arg(long, value_delimiter = ',', value_name = "W,W,...",
           value_parser = clap::value_parser!(u32).range(1..=crate::control::MAX_WEIGHT as i64))]

@@ -8,14 +8,14 @@
 
 use std::{
     io,
-    net::{SocketAddr, TcpListener},
-    os::fd::{FromRawFd, IntoRawFd, OwnedFd},
+    net::SocketAddr,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
 };
 
 use anyhow::{bail, Context as _, Result};
 use nix::sys::socket::{
-    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
-    SockaddrStorage,
+    bind, getsockname, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
+    SockType, SockaddrStorage,
 };
 
 /// Parses `ADDR:PORT`, `[V6]:PORT`, `:PORT` or `PORT` (the last two listen on every IPv4 address).
@@ -35,14 +35,81 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr> {
     })
 }
 
-fn new_socket(addr: SocketAddr, reuseport: bool) -> Result<OwnedFd> {
+/// What the slots listen for: TCP connections, or UDP datagrams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// One slot's socket: a listening TCP socket or a bound UDP socket, owned by the supervisor.
+#[derive(Debug)]
+pub struct Listener {
+    fd: OwnedFd,
+    pub transport: Transport,
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl Listener {
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        let addr: SockaddrStorage = getsockname(self.fd.as_raw_fd())?;
+        if let Some(v4) = addr.as_sockaddr_in() {
+            return Ok(SocketAddr::from((v4.ip(), v4.port())));
+        }
+        if let Some(v6) = addr.as_sockaddr_in6() {
+            return Ok(SocketAddr::from((v6.ip(), v6.port())));
+        }
+        bail!("listener has no IP address")
+    }
+
+    /// Connections waiting in a TCP listener's accept queue (`tcpi_unacked` of a listening
+    /// socket); 0 for UDP, whose queue holds datagrams, not connections.
+    pub fn queued(&self) -> io::Result<u32> {
+        if self.transport == Transport::Udp {
+            return Ok(0);
+        }
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: getsockopt fills at most `len` bytes of `info`.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(info.tcpi_unacked)
+    }
+}
+
+fn new_socket(addr: SocketAddr, transport: Transport, reuseport: bool) -> Result<OwnedFd> {
     let family = if addr.is_ipv4() {
         AddressFamily::Inet
     } else {
         AddressFamily::Inet6
     };
-    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-        .context("cannot create a TCP socket")?;
+    let kind = match transport {
+        Transport::Tcp => SockType::Stream,
+        Transport::Udp => SockType::Datagram,
+    };
+    let fd =
+        socket(family, kind, SockFlag::SOCK_CLOEXEC, None).context("cannot create a socket")?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     if reuseport {
         setsockopt(&fd, sockopt::ReusePort, &true)?;
@@ -74,54 +141,34 @@ fn bind_error(addr: SocketAddr, e: nix::Error) -> anyhow::Error {
 /// including another reuseport group of the same user, which our sockets would otherwise
 /// silently join (and then share connections with).
 /// Port 0 picks a free port for the first listener and binds the others to the same one.
-pub fn bind_group(addr: SocketAddr, count: u32, backlog: i32) -> Result<Vec<TcpListener>> {
+pub fn bind_group(
+    addr: SocketAddr,
+    transport: Transport,
+    count: u32,
+    backlog: i32,
+) -> Result<Vec<Listener>> {
     let mut addr = addr;
     if addr.port() != 0 {
-        let probe = new_socket(addr, false)?;
-        bind(
-            std::os::fd::AsRawFd::as_raw_fd(&probe),
-            &SockaddrStorage::from(addr),
-        )
-        .map_err(|e| bind_error(addr, e))?;
+        let probe = new_socket(addr, transport, false)?;
+        bind(probe.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(|e| bind_error(addr, e))?;
     }
     let backlog = Backlog::new(backlog).context("bad backlog")?;
     let mut group = Vec::with_capacity(count as usize);
     for _ in 0..count {
-        group.push(bind_one(addr, backlog)?);
+        group.push(bind_one(addr, transport, backlog)?);
         addr = group[0].local_addr()?;
     }
     Ok(group)
 }
 
 /// One more listener for an existing group, e.g. when a slot is added.
-pub fn bind_one(addr: SocketAddr, backlog: Backlog) -> Result<TcpListener> {
-    let fd = new_socket(addr, true)?;
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    bind(raw, &SockaddrStorage::from(addr)).map_err(|e| bind_error(addr, e))?;
-    listen(&fd, backlog).map_err(|e| bind_error(addr, e))?;
-    // SAFETY: `fd` is a listening TCP socket we own.
-    Ok(unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) })
-}
-
-/// Connections waiting in `listener`'s accept queue (`tcpi_unacked` of a listening socket).
-pub fn queued(listener: &TcpListener) -> io::Result<u32> {
-    let fd = std::os::fd::AsRawFd::as_raw_fd(listener);
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: getsockopt fills at most `len` bytes of `info`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+pub fn bind_one(addr: SocketAddr, transport: Transport, backlog: Backlog) -> Result<Listener> {
+    let fd = new_socket(addr, transport, true)?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(|e| bind_error(addr, e))?;
+    if transport == Transport::Tcp {
+        listen(&fd, backlog).map_err(|e| bind_error(addr, e))?;
     }
-    Ok(info.tcpi_unacked)
+    Ok(Listener { fd, transport })
 }
 
 /// Refuses group sizes the maps cannot hold.
@@ -172,10 +219,13 @@ mod tests {
 
     #[test]
     fn a_group_shares_one_port_and_refuses_a_second_group() {
-        let group = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
-        let port = group[0].local_addr().unwrap().port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let e = bind_group(addr, 2, 16).unwrap_err().to_string();
-        assert!(e.contains("in use"), "{e}");
+        for t in [Transport::Tcp, Transport::Udp] {
+            let group = bind_group("127.0.0.1:0".parse().unwrap(), t, 2, 16).unwrap();
+            let port = group[0].local_addr().unwrap().port();
+            assert_eq!(group[1].local_addr().unwrap().port(), port);
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let e = bind_group(addr, t, 2, 16).unwrap_err().to_string();
+            assert!(e.contains("in use"), "{e}");
+        }
     }
 }

@@ -108,6 +108,11 @@ fn options(args: RunArgs) -> Result<supervisor::Options> {
         kill_timeout: Duration::from_secs_f64(args.kill_timeout),
         backoff: Default::default(),
         weights: args.weights,
+        transport: if args.udp {
+            listeners::Transport::Udp
+        } else {
+            listeners::Transport::Tcp
+        },
         metrics: match args.metrics.trim() {
             "off" | "" => None,
             addr => Some(listeners::parse_addr(addr).map_err(|_| {

@@ -80,6 +80,11 @@ mod tests {
             let after = table(&rest);
             let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64;
             let share = moved / STICKY_TABLE as f64;
+            eprintln!(
+                "sticky: {n} slots, one leaves: {:.2}% of clients move (1/N = {:.2}%)",
+                share * 100.0,
+                100.0 / n as f64
+            );
             // The departed slot's own entries (1/n) must move; Maglev moves little else.
             assert!(
                 share < 1.0 / n as f64 * 1.25,

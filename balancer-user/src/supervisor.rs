@@ -8,7 +8,7 @@
 use std::os::unix::process::ExitStatusExt as _;
 use std::{
     collections::BTreeMap,
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     os::fd::AsFd,
     path::PathBuf,
     process::ExitStatus,
@@ -43,10 +43,12 @@ pub struct Options {
     pub metrics: Option<SocketAddr>,
     /// Per-slot weights for the weighted policy; missing ones are 1.
     pub weights: Vec<u32>,
+    /// TCP connections or UDP datagrams.
+    pub transport: listeners::Transport,
 }
 
 struct Slot {
-    listener: TcpListener,
+    listener: listeners::Listener,
     pid: Option<Pid>,
     started: Option<Instant>,
     /// The slot's REPORTS counters when the current worker started.
@@ -111,7 +113,7 @@ impl Supervisor {
         events: mpsc::UnboundedSender<Event>,
         asks: mpsc::UnboundedSender<Ask>,
     ) -> Result<Supervisor> {
-        let group = listeners::bind_group(opts.listen, opts.workers, opts.backlog)?;
+        let group = listeners::bind_group(opts.listen, opts.transport, opts.workers, opts.backlog)?;
         let mut steering = Steering::load()?;
         for (i, l) in group.iter().enumerate() {
             steering.insert(i as u32, l)?;
@@ -189,9 +191,18 @@ impl Supervisor {
             sup.opts.policy.name(),
             sup.command.display()
         );
+        let try_it = match sup.opts.transport {
+            listeners::Transport::Tcp => format!("curl http://{}/", try_addr(listen)),
+            listeners::Transport::Udp => {
+                format!(
+                    "echo hi | nc -u -w1 {} {}",
+                    try_addr(listen).rsplit_once(':').map_or("", |x| x.0),
+                    listen.port()
+                )
+            }
+        };
         log::info!(
-            "try: curl http://{}/   status: balancer status --control {}   stop: Ctrl-C",
-            try_addr(listen),
+            "try: {try_it}   status: balancer status --control {}   stop: Ctrl-C",
             sup.opts.control.display()
         );
         Ok(sup)
@@ -371,7 +382,7 @@ impl Supervisor {
                     assigned: self.steering.slots.assigned(i),
                     accepted: self.steering.reports.accepted(i),
                     closed: self.steering.reports.closed(i),
-                    queued: listeners::queued(&s.listener).unwrap_or(0),
+                    queued: s.listener.queued().unwrap_or(0),
                     restarts: s.restarts,
                     uptime_seconds: s.started.map(|t| t.elapsed().as_secs_f64()),
                     last_exit: s.last_exit.clone(),

@@ -31,8 +31,74 @@ use crate::{process::LISTEN_FD, shared::SlotReporter};
 /// Longest hold `/work` accepts, so that a typo cannot wedge a worker for hours.
 const MAX_WORK_MS: u64 = 60_000;
 
+/// Whether fd 3 is a datagram socket (`balancer run --udp`).
+fn inherited_is_datagram() -> bool {
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: reads one int into `kind`.
+    let rc = unsafe {
+        libc::getsockopt(
+            LISTEN_FD,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&raw mut kind).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && kind == libc::SOCK_DGRAM
+}
+
+/// The UDP worker: answers each datagram with `slot=<slot> pid=<pid>`, after holding its single
+/// thread for N ms if the datagram reads `work ms=N`. Each datagram counts as accepted when
+/// received and closed once answered, so the program's load for a UDP slot is the datagrams
+/// steered to it and not yet answered.
+fn serve_udp() -> Result<()> {
+    check_listen_env()?;
+    // SAFETY: fd 3 was passed to us as a bound UDP socket; we take ownership of it.
+    let socket = unsafe { std::net::UdpSocket::from_raw_fd(LISTEN_FD) };
+    socket.set_nonblocking(false)?;
+    let reporter = reporter();
+    let slot = std::env::var("BALANCER_SLOT").unwrap_or_else(|_| "-".into());
+    let pid = std::process::id();
+    let mut buf = [0u8; 2048];
+    loop {
+        let (n, peer) = match socket.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(r) = &reporter {
+            r.accepted();
+        }
+        let text = String::from_utf8_lossy(&buf[..n]);
+        let mut reply = format!("slot={slot} pid={pid}\n");
+        if let Some(ms) = text
+            .trim()
+            .strip_prefix("work ms=")
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            let ms = ms.min(MAX_WORK_MS);
+            hold_loop(Duration::from_millis(ms), false);
+            reply = format!("slot={slot} pid={pid} worked={ms}ms\n");
+        }
+        let _ = socket.send_to(reply.as_bytes(), peer);
+        if let Some(r) = &reporter {
+            r.closed();
+        }
+    }
+}
+
 /// Takes the listener the way `sd_listen_fds(3)` does.
 fn inherited_listener() -> Result<std::net::TcpListener> {
+    check_listen_env()?;
+    // SAFETY: fd 3 was passed to us as a listening socket; we take ownership of it.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(LISTEN_FD) };
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Checks LISTEN_FDS and LISTEN_PID as `sd_listen_fds(3)` does.
+fn check_listen_env() -> Result<()> {
     let fds: u32 = std::env::var("LISTEN_FDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -48,10 +114,7 @@ fn inherited_listener() -> Result<std::net::TcpListener> {
             bail!("LISTEN_PID={pid} names another process: the listener is not meant for us");
         }
     }
-    // SAFETY: fd 3 was passed to us as a listening socket; we take ownership of it.
-    let listener = unsafe { std::net::TcpListener::from_raw_fd(LISTEN_FD) };
-    listener.set_nonblocking(true)?;
-    Ok(listener)
+    Ok(())
 }
 
 fn reporter() -> Option<SlotReporter> {
@@ -125,6 +188,9 @@ impl tokio::io::AsyncWrite for Counted {
 }
 
 pub fn run() -> Result<()> {
+    if inherited_is_datagram() {
+        return serve_udp();
+    }
     let listener = inherited_listener()?;
     let reporter = reporter().map(Rc::new);
     let slot = std::env::var("BALANCER_SLOT").unwrap_or_else(|_| "-".into());

@@ -1,0 +1,91 @@
+//! `balancer run --udp`: the program steers each datagram.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    time::Duration,
+};
+
+use balancer_tests::*;
+
+fn socket_from(ip: IpAddr) -> UdpSocket {
+    let s = UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Sends `msg` and returns the slot named in the answer.
+fn ask(s: &UdpSocket, to: SocketAddr, msg: &str) -> u32 {
+    s.send_to(msg.as_bytes(), to).unwrap();
+    let mut buf = [0u8; 256];
+    let (n, _) = s.recv_from(&mut buf).expect("every datagram is answered");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix("slot=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no slot in {text:?}"))
+}
+
+fn local() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+#[test]
+fn round_robin_steers_each_datagram() {
+    netns();
+    let b = Balancer::start(8080, 4, &["--udp", "--policy", "round-robin"]);
+    // One client socket, one 4-tuple: still a new choice per datagram.
+    let s = socket_from(local());
+    let slots: Vec<u32> = (0..12).map(|_| ask(&s, b.addr, "hi")).collect();
+    let first = slots[0];
+    let want: Vec<u32> = (0..12).map(|i| (first + i) % 4).collect();
+    assert_eq!(slots, want);
+    assert_eq!(b.per_slot("assigned").iter().sum::<u64>(), 12);
+}
+
+#[test]
+fn sticky_keeps_each_client_address_on_one_worker() {
+    netns();
+    let b = Balancer::start(8080, 4, &["--udp", "--policy", "sticky"]);
+    let mut used = std::collections::BTreeSet::new();
+    for i in 1..=16u8 {
+        let s = socket_from(IpAddr::V4(Ipv4Addr::new(127, 0, 2, i)));
+        let slots: Vec<u32> = (0..4).map(|_| ask(&s, b.addr, "hi")).collect();
+        assert!(
+            slots.iter().all(|&x| x == slots[0]),
+            "client {i}: {slots:?}"
+        );
+        used.insert(slots[0]);
+    }
+    assert!(used.len() >= 3, "{used:?}");
+}
+
+#[test]
+fn least_loaded_skips_a_worker_busy_with_a_datagram() {
+    netns();
+    let b = Balancer::start(8080, 4, &["--udp"]);
+    let busy = socket_from(local());
+    busy.send_to(b"work ms=800", b.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let status = b.status().unwrap();
+    let busy_slot = status["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|s| s["load"] == 1)
+        .expect("the held datagram counts as load on its slot");
+    let s = socket_from(local());
+    let slots: Vec<u32> = (0..40).map(|_| ask(&s, b.addr, "hi")).collect();
+    assert!(
+        !slots.contains(&(busy_slot as u32)),
+        "slot {busy_slot} is busy: {slots:?}"
+    );
+    let mut buf = [0u8; 256];
+    let (n, _) = busy.recv_from(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("worked=800ms"));
+    b.wait_for(Duration::from_secs(5), "loads back to 0", |s| {
+        s["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["load"] == 0)
+    });
+}

@@ -56,7 +56,9 @@ static COUNTERS: Array<u64> = Array::with_max_entries(1, 0);
 /// Sticky table: index (from the client address) -> slot, rebuilt by the supervisor with
 /// consistent hashing whenever the set of up slots changes.
 #[map]
-static STICKY: Array<u32> = Array::with_max_entries(policy::STICKY_TABLE, BPF_F_MMAPABLE);
+// u64 values: an array map lays its values out 8 bytes apart, and user space writes this one
+// through a shared mapping, so the value must fill its whole stride.
+static STICKY: Array<u64> = Array::with_max_entries(policy::STICKY_TABLE, BPF_F_MMAPABLE);
 
 #[inline(always)]
 fn count(index: u32) {
@@ -138,7 +140,7 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
     } else if policy == Policy::Sticky as u32 {
         client_address(&ctx)
             .and_then(|address| STICKY.get(policy::sticky_index(address)))
-            .copied()
+            .map(|&slot| slot as u32)
     } else {
         None
     };

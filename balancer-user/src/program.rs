@@ -37,7 +37,7 @@ pub struct Steering {
     reports_map: MapData,
     pub slots: Mapped<Slot>,
     pub reports: Mapped<Report>,
-    sticky: Mapped<u32>,
+    sticky: Mapped<u64>,
 }
 
 impl Steering {
@@ -188,7 +188,8 @@ impl Steering {
         let up: Vec<u32> = (0..slots)
             .filter(|&s| self.slots.state(s) == SlotState::Up)
             .collect();
-        self.sticky.store_all(&crate::sticky::table(&up));
+        self.sticky
+            .store_all(crate::sticky::table(&up).into_iter().map(u64::from));
     }
 
     /// (run time in ns, run count) the kernel measured for the program while

@@ -101,13 +101,13 @@ impl Mapped<Slot> {
     }
 }
 
-impl Mapped<u32> {
+impl Mapped<u64> {
     /// Overwrites the whole array, one atomic store per entry: a reader sees each entry either
     /// old or new, never torn.
-    pub fn store_all(&self, values: &[u32]) {
-        for (i, &v) in values.iter().enumerate().take(self.len) {
-            // SAFETY: in bounds, 4-byte aligned.
-            unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(i)) }.store(v, Ordering::Relaxed);
+    pub fn store_all(&self, values: impl IntoIterator<Item = u64>) {
+        for (i, v) in values.into_iter().enumerate().take(self.len) {
+            // SAFETY: in bounds, 8-byte aligned.
+            unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(i)) }.store(v, Ordering::Relaxed);
         }
     }
 }

@@ -48,6 +48,16 @@ struct Running {
 
 impl Running {
     fn start(bin: &Path, port: u16, workers: u32, policy: &str) -> Result<Running> {
+        Running::start_with(bin, port, workers, policy, &[])
+    }
+
+    fn start_with(
+        bin: &Path,
+        port: u16,
+        workers: u32,
+        policy: &str,
+        extra: &[&str],
+    ) -> Result<Running> {
         let control =
             std::env::temp_dir().join(format!("balancer-bench-{}-{port}.sock", std::process::id()));
         let child = Command::new(bin)
@@ -59,6 +69,7 @@ impl Running {
                 &workers.to_string(),
             ])
             .args(["--policy", policy, "--backlog", "128", "--metrics", "off"])
+            .args(extra)
             .arg("--control")
             .arg(&control)
             .stdin(Stdio::null())
@@ -122,6 +133,153 @@ fn drive(addr: SocketAddr, count: usize, threads: usize) -> Result<Duration> {
         Ok(())
     })?;
     Ok(start.elapsed())
+}
+
+/// One request on a new connection from source address `from`; returns the slot that answered.
+fn get_slot(addr: SocketAddr, from: Option<std::net::IpAddr>) -> Result<u32> {
+    let mut c = match from {
+        None => TcpStream::connect_timeout(&addr, Duration::from_secs(5))?,
+        Some(ip) => connect_from(ip, addr)?,
+    };
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    c.write_all(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")?;
+    let mut buf = String::new();
+    c.read_to_string(&mut buf)?;
+    slot_in(&buf)
+}
+
+fn slot_in(reply: &str) -> Result<u32> {
+    reply
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("slot=")?.parse().ok())
+        .with_context(|| format!("no slot in reply {reply:?}"))
+}
+
+fn connect_from(ip: std::net::IpAddr, addr: SocketAddr) -> Result<TcpStream> {
+    use std::os::fd::FromRawFd as _;
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            bail!("socket: {}", std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let (std::net::IpAddr::V4(src), SocketAddr::V4(dst)) = (ip, addr) else {
+            bail!("IPv4 only")
+        };
+        let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let local = sin(src, 0);
+        if libc::bind(fd, (&raw const local).cast(), len) != 0 {
+            bail!("bind {src}: {}", std::io::Error::last_os_error());
+        }
+        let remote = sin(*dst.ip(), dst.port());
+        if libc::connect(fd, (&raw const remote).cast(), len) != 0 {
+            bail!("connect: {}", std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+pub struct PolicyRow {
+    pub policy: &'static str,
+    pub counts: Vec<u64>,
+    pub cv: f64,
+    pub busy_share: f64,
+    pub during_block: usize,
+}
+
+/// 2,000 connections from 4 concurrent clients (from 64 client addresses), then one worker held
+/// for 2 s while 32 clients open new connections.
+fn policy_row(bin: &Path, port: u16, policy: &'static str, extra: &[&str]) -> Result<PolicyRow> {
+    let workers = 4;
+    let _running = Running::start_with(bin, port, workers, policy, extra)?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let client = |i: usize| {
+        Some(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+            127,
+            0,
+            3,
+            (i % 64) as u8 + 1,
+        )))
+    };
+    let counts = std::thread::scope(|s| -> Result<Vec<u64>> {
+        let hs: Vec<_> = (0..4)
+            .map(|t| {
+                s.spawn(move || -> Result<Vec<u64>> {
+                    let mut c = vec![0u64; workers as usize];
+                    for i in 0..500 {
+                        c[get_slot(addr, client(t * 500 + i))? as usize] += 1;
+                    }
+                    Ok(c)
+                })
+            })
+            .collect();
+        let mut total = vec![0u64; workers as usize];
+        for h in hs {
+            for (t, c) in total.iter_mut().zip(h.join().unwrap()?) {
+                *t += c;
+            }
+        }
+        Ok(total)
+    })?;
+    let mean = counts.iter().sum::<u64>() as f64 / counts.len() as f64;
+    let var = counts
+        .iter()
+        .map(|&c| (c as f64 - mean).powi(2))
+        .sum::<f64>()
+        / counts.len() as f64;
+
+    // Hold one worker: a keep-alive connection learns its slot, then asks for 2 s of work.
+    let mut holder = TcpStream::connect(addr)?;
+    holder.set_read_timeout(Some(Duration::from_secs(10)))?;
+    holder.write_all(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")?;
+    let mut buf = [0u8; 512];
+    let n = holder.read(&mut buf)?;
+    let busy = slot_in(&String::from_utf8_lossy(&buf[..n]))?;
+    holder.write_all(b"GET /work?ms=2000 HTTP/1.1\r\nHost: b\r\n\r\n")?;
+    std::thread::sleep(Duration::from_millis(50));
+    let begin = Instant::now();
+    let block = Duration::from_millis(1900);
+    let results = std::thread::scope(|s| -> Result<Vec<u32>> {
+        let hs: Vec<_> = (0..32)
+            .map(|t| {
+                s.spawn(move || -> Result<Vec<u32>> {
+                    let mut out = Vec::new();
+                    let mut i = 0;
+                    while begin.elapsed() < block && out.len() < 300 {
+                        let started = begin.elapsed();
+                        let slot = get_slot(addr, client(t * 300 + i))?;
+                        i += 1;
+                        if started < block {
+                            out.push(slot);
+                        }
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in hs {
+            all.extend(h.join().unwrap()?);
+        }
+        Ok(all)
+    })?;
+    let _ = holder.read(&mut buf);
+    let to_busy = results.iter().filter(|&&s| s == busy).count();
+    Ok(PolicyRow {
+        policy,
+        cv: var.sqrt() / mean,
+        counts,
+        busy_share: to_busy as f64 / results.len().max(1) as f64,
+        during_block: results.len(),
+    })
 }
 
 pub struct CostRow {
@@ -189,6 +347,21 @@ pub fn run(bin: &Path, root: &Path, quick: bool) -> Result<()> {
     let rows = selection_cost(bin, quick);
     let _ = std::fs::write(STATS_SYSCTL, old.trim());
     let rows = rows?;
+    let mut policies = Vec::new();
+    for (i, (policy, extra)) in [
+        ("least-loaded", &[][..]),
+        ("p2c", &[][..]),
+        ("round-robin", &[][..]),
+        ("weighted", &["--weights", "3,1,1,1"][..]),
+        ("sticky", &[][..]),
+        ("hash", &[][..]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        eprintln!("bench: distribution and busy worker, {policy}");
+        policies.push(policy_row(bin, 9000 + i as u16, policy, extra)?);
+    }
 
     let base = |slots: u32| {
         rows.iter()
@@ -223,6 +396,24 @@ pub fn run(bin: &Path, root: &Path, quick: bool) -> Result<()> {
             r.ns_per_run / base(r.slots)
         ));
     }
+    md.push_str(
+        "\n## Distribution by policy\n\n\
+         4 built-in workers. *Counts*: 2,000 new connections from 4 concurrent clients, each \
+         connection from one of 64 client addresses (127.0.3.x), per worker, and their coefficient \
+         of variation. *Busy worker*: one worker's event loop is held for 2 s \
+         (`/work?ms=2000` on a keep-alive connection) while 32 clients open new connections; the \
+         share of those connections sent to the held worker, and how many were served in the \
+         1.9 s window (a client stuck behind the held worker opens no more). `weighted` runs with \
+         weights 3,1,1,1.\n\n\
+         | policy | counts per worker | CV | busy worker's share | connections in the window |\n\
+         |---|---|---:|---:|---:|\n",
+    );
+    for p in &policies {
+        md.push_str(&format!(
+            "| {} | {:?} | {:.3} | {:.3} | {} |\n",
+            p.policy, p.counts, p.cv, p.busy_share, p.during_block
+        ));
+    }
     let json: Vec<_> = rows
         .iter()
         .map(|r| serde_json::json!({"slots": r.slots, "policy": r.policy, "runs": r.runs, "ns_per_run": r.ns_per_run}))
@@ -231,9 +422,15 @@ pub fn run(bin: &Path, root: &Path, quick: bool) -> Result<()> {
     std::fs::write(root.join("docs/benchmarks.md"), &md)?;
     std::fs::write(
         root.join("docs/benchmarks.json"),
-        serde_json::to_string_pretty(
-            &serde_json::json!({"machine": machine(), "date": today(), "selection_cost": json}),
-        )?,
+        serde_json::to_string_pretty(&serde_json::json!({
+            "machine": machine(),
+            "date": today(),
+            "selection_cost": json,
+            "policies": policies.iter().map(|p| serde_json::json!({
+                "policy": p.policy, "counts": p.counts, "cv": p.cv,
+                "busy_share": p.busy_share, "connections_during_block": p.during_block,
+            })).collect::<Vec<_>>(),
+        }))?,
     )?;
     print!("{md}");
     Ok(())

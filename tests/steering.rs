@@ -33,60 +33,16 @@ fn equal_loads_split_within_15_percent_of_even() {
     assert_eq!(assigned, 2000, "the program counted every connection once");
 }
 
-/// Share of the connections that started while `slow` was held and that `slow` received.
-fn share_while_blocked(addr: SocketAddr, workers: usize) -> (f64, usize) {
-    let mut holders = one_per_slot(addr, workers);
-    let slow = holders.remove(0);
-    drop(holders);
-    let mut slow = [slow];
-    let block = Duration::from_millis(2000);
-    hold(&mut slow, block.as_millis() as u64);
-    let [mut slow] = slow;
-    let begin = Instant::now();
-    // 32 clients, each opening new connections until the block ends (at most 200 each).
-    let results: Vec<(Duration, Reply)> = thread::scope(|s| {
-        let handles: Vec<_> = (0..32)
-            .map(|_| {
-                s.spawn(move || {
-                    let mut out = Vec::new();
-                    while begin.elapsed() < block - Duration::from_millis(100) && out.len() < 200 {
-                        let started = begin.elapsed();
-                        out.push((
-                            started,
-                            get(addr, "/").expect("every connection is answered"),
-                        ));
-                    }
-                    out
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    });
-    let held = slow.read_reply().unwrap();
-    assert_eq!(held.status, 200);
-    assert!(results.iter().all(|(_, r)| r.status == 200));
-    let during: Vec<&Reply> = results
-        .iter()
-        .filter(|(t, _)| *t < block)
-        .map(|(_, r)| r)
-        .collect();
-    let to_slow = during.iter().filter(|r| r.slot == slow.slot).count();
-    (to_slow as f64 / during.len() as f64, during.len())
-}
-
 #[test]
 fn a_busy_worker_gets_far_fewer_connections_than_under_the_kernel_hash() {
     netns();
     let (least_loaded, n_ll) = {
         let b = Balancer::start(8080, 4, &[]);
-        share_while_blocked(b.addr, 4)
+        share_while_blocked(b.addr, 4, "/work?ms=")
     };
     let (hash, n_hash) = {
         let b = Balancer::start(8081, 4, &["--policy", "hash"]);
-        share_while_blocked(b.addr, 4)
+        share_while_blocked(b.addr, 4, "/work?ms=")
     };
     eprintln!(
         "busy worker's share of new connections: least-loaded {least_loaded:.3} of {n_ll}, \

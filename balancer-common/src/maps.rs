@@ -17,6 +17,9 @@ pub const REPORTS_MAP: &str = "REPORTS";
 pub const CONFIG_MAP: &str = "CONFIG";
 pub const STATS_MAP: &str = "STATS";
 pub const COUNTERS_MAP: &str = "COUNTERS";
+pub const PENDING_MAP: &str = "PENDING";
+pub const OPEN_MAP: &str = "OPEN";
+pub const CLOSES_PROGRAM: &str = "closes";
 pub const STICKY_MAP: &str = "STICKY";
 pub const PROGRAM: &str = "balancer";
 
@@ -98,6 +101,26 @@ pub struct Config {
     pub slots: u32,
     /// A [`crate::Policy`] as `u32`.
     pub policy: u32,
+    /// Who reports closed connections: [`TRACK_WORKER`] or [`TRACK_KERNEL`].
+    pub tracking: u32,
+    /// The port the slots serve, in host byte order (the close tracker ignores other ports).
+    pub port: u32,
+}
+
+/// Workers report their closes through `REPORTS` (the built-in worker does).
+pub const TRACK_WORKER: u32 = 0;
+/// The kernel reports closes: the steering program remembers which slot each new connection
+/// went to, and a `sock_ops` program counts the connection closed when its state leaves
+/// ESTABLISHED on the server's side. For workers that report nothing.
+pub const TRACK_KERNEL: u32 = 1;
+
+/// A connection as both programs can name it: the client's address (IPv4 in the first word,
+/// as in the packet) and the client's TCP port (its network-order bits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKey {
+    pub address: [u32; 4],
+    pub port: u32,
 }
 
 /// Index of the round-robin ticket counter in `COUNTERS`.
@@ -122,6 +145,7 @@ mod pod {
     unsafe impl aya::Pod for super::Slot {}
     unsafe impl aya::Pod for super::Report {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::FlowKey {}
 }
 
 #[cfg(test)]
@@ -132,7 +156,8 @@ mod tests {
     fn layouts_are_what_the_program_expects() {
         assert_eq!(core::mem::size_of::<Slot>(), 64);
         assert_eq!(core::mem::size_of::<Report>(), 64);
-        assert_eq!(core::mem::size_of::<Config>(), 8);
+        assert_eq!(core::mem::size_of::<Config>(), 16);
+        assert_eq!(core::mem::size_of::<FlowKey>(), 20);
     }
 
     #[test]

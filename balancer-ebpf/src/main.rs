@@ -21,11 +21,13 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_get_prandom_u32, bpf_loop, bpf_skb_load_bytes_relative},
     macros::{map, sk_reuseport},
-    maps::{Array, PerCpuArray, ReusePortSockArray},
+    maps::{Array, LruHashMap, PerCpuArray, ReusePortSockArray},
     programs::SkReuseportContext,
 };
 use aya_log_ebpf::warn;
-use balancer_common::maps::ROUND_ROBIN_TICKET;
+use balancer_common::maps::{FlowKey, ROUND_ROBIN_TICKET, TRACK_KERNEL};
+
+mod closes;
 use balancer_common::{
     maps::load, policy, stats, Config, Policy, Report, Slot, SlotState, MAX_SLOTS,
 };
@@ -48,6 +50,15 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
+
+/// Connection (client address and port) -> the slot the program sent it to, from selection
+/// until the handshake completes. Only filled when the kernel tracks closes.
+#[map]
+static PENDING: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Socket cookie of an established connection -> its slot, until the connection closes.
+#[map]
+static OPEN: LruHashMap<u64, u32> = LruHashMap::with_max_entries(262_144, 0);
 
 /// Counters shared by all CPUs: the round-robin ticket.
 #[map]
@@ -94,6 +105,21 @@ fn client_address(ctx: &SkReuseportContext) -> Option<[u32; 4]> {
         )
     };
     (rc == 0).then_some(address)
+}
+
+const IPPROTO_TCP: u32 = 6;
+
+/// The connection this SYN opens, named as the close tracker will see it.
+fn flow_key(ctx: &SkReuseportContext) -> Option<FlowKey> {
+    let address = client_address(ctx)?;
+    // `data` starts at the TCP header; its first two bytes are the source port. The bounds
+    // check against data_end is what lets the verifier accept the read.
+    let data = ctx.data();
+    if data + 2 > ctx.data_end() {
+        return None;
+    }
+    let port = unsafe { *(data as *const u16) } as u32;
+    Some(FlowKey { address, port })
 }
 
 /// The `bpf_loop` body: offers candidate `i` of the scan to the policy if its slot is up.
@@ -182,6 +208,13 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
         );
         count(stats::FALLBACK_SELECT_FAILED);
         return SK_PASS;
+    }
+    if config.tracking == TRACK_KERNEL && ctx.ip_protocol() == IPPROTO_TCP {
+        if let Some(key) = flow_key(&ctx) {
+            // Best effort: if the table is full the LRU entry goes, and that connection's
+            // close is not counted (see docs/architecture.md).
+            let _ = PENDING.insert(&key, &index, 0);
+        }
     }
     if let Some(slot) = SLOTS.get_ptr_mut(index) {
         unsafe {

@@ -94,6 +94,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub udp: bool,
 
+    /// Who tells the program that a connection closed: `worker` (the worker reports through
+    /// the REPORTS map on fd 4, as the built-in worker does), `kernel` (a sock_ops program
+    /// watches the connections' TCP states: for any server, unmodified), or `auto` (worker for
+    /// the built-in worker, kernel for a COMMAND).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "worker", "kernel"])]
+    pub load_from: String,
+
     /// Per-slot weights for the weighted policy, e.g. 3,1,1,1 (missing ones are 1).
     #[arg(long, value_delimiter = ',', value_name = "W,W,...",
           value_parser = clap::value_parser!(u32).range(1..=crate::control::MAX_WEIGHT as i64))]

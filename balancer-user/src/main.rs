@@ -98,6 +98,13 @@ fn options(args: RunArgs) -> Result<supervisor::Options> {
             args.backlog
         );
     }
+    let tracking = match (args.load_from.as_str(), args.command.is_empty(), args.udp) {
+        ("kernel", _, true) => anyhow::bail!(
+            "--load-from kernel tracks TCP connections; with --udp the worker reports (--load-from worker)"
+        ),
+        ("kernel", _, _) | ("auto", false, false) => balancer_common::maps::TRACK_KERNEL,
+        _ => balancer_common::maps::TRACK_WORKER,
+    };
     Ok(supervisor::Options {
         listen,
         workers,
@@ -108,6 +115,7 @@ fn options(args: RunArgs) -> Result<supervisor::Options> {
         kill_timeout: Duration::from_secs_f64(args.kill_timeout),
         backoff: Default::default(),
         weights: args.weights,
+        tracking,
         transport: if args.udp {
             listeners::Transport::Udp
         } else {

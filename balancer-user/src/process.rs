@@ -95,7 +95,9 @@ fn find_program(name: &OsStr) -> Option<PathBuf> {
 pub struct Spawn<'a> {
     pub slot: u32,
     pub listener: BorrowedFd<'a>,
-    pub reports: BorrowedFd<'a>,
+    /// The REPORTS map, for workers that report their own closes; None when the kernel
+    /// tracks closes (a worker that also reported would count every close twice).
+    pub reports: Option<BorrowedFd<'a>>,
 }
 
 fn cstring(s: impl AsRef<OsStr>) -> Result<CString> {
@@ -132,13 +134,15 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
     env.push(cstring("LISTEN_FDS=1")?);
     env.push(cstring("LISTEN_FDNAMES=balancer")?);
     env.push(cstring(format!("BALANCER_SLOT={}", spawn.slot))?);
-    env.push(cstring(format!("BALANCER_REPORT_FD={REPORT_FD}"))?);
+    if spawn.reports.is_some() {
+        env.push(cstring(format!("BALANCER_REPORT_FD={REPORT_FD}"))?);
+    }
     let pid_index = env.len();
     env.push(cstring(format!("LISTEN_PID={}", "0".repeat(PID_DIGITS)))?);
 
     let image = ExecImage::new(program, argv, env, pid_index);
     let listener = spawn.listener.as_raw_fd();
-    let reports = spawn.reports.as_raw_fd();
+    let reports = spawn.reports.map(|r| r.as_raw_fd());
 
     let mut command = std::process::Command::new(&cmd.program);
     command.process_group(0);
@@ -149,17 +153,24 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // Move both fds above the target numbers first, so that neither dup2 overwrites the
-            // other's source.
+            // Move the fds above the target numbers first, so that no dup2 overwrites another's
+            // source.
             let l = libc::fcntl(listener, libc::F_DUPFD_CLOEXEC, 10);
-            let r = libc::fcntl(reports, libc::F_DUPFD_CLOEXEC, 10);
-            if l < 0 || r < 0 || libc::dup2(l, LISTEN_FD) < 0 || libc::dup2(r, REPORT_FD) < 0 {
+            if l < 0 || libc::dup2(l, LISTEN_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // Everything above fd 4 goes, including fds the supervisor itself inherited without
+            let mut keep = LISTEN_FD;
+            if let Some(reports) = reports {
+                let r = libc::fcntl(reports, libc::F_DUPFD_CLOEXEC, 10);
+                if r < 0 || libc::dup2(r, REPORT_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                keep = REPORT_FD;
+            }
+            // Everything above goes, including fds the supervisor itself inherited without
             // close-on-exec from whatever started it (a jobserver pipe, a shell's fd): a worker
-            // gets stdio, its listener and the REPORTS map, nothing else.
-            if libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) != 0 {
+            // gets stdio, its listener and maybe the REPORTS map, nothing else.
+            if libc::syscall(libc::SYS_close_range, keep as u32 + 1, u32::MAX, 0u32) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             image.exec()

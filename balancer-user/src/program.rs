@@ -10,12 +10,16 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use aya::programs::{links::CgroupAttachMode, SockOps};
 use aya::{
     maps::{Array, MapData, PerCpuArray, ReusePortSockArray},
     programs::SkReuseport,
     Ebpf, EbpfLoader,
 };
-use balancer_common::{maps as names, policy, stats, Config, Policy, Report, Slot, SlotState};
+use balancer_common::{
+    maps::{self as names, TRACK_KERNEL},
+    policy, stats, Config, Policy, Report, Slot, SlotState,
+};
 
 use crate::{capabilities, shared::Mapped};
 
@@ -137,16 +141,50 @@ impl Steering {
         )
     }
 
+    /// Writes the configuration both programs read; `port` and `tracking` stay as set by
+    /// [`Steering::track`] (or their defaults: workers report, port 0).
     pub fn configure(&mut self, slots: u32, policy: Policy) -> Result<()> {
+        let mut config = self.config.get(&0, 0).unwrap_or_default();
+        config.slots = slots;
+        config.policy = policy as u32;
         self.config
-            .set(
-                0,
-                Config {
-                    slots,
-                    policy: policy as u32,
-                },
-                0,
-            )
+            .set(0, config, 0)
+            .context("cannot write the program's configuration")
+    }
+
+    /// Chooses who reports closes for connections on `port`. With [`TRACK_KERNEL`], loads the
+    /// close tracker and attaches it to this process's cgroup (v2), whose sockets include every
+    /// connection accepted from the listeners; it stays attached while this process lives.
+    pub fn track(&mut self, port: u16, tracking: u32) -> Result<()> {
+        if tracking == TRACK_KERNEL {
+            let cgroup = own_cgroup()?;
+            let dir = std::fs::File::open(&cgroup)
+                .with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
+            let program: &mut SockOps = self
+                .bpf
+                .program_mut(names::CLOSES_PROGRAM)
+                .context("the object file has no close tracker")?
+                .try_into()?;
+            program
+                .load()
+                .map_err(|e| anyhow!("the kernel refused the close tracker: {e}"))?;
+            // A bpf_link (flags 0: links always coexist with other programs on the cgroup).
+            // The link belongs to the program, which `self.bpf` keeps until this process exits;
+            // the kernel then detaches it.
+            program
+                .attach(dir, CgroupAttachMode::Single)
+                .with_context(|| {
+                    format!(
+                        "cannot attach the close tracker to cgroup {}",
+                        cgroup.display()
+                    )
+                })?;
+        }
+        let mut config = self.config.get(&0, 0).unwrap_or_default();
+        config.port = port as u32;
+        config.tracking = tracking;
+        self.config
+            .set(0, config, 0)
             .context("cannot write the program's configuration")
     }
 
@@ -209,4 +247,26 @@ impl Steering {
 fn is_permission_error(e: &aya::EbpfError) -> bool {
     let s = format!("{e:?}");
     s.contains("EPERM") || s.contains("Operation not permitted") || s.contains("PermissionDenied")
+}
+
+/// This process's cgroup in the v2 hierarchy: where cgroup2 is mounted (from mountinfo) joined
+/// with the path in /proc/self/cgroup's `0::` line.
+fn own_cgroup() -> Result<std::path::PathBuf> {
+    let hint = "kernel close tracking needs a cgroup v2 hierarchy; pass --load-from worker if the \
+                workers report their own closes";
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mount = mounts
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(str::to_string))?
+        })
+        .with_context(|| format!("no cgroup2 mount: {hint}"))?;
+    let own = std::fs::read_to_string("/proc/self/cgroup")?;
+    let path = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .with_context(|| format!("not in a cgroup v2 hierarchy: {hint}"))?;
+    Ok(std::path::Path::new(&mount).join(path.trim_start_matches('/')))
 }

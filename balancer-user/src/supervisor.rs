@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use balancer_common::{stats, Policy, SlotState};
+use balancer_common::{maps::TRACK_WORKER, stats, Policy, SlotState};
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::sync::{mpsc, oneshot};
 
@@ -45,6 +45,8 @@ pub struct Options {
     pub weights: Vec<u32>,
     /// TCP connections or UDP datagrams.
     pub transport: listeners::Transport,
+    /// Who reports closed connections: TRACK_WORKER or TRACK_KERNEL.
+    pub tracking: u32,
 }
 
 struct Slot {
@@ -123,6 +125,7 @@ impl Supervisor {
             steering.set_state(i as u32, SlotState::Down);
         }
         steering.configure(opts.workers, opts.policy)?;
+        steering.track(group[0].local_addr()?.port(), opts.tracking)?;
         steering.attach(&group[0])?;
         let control = control::bind(&opts.control)?;
         let metrics = match opts.metrics {
@@ -215,7 +218,7 @@ impl Supervisor {
             Spawn {
                 slot,
                 listener: s.listener.as_fd(),
-                reports: self.steering.reports_fd(),
+                reports: (self.opts.tracking == TRACK_WORKER).then(|| self.steering.reports_fd()),
             },
         )?;
         let pid = Pid::from_raw(

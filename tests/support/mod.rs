@@ -294,6 +294,13 @@ impl KeepAlive {
         Ok(())
     }
 
+    /// Sends a last request, asking the server to close the connection after its reply.
+    pub fn send_last(&mut self, path: &str) -> Result<()> {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        self.stream.write_all(req.as_bytes())?;
+        Ok(())
+    }
+
     /// Reads one reply to an earlier [`KeepAlive::send`].
     pub fn read_reply(&mut self) -> Result<Reply> {
         read_one(&mut self.stream)
@@ -336,10 +343,63 @@ fn read_one(stream: &mut TcpStream) -> Result<Reply> {
 /// Holds the event loop of the worker behind each of `holders` for `ms` milliseconds, and
 /// returns once the requests have had time to reach the workers.
 pub fn hold(holders: &mut [KeepAlive], ms: u64) {
+    hold_with(holders, "/work?ms=", ms)
+}
+
+/// Like [`hold`], with the worker's own hold route (`/work?ms=`, `/block?ms=`). The request
+/// asks the server to close afterwards: a server that handles one connection at a time (a sync
+/// Python worker) would otherwise sit on the idle keep-alive connection after the hold.
+pub fn hold_with(holders: &mut [KeepAlive], route: &str, ms: u64) {
     for h in holders.iter_mut() {
-        h.send(&format!("/work?ms={ms}")).unwrap();
+        h.send_last(&format!("{route}{ms}")).unwrap();
     }
     std::thread::sleep(Duration::from_millis(50));
+}
+
+/// Holds one of `workers` workers for 2 s (through `route`, e.g. `/work?ms=`) while 32 clients
+/// open new connections (at most 200 each): returns the share of the connections started
+/// during the hold that went to the held worker, and how many started. Every connection must
+/// be answered.
+pub fn share_while_blocked(addr: SocketAddr, workers: usize, route: &str) -> (f64, usize) {
+    let mut holders = one_per_slot(addr, workers);
+    let slow = holders.remove(0);
+    drop(holders);
+    let mut slow = [slow];
+    let block = Duration::from_millis(2000);
+    hold_with(&mut slow, route, block.as_millis() as u64);
+    let [mut slow] = slow;
+    let begin = Instant::now();
+    let results: Vec<(Duration, Reply)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..32)
+            .map(|_| {
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    while begin.elapsed() < block - Duration::from_millis(100) && out.len() < 200 {
+                        let started = begin.elapsed();
+                        out.push((
+                            started,
+                            get(addr, "/").expect("every connection is answered"),
+                        ));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let held = slow.read_reply().unwrap();
+    assert_eq!(held.status, 200);
+    assert!(results.iter().all(|(_, r)| r.status == 200));
+    let during: Vec<&Reply> = results
+        .iter()
+        .filter(|(t, _)| *t < block)
+        .map(|(_, r)| r)
+        .collect();
+    let to_slow = during.iter().filter(|r| r.slot == slow.slot).count();
+    (to_slow as f64 / during.len() as f64, during.len())
 }
 
 /// Opens keep-alive connections until one lands on each of `slots` distinct slots.

@@ -178,6 +178,10 @@ pub fn ensure() -> Result<Env> {
     } else {
         apt_install(&APT_PACKAGES[5..])?;
     }
+    // The example workers' tests run Node.js; Debian's package where the machine has none.
+    if quiet(Command::new("node").arg("--version")).is_none() {
+        apt_install(&["nodejs"])?;
+    }
     for (module, package) in PIP_PACKAGES {
         if quiet(Command::new("python3").args(["-c", &format!("import {module}")])).is_none() {
             run(Command::new("python3").args(["-m", "pip", "install", "-q", package]))?;

@@ -1,0 +1,42 @@
+// The Node.js cluster-module demo, as a balancer worker: no cluster, no primary. `balancer run`
+// starts one copy per slot and hands each its own listening socket on fd 3.
+//
+//   balancer run --listen :8080 --workers 4 -- node examples/node/server.js
+//
+// GET /            -> which worker answered
+// GET /block?ms=N  -> blocks this worker's event loop for N ms, like the classic
+//                     `for (let i = 0; i < 1e7; i++)` handler: every other request on this
+//                     worker waits, which is what the balancer steers around.
+"use strict";
+const http = require("http");
+
+if (process.env.LISTEN_FDS !== "1" || process.env.LISTEN_PID !== String(process.pid)) {
+  console.error("server.js: expected a listening socket on fd 3 (run me with `balancer run`)");
+  process.exit(1);
+}
+
+const slot = process.env.BALANCER_SLOT || "-";
+
+const server = http.createServer((req, res) => {
+  const url = new URL(req.url, "http://worker");
+  let body = `slot=${slot} pid=${process.pid}\n`;
+  if (url.pathname === "/block") {
+    const ms = Math.min(Number(url.searchParams.get("ms")) || 0, 60000);
+    const end = Date.now() + ms;
+    while (Date.now() < end) {
+      // Busy: the event loop is held, as a CPU-heavy synchronous handler would.
+    }
+    body = `slot=${slot} pid=${process.pid} blocked=${ms}ms\n`;
+  } else if (url.pathname !== "/") {
+    res.writeHead(404, { "Content-Length": 10 });
+    res.end("not found\n");
+    return;
+  }
+  res.writeHead(200, { "Content-Type": "text/plain", "Content-Length": Buffer.byteLength(body) });
+  res.end(body);
+});
+
+server.listen({ fd: 3 }, () => console.error(`worker ${process.pid} (slot ${slot}) serving on fd 3`));
+
+// Graceful stop: finish in-flight requests, then exit.
+process.on("SIGTERM", () => server.close(() => process.exit(0)));

@@ -1,0 +1,105 @@
+//! The shipped example workers, unmodified Node.js and Python servers on fd 3, steered with the
+//! load the kernel reports for them (`--load-from kernel`, the default for a worker command).
+
+use std::time::Duration;
+
+use balancer_tests::*;
+
+fn example(path: &str) -> String {
+    format!("{}/../examples/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn blocked_share(port: u16, command: &[&str], policy: &str) -> (f64, usize) {
+    let mut args = vec!["--policy", policy, "--"];
+    args.extend_from_slice(command);
+    let b = Balancer::start(port, 4, &args);
+    // Give the interpreters time to start serving: until then connections wait in the queues.
+    b.wait_for(Duration::from_secs(20), "every worker answering", |_| true);
+    for _ in 0..8 {
+        get(b.addr, "/").expect("workers answer");
+    }
+    let r = share_while_blocked(b.addr, 4, "/block?ms=");
+    // Every connection closed, counted by the kernel: loads back to exactly 0.
+    b.wait_for(Duration::from_secs(10), "loads back to 0", |s| {
+        s["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["load"] == 0)
+    });
+    r
+}
+
+#[test]
+fn unmodified_node_workers_steer_around_a_blocked_event_loop() {
+    netns();
+    let node = example("node/server.js");
+    let (least_loaded, n) = blocked_share(8080, &["node", &node], "least-loaded");
+    let (hash, n_hash) = blocked_share(8081, &["node", &node], "hash");
+    eprintln!(
+        "node, blocked worker's share: least-loaded {least_loaded:.3} of {n}, kernel hash {hash:.3} of {n_hash}"
+    );
+    assert!(
+        least_loaded <= 0.05,
+        "blocked Node worker got {least_loaded:.3} of new connections"
+    );
+    assert!(
+        hash > 0.12,
+        "under the kernel hash it gets about 1/4: {hash:.3}"
+    );
+}
+
+#[test]
+fn unmodified_python_workers_steer_around_a_blocked_worker() {
+    netns();
+    let py = example("python/server.py");
+    let (share, n) = blocked_share(8080, &["python3", &py], "least-loaded");
+    eprintln!("python, blocked worker's share: least-loaded {share:.3} of {n}");
+    assert!(
+        share <= 0.05,
+        "blocked Python worker got {share:.3} of new connections"
+    );
+}
+
+#[test]
+fn kernel_tracking_counts_resets_and_gives_workers_no_bpf_fd() {
+    netns();
+    let py = example("python/server.py");
+    let b = Balancer::start(8080, 2, &["--", "python3", &py]);
+    for _ in 0..10 {
+        get(b.addr, "/").unwrap();
+        reset(connect(b.addr).unwrap());
+    }
+    b.wait_for(
+        Duration::from_secs(10),
+        "loads back to 0 after resets",
+        |s| {
+            s["slots"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|x| x["load"] == 0)
+        },
+    );
+    let s = b.status().unwrap();
+    let assigned: u64 = s["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["assigned"].as_u64().unwrap())
+        .sum();
+    assert_eq!(assigned, 20);
+    // With the kernel counting, the worker gets its listener and nothing else: no map fd.
+    let pid = b.pid_of(0);
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for fd in &fds {
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap_or_default();
+        assert!(
+            !link.to_string_lossy().contains("bpf"),
+            "worker holds a BPF fd: {fd} -> {link:?}"
+        );
+    }
+}

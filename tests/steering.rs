@@ -3,10 +3,9 @@
 //! processes, each test in its own network namespace.
 
 use std::{
-    net::SocketAddr,
     sync::{Arc, Barrier},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use balancer_tests::*;

@@ -150,3 +150,115 @@ fn a_worker_gets_its_listener_on_fd_3_and_nothing_else_of_the_supervisor() {
     let inode = |slot| std::fs::read_link(format!("/proc/{}/fd/3", b.pid_of(slot))).unwrap();
     assert_ne!(inode(0), inode(1));
 }
+
+#[test]
+fn a_stalled_worker_leaves_rotation_until_it_accepts_again() {
+    netns();
+    // Round-robin would keep sending every other connection to a stuck worker; stall
+    // detection takes it out.
+    let b = Balancer::start(
+        8080,
+        2,
+        &["--policy", "round-robin", "--stall-timeout", "0.5"],
+    );
+    let mut holders = one_per_slot(b.addr, 2);
+    let stuck = holders.iter().position(|h| h.slot == 0).unwrap();
+    let mut held = [holders.remove(stuck)];
+    drop(holders);
+    hold_with(&mut held, "/work?ms=", 2500);
+    let begin = Instant::now();
+    // A new connection every 20 ms for 1.8 s, replies read afterwards.
+    let mut open = Vec::new();
+    while begin.elapsed() < Duration::from_millis(1800) {
+        let started = begin.elapsed();
+        let mut c = connect(b.addr).unwrap();
+        std::io::Write::write_all(
+            &mut c,
+            b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        open.push((started, c));
+        thread::sleep(Duration::from_millis(20));
+    }
+    let s = b.status().unwrap();
+    assert_eq!(s["slots"][0]["state"], "stalled", "{s}");
+    assert_eq!(s["slots"][0]["stalls"], 1);
+    let mut late_on_stuck = 0;
+    for (started, mut c) in open {
+        let mut raw = String::new();
+        std::io::Read::read_to_string(&mut c, &mut raw).expect("every connection is answered");
+        assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+        // Detection takes the timeout plus a sampling period; after that, nothing new for slot 0.
+        if started > Duration::from_millis(800) && raw.contains("slot=0") {
+            late_on_stuck += 1;
+        }
+    }
+    assert_eq!(
+        late_on_stuck, 0,
+        "connections sent to the stalled worker after detection"
+    );
+    assert!(held[0].read_reply().is_ok());
+    b.wait_for(Duration::from_secs(5), "slot 0 back in rotation", |s| {
+        s["slots"][0]["state"] == "up"
+    });
+}
+
+#[test]
+fn a_crash_looping_command_stays_down_and_the_others_serve() {
+    netns();
+    // Slot 0's worker dies at once, every time; slot 1's is the built-in worker.
+    let me = bin();
+    let script = format!(
+        "if [ \"$BALANCER_SLOT\" = 0 ]; then echo boom >&2; exit 3; fi; exec {} worker",
+        me.display()
+    );
+    let b = Balancer::launch(
+        "127.0.0.1:8080",
+        "127.0.0.1:8080".parse().unwrap(),
+        2,
+        &[
+            "--load-from",
+            "worker",
+            "--restart-delay",
+            "0.05",
+            "--give-up-after",
+            "4",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        false,
+    );
+    let s = b.wait_for(Duration::from_secs(10), "slot 0 given up", |s| {
+        s["slots"][0]["state"] == "failed"
+    });
+    assert_eq!(
+        s["slots"][0]["restarts"], 3,
+        "4 quick failures: the first start and 3 restarts"
+    );
+    assert!(
+        s["slots"][0]["last_exit"]
+            .as_str()
+            .unwrap()
+            .contains("exited with code 3"),
+        "{s}"
+    );
+    assert!(
+        s["slots"][0]["last_exit"]
+            .as_str()
+            .unwrap()
+            .contains("gave up"),
+        "{s}"
+    );
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        b.status().unwrap()["slots"][0]["restarts"],
+        3,
+        "no restart after giving up"
+    );
+    for _ in 0..50 {
+        assert_eq!(get(b.addr, "/").unwrap().slot, 1);
+    }
+    assert!(b.log_text().contains("stays down"), "{}", b.log_text());
+}

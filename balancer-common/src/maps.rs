@@ -33,6 +33,8 @@ pub enum SlotState {
     Up = 1,
     /// Finishing what it has, taking nothing new: never selected.
     Draining = 2,
+    /// Alive, but not accepting: never selected until it accepts again.
+    Stalled = 3,
 }
 
 impl SlotState {
@@ -40,6 +42,7 @@ impl SlotState {
         match v {
             1 => SlotState::Up,
             2 => SlotState::Draining,
+            3 => SlotState::Stalled,
             _ => SlotState::Down,
         }
     }
@@ -49,6 +52,7 @@ impl SlotState {
             SlotState::Down => "down",
             SlotState::Up => "up",
             SlotState::Draining => "draining",
+            SlotState::Stalled => "stalled",
         }
     }
 }
@@ -174,7 +178,12 @@ mod tests {
 
     #[test]
     fn state_round_trips() {
-        for s in [SlotState::Down, SlotState::Up, SlotState::Draining] {
+        for s in [
+            SlotState::Down,
+            SlotState::Up,
+            SlotState::Draining,
+            SlotState::Stalled,
+        ] {
             assert_eq!(SlotState::from_u32(s as u32), s);
         }
         assert_eq!(SlotState::from_u32(77), SlotState::Down);

@@ -128,6 +128,29 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     pub kill_timeout: f64,
 
+    /// First delay before restarting a worker that exited; doubles on each further exit.
+    #[arg(long, default_value_t = 0.1, value_name = "SECONDS")]
+    pub restart_delay: f64,
+
+    /// Longest delay between restarts.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub restart_max_delay: f64,
+
+    /// A worker that ran this long counts as stable: the next delay starts again from
+    /// --restart-delay.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub restart_reset_after: f64,
+
+    /// After this many exits in a row within a second of starting, the slot stays down (the
+    /// command is broken, e.g. a typo or a missing file) instead of restarting forever.
+    #[arg(long, default_value_t = 5, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub give_up_after: u32,
+
+    /// A worker whose accept queue holds connections and does not shrink for this long is
+    /// stalled: it gets no new connections until it accepts again. 0 turns this off.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    pub stall_timeout: f64,
+
     /// The worker command and its arguments, after `--`. It must serve on fd 3. Default: the
     /// built-in demo worker.
     #[arg(last = true, value_name = "COMMAND")]

@@ -106,6 +106,9 @@ pub struct SlotStatus {
     /// Connections waiting in the slot's accept queue.
     pub queued: u32,
     pub restarts: u64,
+    /// Times the slot's worker was found stalled.
+    #[serde(default)]
+    pub stalls: u64,
     pub uptime_seconds: Option<f64>,
     pub last_exit: Option<String>,
     /// Exit code of the last worker exit, if it exited (rather than was killed).

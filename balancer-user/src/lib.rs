@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod process;
 pub mod program;
 pub mod shared;
+pub mod stall;
 pub mod sticky;
 pub mod supervisor;
 pub mod watch;

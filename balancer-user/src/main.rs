@@ -80,12 +80,22 @@ fn options(args: RunArgs) -> Result<supervisor::Options> {
             .map(|n| n.get() as u32)
             .unwrap_or(1),
     };
-    if !(args.kill_timeout.is_finite() && args.kill_timeout >= 0.0) {
-        anyhow::bail!(
-            "--kill-timeout {}: give a number of seconds, 0 or more",
-            args.kill_timeout
-        );
-    }
+    let seconds = |flag: &str, v: f64| -> Result<Duration> {
+        if v.is_finite() && (0.0..1e9).contains(&v) {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            anyhow::bail!("--{flag} {v}: give a number of seconds, 0 or more")
+        }
+    };
+    let kill_timeout = seconds("kill-timeout", args.kill_timeout)?;
+    let backoff = balancer::backoff::Policy {
+        initial: seconds("restart-delay", args.restart_delay)?,
+        max: seconds("restart-max-delay", args.restart_max_delay)?,
+        stable: seconds("restart-reset-after", args.restart_reset_after)?,
+        quick: Duration::from_secs(1),
+        give_up_after: args.give_up_after,
+    };
+    let stall_timeout = seconds("stall-timeout", args.stall_timeout)?;
     if args.weights.len() > workers as usize {
         anyhow::bail!(
             "--weights has {} values for {workers} workers: give at most one weight per worker",
@@ -112,8 +122,9 @@ fn options(args: RunArgs) -> Result<supervisor::Options> {
         backlog: args.backlog,
         command: (!args.command.is_empty()).then_some(args.command),
         control: args.control,
-        kill_timeout: Duration::from_secs_f64(args.kill_timeout),
-        backoff: Default::default(),
+        kill_timeout,
+        stall_timeout: (!stall_timeout.is_zero()).then_some(stall_timeout),
+        backoff,
         weights: args.weights,
         tracking,
         transport: if args.udp {

@@ -26,7 +26,7 @@ use crate::control::Status;
 
 /// Slot states exposed as `balancer_slot_state{state=...}`: every slot has one series per state,
 /// 1 for the current one, so that every series exists from the start.
-pub const STATES: [&str; 4] = ["up", "draining", "down", "failed"];
+pub const STATES: [&str; 5] = ["up", "draining", "stalled", "down", "failed"];
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -157,6 +157,13 @@ impl prometheus_client::collector::Collector for Snapshot {
             "Times the slot's worker was restarted.",
             Counter,
             slots().map(|x| (slot(x.slot), ConstCounter::new(x.restarts))),
+        )?;
+        family(
+            &mut e,
+            "balancer_slot_stalls",
+            "Times the slot's worker was found stalled (connections queued, none accepted) and taken out of rotation.",
+            Counter,
+            slots().map(|x| (slot(x.slot), ConstCounter::new(x.stalls))),
         )?;
         family(
             &mut e,

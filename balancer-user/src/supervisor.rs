@@ -28,6 +28,7 @@ use crate::{
     metrics::{self, Ask},
     process::{self, Spawn, WorkerCommand},
     program::Steering,
+    stall::{StallWatch, Transition},
 };
 
 pub struct Options {
@@ -38,6 +39,9 @@ pub struct Options {
     pub command: Option<Vec<std::ffi::OsString>>,
     pub control: PathBuf,
     pub kill_timeout: Duration,
+    /// How long a worker may sit on a non-shrinking accept queue before it is taken out of
+    /// rotation; None: never.
+    pub stall_timeout: Option<Duration>,
     pub backoff: backoff::Policy,
     /// Where to serve /metrics, /healthz and /readyz; None for off.
     pub metrics: Option<SocketAddr>,
@@ -62,6 +66,8 @@ struct Slot {
     last_status: Option<ExitStatus>,
     backoff: Backoff,
     given_up: bool,
+    stall: StallWatch,
+    stalls: u64,
 }
 
 enum Event {
@@ -152,6 +158,8 @@ impl Supervisor {
                 last_status: None,
                 backoff: Backoff::new(opts.backoff),
                 given_up: false,
+                stall: StallWatch::default(),
+                stalls: 0,
             })
             .collect();
         let mut sup = Supervisor {
@@ -229,6 +237,7 @@ impl Supervisor {
         s.generation += 1;
         s.pid = Some(pid);
         s.started = Some(Instant::now());
+        s.stall.reset();
         s.baseline = (
             self.steering.reports.accepted(slot),
             self.steering.reports.closed(slot),
@@ -259,8 +268,11 @@ impl Supervisor {
         use tokio::signal::unix::{signal, SignalKind};
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
+                _ = tick.tick(), if self.opts.stall_timeout.is_some() => self.watch_stalls(),
                 _ = int.recv() => break,
                 _ = term.recv() => break,
                 Some(ask) = asks.recv() => self.answer(ask),
@@ -387,6 +399,7 @@ impl Supervisor {
                     closed: self.steering.reports.closed(i),
                     queued: s.listener.queued().unwrap_or(0),
                     restarts: s.restarts,
+                    stalls: s.stalls,
                     uptime_seconds: s.started.map(|t| t.elapsed().as_secs_f64()),
                     last_exit: s.last_exit.clone(),
                     last_exit_code: s.last_status.and_then(|st| st.code()),
@@ -405,6 +418,46 @@ impl Supervisor {
             command: self.command.display(),
             slots,
             program,
+        }
+    }
+
+    /// Takes stalled workers out of rotation and puts them back once they accept again.
+    fn watch_stalls(&mut self) {
+        let Some(timeout) = self.opts.stall_timeout else {
+            return;
+        };
+        let now = Instant::now();
+        let mut changed = false;
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            let slot = i as u32;
+            let state = self.steering.slots.state(slot);
+            if s.pid.is_none() || !matches!(state, SlotState::Up | SlotState::Stalled) {
+                continue;
+            }
+            let queued = s.listener.queued().unwrap_or(0);
+            match s
+                .stall
+                .sample(self.steering.slots.assigned(slot), queued, now, timeout)
+            {
+                Transition::Stalled => {
+                    self.steering.set_state(slot, SlotState::Stalled);
+                    s.stalls += 1;
+                    changed = true;
+                    log::warn!(
+                        "slot {slot}: worker stalled ({queued} connections queued, none accepted for {timeout:?}); \
+                         no new connections until it accepts again"
+                    );
+                }
+                Transition::Recovered => {
+                    self.steering.set_state(slot, SlotState::Up);
+                    changed = true;
+                    log::info!("slot {slot}: worker accepts again; back in rotation");
+                }
+                Transition::None => {}
+            }
+        }
+        if changed {
+            self.steering.refresh_sticky(self.opts.workers);
         }
     }
 

@@ -109,6 +109,7 @@ mod tests {
                     closed: 0,
                     queued: 0,
                     restarts: 0,
+                    stalls: 0,
                     uptime_seconds: None,
                     last_exit: None,
                     last_exit_code: None,

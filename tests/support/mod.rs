@@ -85,6 +85,18 @@ impl Balancer {
 
     /// Starts `balancer run --listen <listen>`; clients will connect to `addr`.
     pub fn start_on(listen: &str, addr: SocketAddr, workers: u32, extra: &[&str]) -> Balancer {
+        Balancer::launch(listen, addr, workers, extra, true)
+    }
+
+    /// Starts it and returns once the control socket answers (and, if `all_up`, every slot is
+    /// up).
+    pub fn launch(
+        listen: &str,
+        addr: SocketAddr,
+        workers: u32,
+        extra: &[&str],
+        all_up: bool,
+    ) -> Balancer {
         let dir = scratch_dir();
         let control = dir.join("control.sock");
         let log = dir.join("balancer.log");
@@ -111,7 +123,9 @@ impl Balancer {
             }
             if let Ok(s) = b.status() {
                 let slots = s["slots"].as_array().unwrap();
-                if slots.len() == workers as usize && slots.iter().all(|s| s["state"] == "up") {
+                if slots.len() == workers as usize
+                    && (!all_up || slots.iter().all(|s| s["state"] == "up"))
+                {
                     return b;
                 }
             }

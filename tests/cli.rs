@@ -88,3 +88,12 @@ fn missing_cap_bpf_is_named_with_the_fix() {
     );
     TcpListener::bind("127.0.0.1:8080").expect("nothing may hold the port after a failed start");
 }
+
+#[test]
+fn unknown_worker_user() {
+    netns();
+    fails_with(
+        &run(&["--listen", "127.0.0.1:8080", "--user", "no-such-user-xyz"]),
+        "no such user: no-such-user-xyz",
+    );
+}

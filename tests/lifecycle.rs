@@ -262,3 +262,65 @@ fn a_crash_looping_command_stays_down_and_the_others_serve() {
     }
     assert!(b.log_text().contains("stays down"), "{}", b.log_text());
 }
+
+/// The hex capability masks and flags of a process, from /proc/PID/status.
+fn proc_status(pid: i32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn has_cap(mask: &str, cap: u32) -> bool {
+    u64::from_str_radix(mask, 16).unwrap() & (1 << cap) != 0
+}
+
+#[test]
+fn workers_never_hold_cap_bpf_and_can_run_unprivileged() {
+    netns();
+    {
+        // Workers of a root supervisor stay root, but without CAP_BPF or CAP_SYS_ADMIN.
+        let b = Balancer::start(8080, 1, &["--", "sleep", "30"]);
+        let pid = b.pid_of(0);
+        for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+            let mask = proc_status(pid, field);
+            assert!(!has_cap(&mask, 39), "{field} {mask} has CAP_BPF");
+            assert!(!has_cap(&mask, 21), "{field} {mask} has CAP_SYS_ADMIN");
+        }
+        assert_eq!(proc_status(pid, "NoNewPrivs:"), "1");
+        assert_eq!(
+            u64::from_str_radix(&proc_status(pid, "CapAmb:"), 16).unwrap(),
+            0
+        );
+    }
+    // --user nobody: the built-in worker serves, as uid 65534 with no capabilities at all.
+    let b = Balancer::start(8081, 2, &["--user", "nobody"]);
+    assert_eq!(get(b.addr, "/").unwrap().status, 200);
+    let pid = b.pid_of(0);
+    assert!(
+        proc_status(pid, "Uid:").starts_with("65534"),
+        "{}",
+        proc_status(pid, "Uid:")
+    );
+    assert_eq!(
+        u64::from_str_radix(&proc_status(pid, "CapEff:"), 16).unwrap(),
+        0
+    );
+    assert_eq!(proc_status(pid, "NoNewPrivs:"), "1");
+    // Load reports still reach the program from the unprivileged worker (through the mapping).
+    b.wait_for(Duration::from_secs(5), "closes reported", |s| {
+        s["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["load"] == 0)
+            && s["slots"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["closed"].as_u64().unwrap())
+                .sum::<u64>()
+                == 1
+    });
+}

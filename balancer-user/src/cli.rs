@@ -101,6 +101,15 @@ pub struct RunArgs {
     #[arg(long, default_value = "auto", value_parser = ["auto", "worker", "kernel"])]
     pub load_from: String,
 
+    /// Run the workers as this user (name or uid); they never get the supervisor's
+    /// capabilities either way.
+    #[arg(long, env = "BALANCER_USER", value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Run the workers with this group (name or gid). Default: the --user's primary group.
+    #[arg(long, env = "BALANCER_GROUP", value_name = "GROUP", requires = "user")]
+    pub group: Option<String>,
+
     /// Per-slot weights for the weighted policy, e.g. 3,1,1,1 (missing ones are 1).
     #[arg(long, value_delimiter = ',', value_name = "W,W,...",
           value_parser = clap::value_parser!(u32).range(1..=crate::control::MAX_WEIGHT as i64))]

@@ -115,7 +115,15 @@ fn options(args: RunArgs) -> Result<supervisor::Options> {
         ("kernel", _, _) | ("auto", false, false) => balancer_common::maps::TRACK_KERNEL,
         _ => balancer_common::maps::TRACK_WORKER,
     };
+    let credentials = match &args.user {
+        Some(user) => Some(balancer::process::Credentials::resolve(
+            user,
+            args.group.as_deref(),
+        )?),
+        None => None,
+    };
     Ok(supervisor::Options {
+        credentials,
         listen,
         workers,
         policy: args.policy,

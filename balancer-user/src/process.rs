@@ -91,9 +91,58 @@ fn find_program(name: &OsStr) -> Option<PathBuf> {
         .find(|p| is_exec(p))
 }
 
+/// The unprivileged account workers run as (`--user`, `--group`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Credentials {
+    /// Resolves `--user NAME|UID` and `--group NAME|GID` (default: the user's primary group).
+    pub fn resolve(user: &str, group: Option<&str>) -> Result<Credentials> {
+        use nix::unistd::{Group, User};
+        let u = match user.parse::<u32>() {
+            Ok(uid) => User::from_uid(uid.into())?,
+            Err(_) => User::from_name(user)?,
+        }
+        .with_context(|| format!("no such user: {user} (see /etc/passwd)"))?;
+        let gid = match group {
+            None => u.gid.as_raw(),
+            Some(g) => match g.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => Group::from_name(g)?
+                    .with_context(|| format!("no such group: {g} (see /etc/group)"))?
+                    .gid
+                    .as_raw(),
+            },
+        };
+        if !nix::unistd::geteuid().is_root() && u.uid != nix::unistd::geteuid() {
+            bail!("--user {user} needs root (CAP_SETUID and CAP_SETGID) to switch workers to another account");
+        }
+        Ok(Credentials {
+            uid: u.uid.as_raw(),
+            gid,
+        })
+    }
+}
+
+/// Capabilities a worker must never hold, even when it runs as root: loading or changing BPF
+/// programs (CAP_BPF, and CAP_SYS_ADMIN which implies it) and reading kernel memory through
+/// perf (CAP_PERFMON). Dropped from the bounding set before exec, so that a root worker comes
+/// out of execve without them.
+const WORKER_NEVER: [libc::c_int; 3] = [
+    39, /* CAP_BPF */
+    21, /* CAP_SYS_ADMIN */
+    38, /* CAP_PERFMON */
+];
+
 /// What one spawn gives the worker beyond the command.
 pub struct Spawn<'a> {
     pub slot: u32,
+    /// Run the worker as this user and group (std sets them, dropping supplementary groups,
+    /// before `pre_exec`).
+    pub credentials: Option<Credentials>,
     pub listener: BorrowedFd<'a>,
     /// The REPORTS map, for workers that report their own closes; None when the kernel
     /// tracks closes (a worker that also reported would count every close twice).
@@ -146,11 +195,41 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
 
     let mut command = std::process::Command::new(&cmd.program);
     command.process_group(0);
+    if let Some(c) = spawn.credentials {
+        command.uid(c.uid).gid(c.gid);
+    }
     // SAFETY: the closure runs in the forked child and only makes async-signal-safe calls and
     // writes into memory prepared before the fork (the child's own copy of it).
     unsafe {
         command.pre_exec(move || {
+            // After std's setuid (which clears the parent-death signal), not before.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for cap in WORKER_NEVER {
+                // EINVAL: the kernel does not know this capability (older than CAP_BPF); fine.
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+                    && *libc::__errno_location() != libc::EINVAL
+                    && *libc::__errno_location() != libc::EPERM
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // Ambient capabilities (e.g. systemd's AmbientCapabilities=CAP_BPF for the
+            // supervisor) would survive the exec into an unprivileged worker: clear them.
+            if libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ) != 0
+                && *libc::__errno_location() != libc::EINVAL
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // No setuid binary or file capability can give the worker more than it has now.
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // Move the fds above the target numbers first, so that no dup2 overwrites another's

@@ -51,6 +51,8 @@ pub struct Options {
     pub transport: listeners::Transport,
     /// Who reports closed connections: TRACK_WORKER or TRACK_KERNEL.
     pub tracking: u32,
+    /// The account workers run as; None: the supervisor's own (minus the BPF capabilities).
+    pub credentials: Option<process::Credentials>,
 }
 
 struct Slot {
@@ -227,6 +229,7 @@ impl Supervisor {
                 slot,
                 listener: s.listener.as_fd(),
                 reports: (self.opts.tracking == TRACK_WORKER).then(|| self.steering.reports_fd()),
+                credentials: self.opts.credentials,
             },
         )?;
         let pid = Pid::from_raw(

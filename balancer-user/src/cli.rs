@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Start the workers and steer connections to them (runs until Ctrl-C or `balancer stop`).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// The built-in demo HTTP worker (what `run` starts when no command is given).
     ///
     /// Routes: GET / (slot and pid), GET /work?ms=N[&cpu=1] (holds its single event loop for N

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run(args) => supervisor::run(options(args)?),
+        Command::Run(args) => supervisor::run(options(*args)?),
         Command::Worker => worker::run(),
         Command::Status {
             control,

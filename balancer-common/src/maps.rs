@@ -109,6 +109,9 @@ pub struct Config {
     pub tracking: u32,
     /// The port the slots serve, in host byte order (the close tracker ignores other ports).
     pub port: u32,
+    /// Non-zero while the supervisor stops: new connections are refused (RST) instead of
+    /// being queued on listeners that are about to close.
+    pub stopping: u32,
 }
 
 /// Workers report their closes through `REPORTS` (the built-in worker does).
@@ -160,7 +163,7 @@ mod tests {
     fn layouts_are_what_the_program_expects() {
         assert_eq!(core::mem::size_of::<Slot>(), 64);
         assert_eq!(core::mem::size_of::<Report>(), 64);
-        assert_eq!(core::mem::size_of::<Config>(), 16);
+        assert_eq!(core::mem::size_of::<Config>(), 20);
         assert_eq!(core::mem::size_of::<FlowKey>(), 20);
     }
 

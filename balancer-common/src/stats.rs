@@ -11,8 +11,12 @@ pub const FALLBACK_SELECT_FAILED: u32 = 2;
 pub const FALLBACK_MAP_ERROR: u32 = 3;
 /// The `hash` policy is in force: the kernel's hash chose, by request.
 pub const HASH: u32 = 4;
+/// A queued connection of a closing listener moved to the slot the policy chose.
+pub const MIGRATED: u32 = 5;
+/// Refused while the supervisor stops.
+pub const REFUSED: u32 = 6;
 
-pub const COUNT: u32 = 5;
+pub const COUNT: u32 = 7;
 
 /// Names used in metrics and status output, indexed like the counters.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -21,4 +25,9 @@ pub const NAMES: [&str; COUNT as usize] = [
     "select_failed",
     "map_error",
     "hash_policy",
+    "migrated",
+    "refused_stopping",
 ];
+
+/// The counters that are fallbacks to the kernel's hash.
+pub const FALLBACKS: core::ops::Range<usize> = 1..5;

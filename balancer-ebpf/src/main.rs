@@ -17,7 +17,11 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    bindings::{bpf_hdr_start_off::BPF_HDR_START_NET, sk_action::SK_PASS, BPF_F_MMAPABLE},
+    bindings::{
+        bpf_hdr_start_off::BPF_HDR_START_NET,
+        sk_action::{SK_DROP, SK_PASS},
+        BPF_F_MMAPABLE,
+    },
     cty::c_void,
     helpers::{bpf_get_prandom_u32, bpf_loop, bpf_skb_load_bytes_relative},
     macros::{map, sk_reuseport},
@@ -56,9 +60,9 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
 #[map]
 static PENDING: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(65_536, 0);
 
-/// Socket cookie of an established connection -> its slot, until the connection closes.
+/// An established connection (by client address and port) -> its slot, until it closes.
 #[map]
-static OPEN: LruHashMap<u64, u32> = LruHashMap::with_max_entries(262_144, 0);
+static OPEN: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(262_144, 0);
 
 /// Counters shared by all CPUs: the round-robin ticket.
 #[map]
@@ -77,6 +81,50 @@ fn count(index: u32) {
     if let Some(c) = STATS.get_ptr_mut(index) {
         unsafe { *c += 1 };
     }
+}
+
+/// A queued connection (established, or still in its handshake) of a closing listener: send it
+/// to the least-loaded live slot, move its accounting there, and if nothing is live let the
+/// kernel's hash choose among the remaining listeners.
+fn migrate(ctx: &SkReuseportContext, migrating: &aya_ebpf::programs::SockContext) -> u32 {
+    let Some(config) = CONFIG.get(0) else {
+        count(stats::FALLBACK_MAP_ERROR);
+        return SK_PASS;
+    };
+    let mut scan = policy::Scan::new(config.slots, policy::seed(unsafe { bpf_get_prandom_u32() }));
+    unsafe {
+        bpf_loop(
+            scan.count(),
+            consider as *mut c_void,
+            (&raw mut scan).cast(),
+            0,
+        );
+    }
+    let Some(index) = scan.best() else {
+        count(stats::FALLBACK_NO_SLOT);
+        return SK_PASS;
+    };
+    if SOCKETS.select_reuseport(ctx, index).is_err() {
+        count(stats::FALLBACK_SELECT_FAILED);
+        return SK_PASS;
+    }
+    if let Some(slot) = SLOTS.get_ptr_mut(index) {
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*slot).assigned, 1)
+        };
+    }
+    if config.tracking == TRACK_KERNEL {
+        // The close tracker must count this connection's close on its new slot.
+        let key = closes::peer_of(migrating.sock);
+        if unsafe { PENDING.get(&key) }.is_some() {
+            let _ = PENDING.insert(&key, &index, 0);
+        }
+        if unsafe { OPEN.get(&key) }.is_some() {
+            let _ = OPEN.insert(&key, &index, 0);
+        }
+    }
+    count(stats::MIGRATED);
+    SK_PASS
 }
 
 fn is_up(slot: u32) -> bool {
@@ -141,12 +189,23 @@ extern "C" fn consider(i: u64, scan: *mut c_void) -> i64 {
     0 // continue the loop
 }
 
-#[sk_reuseport]
+// `migrate`: the kernel also runs the program when a listener closes with connections still
+// queued (BPF_SK_REUSEPORT_SELECT_OR_MIGRATE), so that they move to a live slot instead of
+// being reset.
+#[sk_reuseport(migrate)]
 pub fn balancer(ctx: SkReuseportContext) -> u32 {
+    if let Some(migrating) = ctx.migrating_sk() {
+        return migrate(&ctx, &migrating);
+    }
     let Some(config) = CONFIG.get(0) else {
         count(stats::FALLBACK_MAP_ERROR);
         return SK_PASS;
     };
+    if config.stopping != 0 {
+        // Refused now (RST) rather than accepted into a queue no worker will empty.
+        count(stats::REFUSED);
+        return SK_DROP;
+    }
     if config.policy == Policy::Hash as u32 {
         count(stats::HASH);
         return SK_PASS;

@@ -61,6 +61,20 @@ pub enum Command {
         #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
         control: PathBuf,
     },
+    /// Replace every worker of a running balancer, slot by slot, without dropping a connection
+    /// (also on SIGHUP). Picks up a new binary of the worker command.
+    Reload {
+        #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
+        control: PathBuf,
+    },
+    /// Change the number of workers of a running balancer: new slots start at once, removed
+    /// ones drain first.
+    Scale {
+        #[arg(value_parser = clap::value_parser!(u32).range(1..=balancer_common::MAX_SLOTS as i64))]
+        workers: u32,
+        #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
+        control: PathBuf,
+    },
     /// Stop a running balancer gracefully (like Ctrl-C).
     Stop {
         #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
@@ -154,6 +168,12 @@ pub struct RunArgs {
     /// command is broken, e.g. a typo or a missing file) instead of restarting forever.
     #[arg(long, default_value_t = 5, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub give_up_after: u32,
+
+    /// How long a new worker has to send READY=1 to its NOTIFY_SOCKET (systemd's protocol)
+    /// before it counts as ready anyway; a reload stops a slot's old worker only once the new
+    /// one is ready.
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    pub ready_timeout: f64,
 
     /// A worker whose accept queue holds connections and does not shrink for this long is
     /// stalled: it gets no new connections until it accepts again. 0 turns this off.

@@ -42,10 +42,15 @@ pub enum Request {
         slot: u32,
         weight: u32,
     },
+    /// Replace every worker, slot by slot (zero downtime).
+    Reload,
+    /// Change the number of slots.
+    Scale(u32),
 }
 
 /// What the control socket accepts, for error messages.
-const USAGE: &str = "expected `status`, `stop`, `policy NAME` or `weight SLOT N`";
+const USAGE: &str =
+    "expected `status`, `stop`, `reload`, `scale N`, `policy NAME` or `weight SLOT N`";
 
 /// Largest weight accepted: keeps weighted keys far from overflow.
 pub const MAX_WEIGHT: u32 = 1_000_000;
@@ -60,6 +65,13 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     match words.as_slice() {
         ["status"] => Ok(Request::Status),
         ["stop"] => Ok(Request::Stop),
+        ["reload"] => Ok(Request::Reload),
+        ["scale", n] => n.parse().map(Request::Scale).map_err(|_| {
+            format!(
+                "bad worker count {n:?}: a number from 1 to {}",
+                balancer_common::MAX_SLOTS
+            )
+        }),
         ["policy", name] => balancer_common::Policy::from_name(name)
             .map(Request::Policy)
             .ok_or_else(|| {

@@ -51,6 +51,14 @@ fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Stop { control } => control::call(&control, "stop").map(drop),
+        Command::Reload { control } => {
+            println!("{}", control::call(&control, "reload")?);
+            Ok(())
+        }
+        Command::Scale { workers, control } => {
+            println!("{}", control::call(&control, &format!("scale {workers}"))?);
+            Ok(())
+        }
         Command::Policy { policy, control } => {
             println!(
                 "{}",
@@ -131,6 +139,7 @@ fn options(args: RunArgs) -> Result<supervisor::Options> {
         command: (!args.command.is_empty()).then_some(args.command),
         control: args.control,
         kill_timeout,
+        ready_timeout: seconds("ready-timeout", args.ready_timeout)?,
         stall_timeout: (!stall_timeout.is_zero()).then_some(stall_timeout),
         backoff,
         weights: args.weights,

@@ -216,9 +216,16 @@ impl prometheus_client::collector::Collector for Snapshot {
             "balancer_program_fallbacks",
             "Connections left to the kernel's hash, by reason.",
             Counter,
-            balancer_common::stats::NAMES[1..]
+            balancer_common::stats::NAMES[balancer_common::stats::FALLBACKS]
                 .iter()
                 .map(|r| (vec![("reason", r.to_string())], ConstCounter::new(stat(r)))),
+        )?;
+        family(
+            &mut e,
+            "balancer_program_migrations",
+            "Queued connections of a closing listener (slot removed or given up) moved to another slot.",
+            Counter,
+            [(Vec::new(), ConstCounter::new(stat("migrated")))],
         )?;
         family(&mut e, "balancer_program_run_seconds", "Time the kernel spent running the program (counts only while kernel.bpf_stats_enabled=1).", Counter,
             [(Vec::new(), ConstCounter::new(stat("run_time_ns") as f64 / 1e9))])?;

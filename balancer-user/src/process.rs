@@ -143,6 +143,8 @@ pub struct Spawn<'a> {
     /// Run the worker as this user and group (std sets them, dropping supplementary groups,
     /// before `pre_exec`).
     pub credentials: Option<Credentials>,
+    /// NOTIFY_SOCKET for the worker (`@name`: an abstract socket), for READY=1.
+    pub notify: Option<String>,
     pub listener: BorrowedFd<'a>,
     /// The REPORTS map, for workers that report their own closes; None when the kernel
     /// tracks closes (a worker that also reported would count every close twice).
@@ -170,6 +172,7 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
                         | "LISTEN_FDNAMES"
                         | "BALANCER_SLOT"
                         | "BALANCER_REPORT_FD"
+                        | "NOTIFY_SOCKET"
                 )
             )
         })
@@ -183,6 +186,9 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
     env.push(cstring("LISTEN_FDS=1")?);
     env.push(cstring("LISTEN_FDNAMES=balancer")?);
     env.push(cstring(format!("BALANCER_SLOT={}", spawn.slot))?);
+    if let Some(notify) = &spawn.notify {
+        env.push(cstring(format!("NOTIFY_SOCKET={notify}"))?);
+    }
     if spawn.reports.is_some() {
         env.push(cstring(format!("BALANCER_REPORT_FD={REPORT_FD}"))?);
     }

@@ -152,6 +152,15 @@ impl Steering {
             .context("cannot write the program's configuration")
     }
 
+    /// From now on the program refuses new connections (the supervisor is stopping).
+    pub fn refuse_new(&mut self) -> Result<()> {
+        let mut config = self.config.get(&0, 0).unwrap_or_default();
+        config.stopping = 1;
+        self.config
+            .set(0, config, 0)
+            .context("cannot write the program's configuration")
+    }
+
     /// Chooses who reports closes for connections on `port`. With [`TRACK_KERNEL`], loads the
     /// close tracker and attaches it to this process's cgroup (v2), whose sockets include every
     /// connection accepted from the listeners; it stays attached while this process lives.

@@ -39,6 +39,10 @@ pub struct Options {
     pub command: Option<Vec<std::ffi::OsString>>,
     pub control: PathBuf,
     pub kill_timeout: Duration,
+    /// How long a new worker gets to send READY=1 (NOTIFY_SOCKET) before it counts as ready
+    /// anyway: during a reload the previous worker of a slot stops only once its successor is
+    /// ready.
+    pub ready_timeout: Duration,
     /// How long a worker may sit on a non-shrinking accept queue before it is taken out of
     /// rotation; None: never.
     pub stall_timeout: Option<Duration>,
@@ -70,6 +74,10 @@ struct Slot {
     given_up: bool,
     stall: StallWatch,
     stalls: u64,
+    /// Generation of the current worker once it said it is ready (or its grace ran out).
+    ready: u64,
+    /// A previous worker still finishing its work during a reload or scale-down.
+    retiring: Option<(Pid, u64)>,
 }
 
 enum Event {
@@ -79,6 +87,11 @@ enum Event {
         status: std::io::Result<ExitStatus>,
     },
     Restart {
+        slot: u32,
+        generation: u64,
+    },
+    /// The worker sent READY=1 on its NOTIFY_SOCKET, or its --ready-timeout ran out.
+    Ready {
         slot: u32,
         generation: u64,
     },
@@ -149,20 +162,7 @@ impl Supervisor {
 
         let slots = group
             .into_iter()
-            .map(|listener| Slot {
-                listener,
-                pid: None,
-                started: None,
-                baseline: (0, 0),
-                generation: 0,
-                restarts: 0,
-                last_exit: None,
-                last_status: None,
-                backoff: Backoff::new(opts.backoff),
-                given_up: false,
-                stall: StallWatch::default(),
-                stalls: 0,
-            })
+            .map(|listener| new_slot(listener, opts.backoff))
             .collect();
         let mut sup = Supervisor {
             opts,
@@ -223,6 +223,14 @@ impl Supervisor {
 
     fn start_worker(&mut self, slot: u32) -> Result<()> {
         let s = &mut self.slots[slot as usize];
+        // systemd's readiness protocol: the worker may send READY=1 to this (abstract, per
+        // worker) datagram socket once it serves.
+        let notify_name = format!(
+            "balancer/{}/{slot}/{}",
+            std::process::id(),
+            s.generation + 1
+        );
+        let notify = notify_socket(&notify_name);
         let child = process::spawn(
             &self.command,
             Spawn {
@@ -230,6 +238,7 @@ impl Supervisor {
                 listener: s.listener.as_fd(),
                 reports: (self.opts.tracking == TRACK_WORKER).then(|| self.steering.reports_fd()),
                 credentials: self.opts.credentials,
+                notify: notify.as_ref().map(|_| format!("@{notify_name}")),
             },
         )?;
         let pid = Pid::from_raw(
@@ -250,6 +259,28 @@ impl Supervisor {
         self.steering.refresh_sticky(self.opts.workers);
         let generation = s.generation;
         let events = self.events.clone();
+        let ready_timeout = self.opts.ready_timeout;
+        let ready_events = self.events.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            let said_ready = async {
+                let Some(socket) = notify else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    if let Ok(n) = socket.recv(&mut buf).await {
+                        if buf[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1") {
+                            return;
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                _ = said_ready => {}
+                _ = tokio::time::sleep(ready_timeout) => {}
+            }
+            let _ = ready_events.send(Event::Ready { slot, generation });
+        });
         tokio::spawn(async move {
             let mut child = child;
             let status = child.wait().await;
@@ -271,6 +302,7 @@ impl Supervisor {
         use tokio::signal::unix::{signal, SignalKind};
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -278,10 +310,23 @@ impl Supervisor {
                 _ = tick.tick(), if self.opts.stall_timeout.is_some() => self.watch_stalls(),
                 _ = int.recv() => break,
                 _ = term.recv() => break,
+                _ = hup.recv() => {
+                    let outcome = self.reload(&mut rx, &mut asks).await;
+                    log::info!("reload (SIGHUP): {outcome}");
+                }
                 Some(ask) = asks.recv() => self.answer(ask),
                 Some(event) = rx.recv() => match event {
                     Event::Exited { slot, generation, status } => self.on_exit(slot, generation, status),
                     Event::Restart { slot, generation } => self.on_restart(slot, generation),
+                    Event::Ready { slot, generation } => self.on_ready(slot, generation),
+                    Event::Control(Request::Reload, reply) => {
+                        let outcome = self.reload(&mut rx, &mut asks).await;
+                        let _ = reply.send(outcome);
+                    }
+                    Event::Control(Request::Scale(n), reply) => {
+                        let outcome = self.scale(n, &mut rx, &mut asks).await;
+                        let _ = reply.send(outcome);
+                    }
                     Event::Control(Request::Status, reply) => {
                         let _ = reply.send(serde_json::to_string(&self.status())?);
                     }
@@ -308,7 +353,16 @@ impl Supervisor {
     }
 
     fn on_exit(&mut self, slot: u32, generation: u64, status: std::io::Result<ExitStatus>) {
-        let s = &mut self.slots[slot as usize];
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        if let Some((pid, g)) = s.retiring {
+            if g == generation {
+                log::info!("slot {slot}: previous worker {pid} {}", describe(&status));
+                s.retiring = None;
+                return;
+            }
+        }
         if s.generation != generation {
             return;
         }
@@ -349,12 +403,269 @@ impl Supervisor {
                     s.backoff.quick_failures(),
                     self.opts.backoff.quick
                 );
+                // Nothing will accept from this slot's queue now: swap in a fresh listener and
+                // close the old one, so that what waits there moves to live slots.
+                if let Err(e) = self.replace_listener(slot) {
+                    log::warn!("slot {slot}: {e:#}; its queued connections wait for a reload");
+                }
             }
         }
     }
 
-    fn on_restart(&mut self, slot: u32, generation: u64) {
+    /// Gives `slot` a new, empty listener and closes the old one: the kernel runs the program's
+    /// migrate path for each connection queued on the old one.
+    fn replace_listener(&mut self, slot: u32) -> Result<()> {
         let s = &self.slots[slot as usize];
+        let addr = s.listener.local_addr()?;
+        let backlog = nix::sys::socket::Backlog::new(self.opts.backlog)?;
+        let fresh = listeners::bind_one(addr, self.opts.transport, backlog)?;
+        self.steering.insert(slot, &fresh)?;
+        let old = std::mem::replace(&mut self.slots[slot as usize].listener, fresh);
+        drop(old);
+        // The slot's remaining count left with the old queue.
+        self.steering
+            .reports
+            .add_closed(slot, self.steering.load_of(slot));
+        Ok(())
+    }
+
+    fn on_ready(&mut self, slot: u32, generation: u64) {
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            if s.generation == generation {
+                s.ready = generation;
+            }
+        }
+    }
+
+    /// Handles events while a reload or scale is under way: exits, restarts and readiness as
+    /// usual, status answered, other control requests refused as busy.
+    fn on_busy_event(&mut self, event: Event) {
+        match event {
+            Event::Exited {
+                slot,
+                generation,
+                status,
+            } => self.on_exit(slot, generation, status),
+            Event::Restart { slot, generation } => self.on_restart(slot, generation),
+            Event::Ready { slot, generation } => self.on_ready(slot, generation),
+            Event::Control(Request::Status, reply) => {
+                let _ = reply.send(serde_json::to_string(&self.status()).unwrap_or_default());
+            }
+            Event::Control(_, reply) => {
+                let _ = reply.send(
+                    "error: busy: a reload or scale is under way; try again when it ends".into(),
+                );
+            }
+        }
+    }
+
+    /// Processes events until `done` holds or `within` passes; returns whether `done` held.
+    async fn pump(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+        asks: &mut mpsc::UnboundedReceiver<Ask>,
+        within: Duration,
+        done: impl Fn(&Supervisor) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            if done(self) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::select! {
+                Some(event) = rx.recv() => self.on_busy_event(event),
+                Some(ask) = asks.recv() => self.answer(ask),
+                _ = tick.tick() => {}
+            }
+        }
+    }
+
+    /// Stops a slot's previous worker: SIGTERM, then SIGKILL after --kill-timeout; returns
+    /// once it has exited.
+    async fn retire(
+        &mut self,
+        slot: u32,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+        asks: &mut mpsc::UnboundedReceiver<Ask>,
+    ) {
+        let Some((pid, _)) = self.slots[slot as usize].retiring else {
+            return;
+        };
+        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+        let gone = |s: &Supervisor| s.slots[slot as usize].retiring.is_none();
+        if !self.pump(rx, asks, self.opts.kill_timeout, gone).await {
+            log::warn!(
+                "slot {slot}: previous worker {pid} still running after {:?}: SIGKILL",
+                self.opts.kill_timeout
+            );
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            self.pump(rx, asks, Duration::from_secs(5), gone).await;
+        }
+    }
+
+    /// Replaces every worker, slot by slot, with no moment at which a slot's queue has no
+    /// worker: the new worker starts on the same listener as the old one (both accept from one
+    /// queue), and the old one gets SIGTERM only once the new one is ready. The worker command
+    /// is resolved again, so a new binary on disk is picked up.
+    async fn reload(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+        asks: &mut mpsc::UnboundedReceiver<Ask>,
+    ) -> String {
+        if let Some(args) = &self.opts.command {
+            match WorkerCommand::resolve(args.clone()) {
+                Ok(c) => self.command = c,
+                Err(e) => return format!("error: {e:#}; the running workers were kept"),
+            }
+        }
+        let n = self.slots.len() as u32;
+        log::info!("reload: replacing {n} workers one slot at a time");
+        for slot in 0..n {
+            let old = {
+                let s = &mut self.slots[slot as usize];
+                s.given_up = false;
+                s.backoff = Backoff::new(self.opts.backoff);
+                s.pid.map(|pid| (pid, s.generation))
+            };
+            self.slots[slot as usize].retiring = old;
+            if let Err(e) = self.start_worker(slot) {
+                self.slots[slot as usize].retiring = None;
+                return format!("error: slot {slot}: {e:#}; slots before it were reloaded");
+            }
+            let new_generation = self.slots[slot as usize].generation;
+            let ready = self
+                .pump(
+                    rx,
+                    asks,
+                    self.opts.ready_timeout + Duration::from_secs(1),
+                    |s| {
+                        let x = &s.slots[slot as usize];
+                        x.ready == new_generation
+                            || x.generation != new_generation
+                            || x.pid.is_none()
+                    },
+                )
+                .await;
+            let s = &self.slots[slot as usize];
+            if !ready || s.generation != new_generation || s.pid.is_none() {
+                // The new worker died before it was ready: keep the old one serving.
+                let reason = s
+                    .last_exit
+                    .clone()
+                    .unwrap_or_else(|| "did not start".into());
+                if let Some((pid, generation)) = old {
+                    if let Some(new) = s.pid {
+                        let _ = nix::sys::signal::kill(new, Signal::SIGKILL);
+                    }
+                    let s = &mut self.slots[slot as usize];
+                    s.retiring = None;
+                    s.pid = Some(pid);
+                    s.generation = generation;
+                    self.steering.set_state(slot, SlotState::Up);
+                    self.steering.refresh_sticky(self.opts.workers);
+                }
+                return format!(
+                    "error: reload stopped at slot {slot}: the new worker {reason}; the previous worker keeps serving"
+                );
+            }
+            self.retire(slot, rx, asks).await;
+        }
+        log::info!("reload: done");
+        serde_json::json!({ "reloaded": n }).to_string()
+    }
+
+    /// Changes the number of slots. Adding is immediate: a new listener joins the group and its
+    /// worker starts. Removing drains: the slot stops receiving, its worker empties its accept
+    /// queue and finishes in-flight work, and only then is its listener closed (a connection
+    /// that still arrives in that instant is moved to another listener by the program's
+    /// migrate path, not reset).
+    async fn scale(
+        &mut self,
+        n: u32,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+        asks: &mut mpsc::UnboundedReceiver<Ask>,
+    ) -> String {
+        if let Err(e) = listeners::check_count(n) {
+            return format!("error: {e:#}");
+        }
+        let old = self.slots.len() as u32;
+        if n > old {
+            let addr = match self.slots[0].listener.local_addr() {
+                Ok(a) => a,
+                Err(e) => return format!("error: {e:#}"),
+            };
+            let backlog =
+                nix::sys::socket::Backlog::new(self.opts.backlog).expect("checked at start");
+            for slot in old..n {
+                let listener = match listeners::bind_one(addr, self.opts.transport, backlog) {
+                    Ok(l) => l,
+                    Err(e) => return format!("error: slot {slot}: {e:#}"),
+                };
+                if let Err(e) = self.steering.insert(slot, &listener) {
+                    return format!("error: {e:#}");
+                }
+                self.steering.set_state(slot, SlotState::Down);
+                self.steering.slots.set_weight(slot, 1);
+                self.slots.push(new_slot(listener, self.opts.backoff));
+                self.opts.workers = slot + 1;
+                if let Err(e) = self
+                    .steering
+                    .configure(self.opts.workers, self.steering.policy())
+                {
+                    return format!("error: {e:#}");
+                }
+                if let Err(e) = self.start_worker(slot) {
+                    return format!("error: slot {slot}: {e:#}");
+                }
+            }
+        }
+        for slot in (n..old).rev() {
+            self.steering.set_state(slot, SlotState::Draining);
+            self.steering.refresh_sticky(self.opts.workers);
+            // Let the worker take what is already queued for it.
+            let drained = self
+                .pump(rx, asks, self.opts.kill_timeout, |s| {
+                    let x = &s.slots[slot as usize];
+                    x.pid.is_none() || x.listener.queued().unwrap_or(0) == 0
+                })
+                .await;
+            if !drained {
+                log::warn!(
+                    "slot {slot}: queue not empty after {:?}; closing it moves the rest to other slots",
+                    self.opts.kill_timeout
+                );
+            }
+            let s = &mut self.slots[slot as usize];
+            s.retiring = s.pid.take().map(|pid| (pid, s.generation));
+            self.retire(slot, rx, asks).await;
+            let _ = self.steering.remove(slot);
+            self.slots.pop(); // closes the listener
+            self.steering.set_state(slot, SlotState::Down);
+            // Whatever the slot still counted left with it.
+            self.steering
+                .reports
+                .add_closed(slot, self.steering.load_of(slot));
+            self.opts.workers = slot;
+            if let Err(e) = self
+                .steering
+                .configure(self.opts.workers, self.steering.policy())
+            {
+                return format!("error: {e:#}");
+            }
+            self.steering.refresh_sticky(self.opts.workers);
+        }
+        log::info!("scale: {old} -> {n} slots");
+        serde_json::json!({ "slots": n }).to_string()
+    }
+
+    fn on_restart(&mut self, slot: u32, generation: u64) {
+        let Some(s) = self.slots.get(slot as usize) else {
+            return;
+        };
         if self.stopping || s.generation != generation || s.pid.is_some() {
             return;
         }
@@ -528,6 +839,13 @@ impl Supervisor {
         for i in 0..self.slots.len() as u32 {
             self.steering.set_state(i, SlotState::Down);
         }
+        // New connections are refused from here on; handshakes already under way complete
+        // into the queues within a round trip, which the pause covers, and the workers then
+        // serve everything queued before they exit.
+        if let Err(e) = self.steering.refuse_new() {
+            log::warn!("{e:#}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
         self.signal_all(Signal::SIGTERM);
         let deadline = tokio::time::sleep(self.opts.kill_timeout);
         tokio::pin!(deadline);
@@ -537,7 +855,7 @@ impl Supervisor {
                 Some(event) = rx.recv() => match event {
                     Event::Exited { slot, generation, status } => self.on_exit(slot, generation, status),
                     Event::Control(_, reply) => { let _ = reply.send("{\"stopping\":true}".into()); }
-                    Event::Restart { .. } => {}
+                    Event::Restart { .. } | Event::Ready { .. } => {}
                 },
                 _ = &mut deadline, if clean => {
                     log::warn!("{} workers still running after {:?}: SIGKILL", self.running(), self.opts.kill_timeout);
@@ -555,6 +873,35 @@ impl Supervisor {
         log::info!("stopped");
         clean
     }
+}
+
+fn new_slot(listener: listeners::Listener, backoff: backoff::Policy) -> Slot {
+    Slot {
+        listener,
+        pid: None,
+        started: None,
+        baseline: (0, 0),
+        generation: 0,
+        restarts: 0,
+        last_exit: None,
+        last_status: None,
+        backoff: Backoff::new(backoff),
+        given_up: false,
+        stall: StallWatch::default(),
+        stalls: 0,
+        ready: 0,
+        retiring: None,
+    }
+}
+
+/// Binds the abstract datagram socket a worker may send READY=1 to. None if it cannot be
+/// bound: the worker is then ready after --ready-timeout.
+fn notify_socket(name: &str) -> Option<tokio::net::UnixDatagram> {
+    use std::os::linux::net::SocketAddrExt as _;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).ok()?;
+    let socket = std::os::unix::net::UnixDatagram::bind_addr(&addr).ok()?;
+    socket.set_nonblocking(true).ok()?;
+    tokio::net::UnixDatagram::from_std(socket).ok()
 }
 
 /// Adds to `closed` the connections a dead worker still had open: the kernel closed them when

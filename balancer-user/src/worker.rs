@@ -201,6 +201,21 @@ pub fn run() -> Result<()> {
     local.block_on(&runtime, serve(listener, reporter, Rc::from(slot)))
 }
 
+/// Tells the supervisor this worker serves (systemd's READY=1), if it asked.
+fn notify_ready() {
+    use std::os::linux::net::SocketAddrExt as _;
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
+        return;
+    };
+    let addr = match path.strip_prefix('@') {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()),
+        None => std::os::unix::net::SocketAddr::from_pathname(&path),
+    };
+    if let (Ok(addr), Ok(socket)) = (addr, std::os::unix::net::UnixDatagram::unbound()) {
+        let _ = socket.send_to_addr(b"READY=1", &addr);
+    }
+}
+
 async fn serve(
     listener: std::net::TcpListener,
     reporter: Option<Rc<SlotReporter>>,
@@ -208,6 +223,7 @@ async fn serve(
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    notify_ready();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let open = Rc::new(std::cell::Cell::new(0usize));
     let pid = std::process::id();

@@ -170,9 +170,9 @@ pub struct RunArgs {
     pub give_up_after: u32,
 
     /// How long a new worker has to send READY=1 to its NOTIFY_SOCKET (systemd's protocol)
-    /// before it counts as ready anyway; a reload stops a slot's old worker only once the new
-    /// one is ready.
-    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    /// before it counts as ready anyway. A slot gets connections once its worker is ready, and
+    /// a reload stops a slot's old worker only once the new one is ready.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
     pub ready_timeout: f64,
 
     /// A worker whose accept queue holds connections and does not shrink for this long is

@@ -254,9 +254,9 @@ impl Supervisor {
             self.steering.reports.accepted(slot),
             self.steering.reports.closed(slot),
         );
-        // Connections may be sent to it at once: until it accepts they wait in its queue.
-        self.steering.set_state(slot, SlotState::Up);
-        self.steering.refresh_sticky(self.opts.workers);
+        // The slot's state is left as it is (down, or up with the worker being replaced): it
+        // becomes up when this worker is ready, so a worker that dies at start (a crash loop)
+        // is never sent a connection.
         let generation = s.generation;
         let events = self.events.clone();
         let ready_timeout = self.opts.ready_timeout;
@@ -430,10 +430,17 @@ impl Supervisor {
     }
 
     fn on_ready(&mut self, slot: u32, generation: u64) {
-        if let Some(s) = self.slots.get_mut(slot as usize) {
-            if s.generation == generation {
-                s.ready = generation;
-            }
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        if s.generation != generation || s.pid.is_none() {
+            return;
+        }
+        s.ready = generation;
+        if !self.stopping && self.steering.slots.state(slot) == SlotState::Down {
+            self.steering.set_state(slot, SlotState::Up);
+            self.steering.refresh_sticky(self.opts.workers);
+            log::debug!("slot {slot}: worker ready");
         }
     }
 

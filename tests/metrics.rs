@@ -119,7 +119,11 @@ fn prometheus_scrapes_what_the_program_counted() {
         Some(0.0)
     );
     assert_eq!(scalar("count(balancer_program_fallbacks_total)"), Some(4.0));
-    assert_eq!(scalar("count(balancer_slot_state)"), Some(20.0), "5 states x 4 slots");
+    assert_eq!(
+        scalar("count(balancer_slot_state)"),
+        Some(20.0),
+        "5 states x 4 slots"
+    );
 
     thread::scope(|s| {
         for _ in 0..4 {

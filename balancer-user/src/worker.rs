@@ -239,7 +239,14 @@ async fn serve(
         let mut stop = stop_rx.clone();
         tokio::task::spawn_local(async move {
             let _ = stream.set_nodelay(true);
-            let service = service_fn(move |req| handle(req, slot.clone(), pid));
+            // Requests begun on this connection: a stop must not close a connection whose
+            // first request is waiting unread in the socket (hyper counts it as idle).
+            let begun = Rc::new(std::cell::Cell::new(0u32));
+            let seen = begun.clone();
+            let service = service_fn(move |req| {
+                seen.set(seen.get() + 1);
+                handle(req, slot.clone(), pid)
+            });
             let conn = http1::Builder::new()
                 .keep_alive(!last_call)
                 .serve_connection(
@@ -256,8 +263,21 @@ async fn serve(
             }
             tokio::select! {
                 _ = conn.as_mut() => return,
-                _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+                _ = stop.wait_for(|s| *s) => {}
             }
+            // Stopping. A connection that has not begun a request yet gets to begin one (its
+            // bytes are normally already here); then hyper finishes what is in flight and
+            // closes. A client that sends nothing is cut off after a second.
+            let first = async {
+                while begun.get() == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            };
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = tokio::time::timeout(Duration::from_secs(1), first) => {}
+            }
+            conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         });
     };

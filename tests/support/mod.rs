@@ -461,3 +461,91 @@ pub fn histogram(replies: &[Reply], slots: usize) -> Vec<usize> {
     }
     h
 }
+
+/// What a background load saw.
+#[derive(Debug, Default, Clone)]
+pub struct Counts {
+    /// Requests answered with 200.
+    pub ok: u64,
+    /// Connections that were established and then got no (complete) answer.
+    pub failed: u64,
+    /// Connections the kernel refused (no handshake): nothing was accepted, so nothing lost.
+    pub refused: u64,
+    pub first_errors: Vec<String>,
+}
+
+/// A steady load of new connections from `threads` clients, each stopping after `max` requests
+/// or when told to.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<Counts>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, threads: usize, max: u64) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handles = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut c = Counts::default();
+                    let mut n = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < max {
+                        n += 1;
+                        let mut stream = match connect(addr) {
+                            Ok(s) => s,
+                            Err(_) => {
+                                c.refused += 1;
+                                std::thread::sleep(Duration::from_millis(5));
+                                continue;
+                            }
+                        };
+                        match request_on(&mut stream, "/") {
+                            Ok(r) if r.status == 200 => c.ok += 1,
+                            other => {
+                                c.failed += 1;
+                                if c.first_errors.len() < 5 {
+                                    c.first_errors.push(match other {
+                                        Ok(r) => format!("status {}", r.status),
+                                        Err(e) => format!("{e:#}"),
+                                    });
+                                }
+                            }
+                        }
+                    }
+                    c
+                })
+            })
+            .collect();
+        Load { stop, handles }
+    }
+
+    pub fn finish(self) -> Counts {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = Counts::default();
+        for h in self.handles {
+            let c = h.join().unwrap();
+            total.ok += c.ok;
+            total.failed += c.failed;
+            total.refused += c.refused;
+            total.first_errors.extend(c.first_errors);
+        }
+        total
+    }
+}
+
+/// Sends a control request through the CLI, as a user would, and returns its answer.
+pub fn ctl(b: &Balancer, args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--control")
+        .arg(&b.control)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "balancer {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -110,7 +110,11 @@ fn new_socket(addr: SocketAddr, transport: Transport, reuseport: bool) -> Result
     };
     let fd =
         socket(family, kind, SockFlag::SOCK_CLOEXEC, None).context("cannot create a socket")?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    // TCP: lets a restarted balancer bind while old connections sit in TIME_WAIT. Not for UDP,
+    // where SO_REUSEADDR would let the probe (and anyone else) share the port.
+    if transport == Transport::Tcp {
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    }
     if reuseport {
         setsockopt(&fd, sockopt::ReusePort, &true)?;
     }

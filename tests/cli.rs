@@ -97,3 +97,75 @@ fn unknown_worker_user() {
         "no such user: no-such-user-xyz",
     );
 }
+
+#[test]
+fn config_file_under_environment_under_flags() {
+    netns();
+    let dir = std::env::temp_dir().join(format!("balancer-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("balancer.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:8080\"\nworkers = 3\npolicy = \"p2c\"\nmetrics = \"off\"\nkill-timeout = 2\n",
+    )
+    .unwrap();
+    let control = dir.join("control.sock");
+    let mut child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--workers", "2", "--control"])
+        .arg(&control)
+        .env("BALANCER_POLICY", "round-robin")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Ok(out) = Command::new(bin())
+            .args(["status", "--json", "--control"])
+            .arg(&control)
+            .output()
+        {
+            if out.status.success() {
+                break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "balancer did not start from its config file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    assert_eq!(status["listen"], "127.0.0.1:8080", "from the file");
+    assert_eq!(
+        status["slots"].as_array().unwrap().len(),
+        2,
+        "the flag beats the file's 3"
+    );
+    assert_eq!(
+        status["policy"], "round-robin",
+        "the environment beats the file's p2c"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_config_file() {
+    netns();
+    let path = std::env::temp_dir().join(format!("balancer-badcfg-{}.toml", std::process::id()));
+    std::fs::write(&path, "wrokers = 4\n").unwrap();
+    fails_with(
+        &run(&["--config", path.to_str().unwrap()]),
+        "unknown option `wrokers`",
+    );
+    fails_with(
+        &run(&["--config", "/nonexistent/balancer.toml"]),
+        "cannot read config file /nonexistent/balancer.toml",
+    );
+    let _ = std::fs::remove_file(&path);
+}

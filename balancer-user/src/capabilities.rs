@@ -6,6 +6,7 @@
 
 use anyhow::Result;
 
+const CAP_SETPCAP: u32 = 8;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_BPF: u32 = 39;
 
@@ -35,6 +36,24 @@ pub fn require_bpf() -> Result<()> {
     } else {
         anyhow::bail!(MISSING_BPF)
     }
+}
+
+/// Workers that run as root get every capability in the bounding set back at exec. The
+/// supervisor removes CAP_BPF (and CAP_SYS_ADMIN) from a worker's bounding set before exec, which
+/// needs CAP_SETPCAP; without it, a root worker would keep CAP_BPF. Refuses that case up front.
+pub fn require_worker_isolation(workers_as_root: bool) -> Result<()> {
+    if !workers_as_root {
+        return Ok(());
+    }
+    let caps = effective()?;
+    let dangerous = has(caps, CAP_BPF) || has(caps, CAP_SYS_ADMIN);
+    if dangerous && !has(caps, CAP_SETPCAP) {
+        anyhow::bail!(
+            "workers would run as root with CAP_BPF: grant CAP_SETPCAP too (`--cap-add=SETPCAP`), \
+             or run them as another user with --user"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

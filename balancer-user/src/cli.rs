@@ -84,6 +84,10 @@ pub enum Command {
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
+    /// Read options from this TOML file (flags and BALANCER_* variables take precedence).
+    #[arg(long, env = "BALANCER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Address to serve on: ADDR:PORT, [IPV6]:PORT or :PORT.
     #[arg(
         short,

@@ -9,6 +9,7 @@
 pub mod backoff;
 pub mod capabilities;
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod listeners;
 pub mod logging;

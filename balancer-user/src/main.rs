@@ -8,7 +8,14 @@ use balancer::{
 use clap::Parser as _;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let argv = match balancer::config::apply(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("balancer: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
         Err(e) => {

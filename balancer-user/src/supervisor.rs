@@ -117,6 +117,11 @@ pub fn run(opts: Options) -> Result<()> {
         None => WorkerCommand::builtin()?,
     };
     capabilities::require_bpf()?;
+    let workers_as_root = match opts.credentials {
+        Some(c) => c.uid == 0,
+        None => nix::unistd::geteuid().is_root(),
+    };
+    capabilities::require_worker_isolation(workers_as_root)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,0 +1,201 @@
+//! `balancer run --config FILE`: options from a TOML file, under flags and environment.
+//!
+//! Precedence, highest first: command-line flags, `BALANCER_*` environment variables, the
+//! config file, built-in defaults. The file uses the long flag names (`kill-timeout` or
+//! `kill_timeout`), plus `command = ["node", "server.js"]` for the worker command:
+//!
+//! ```toml
+//! listen = "0.0.0.0:8080"
+//! workers = 4
+//! policy = "least-loaded"
+//! metrics = "127.0.0.1:9464"
+//! kill-timeout = 10
+//! command = ["node", "/srv/app/server.js"]
+//! ```
+//!
+//! The file's options are turned into flags and placed before the user's own, for every option
+//! that clap reports as not given on the command line or in the environment; clap then parses
+//! everything once more, so the file gets exactly the validation flags get.
+
+use std::{ffi::OsString, path::Path};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{parser::ValueSource, CommandFactory as _};
+
+use crate::cli::Cli;
+
+/// Returns `argv` with the options of the config file named by `run --config` (or
+/// `BALANCER_CONFIG`) inserted; `argv` unchanged if there is none.
+pub fn apply(argv: Vec<OsString>) -> Result<Vec<OsString>> {
+    let Ok(matches) = Cli::command().try_get_matches_from(&argv) else {
+        return Ok(argv); // clap reports the error itself on the real parse
+    };
+    let Some(("run", run)) = matches.subcommand() else {
+        return Ok(argv);
+    };
+    let Some(path) = run.get_one::<std::path::PathBuf>("config") else {
+        return Ok(argv);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        anyhow::anyhow!("config file {}: {}", path.display(), e.message())
+    })?;
+    let explicit = |id: &str| {
+        matches!(
+            run.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    let cmd = Cli::command();
+    let run_cmd = cmd.find_subcommand("run").expect("run subcommand");
+    let mut injected: Vec<OsString> = Vec::new();
+    let mut worker_command: Option<Vec<OsString>> = None;
+    for (key, value) in &table {
+        let long = key.replace('_', "-");
+        if long == "command" {
+            worker_command = Some(
+                strings(path, key, value)?
+                    .into_iter()
+                    .map(OsString::from)
+                    .collect(),
+            );
+            continue;
+        }
+        let Some(arg) = run_cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()))
+        else {
+            let known: Vec<_> = run_cmd
+                .get_arguments()
+                .filter_map(|a| a.get_long())
+                .filter(|l| *l != "config")
+                .collect();
+            bail!(
+                "config file {}: unknown option `{key}`: use one of {}, command",
+                path.display(),
+                known.join(", ")
+            );
+        };
+        if long == "config" || explicit(arg.get_id().as_str()) {
+            continue;
+        }
+        match value {
+            toml::Value::Boolean(true) => injected.push(format!("--{long}").into()),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(_) => {
+                injected.push(format!("--{long}").into());
+                injected.push(strings(path, key, value)?.join(",").into());
+            }
+            other => {
+                injected.push(format!("--{long}").into());
+                injected.push(scalar(path, key, other)?.into());
+            }
+        }
+    }
+    let run_at = argv
+        .iter()
+        .position(|a| a == "run")
+        .expect("run was parsed");
+    let mut out: Vec<OsString> = argv[..=run_at].to_vec();
+    out.extend(injected);
+    out.extend(argv[run_at + 1..].iter().cloned());
+    let has_command = run
+        .get_many::<OsString>("command")
+        .is_some_and(|mut c| c.next().is_some());
+    if let (Some(command), false) = (worker_command, has_command) {
+        if !out.iter().any(|a| a == "--") {
+            out.push("--".into());
+        }
+        out.extend(command);
+    }
+    Ok(out)
+}
+
+fn scalar(path: &Path, key: &str, v: &toml::Value) -> Result<String> {
+    Ok(match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        _ => bail!(
+            "config file {}: `{key}` must be a string or a number",
+            path.display()
+        ),
+    })
+}
+
+fn strings(path: &Path, key: &str, v: &toml::Value) -> Result<Vec<String>> {
+    match v {
+        toml::Value::Array(items) => items.iter().map(|i| scalar(path, key, i)).collect(),
+        _ => bail!("config file {}: `{key}` must be a list", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn args(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    fn with_file(text: &str, f: impl FnOnce(&str)) {
+        let path = std::env::temp_dir().join(format!(
+            "balancer-config-{}-{}.toml",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&path, text).unwrap();
+        f(path.to_str().unwrap());
+        let _ = std::fs::remove_file(path);
+    }
+
+    fn run_args(argv: Vec<OsString>) -> crate::cli::RunArgs {
+        match Cli::try_parse_from(apply(argv).unwrap()).unwrap().command {
+            crate::cli::Command::Run(r) => *r,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_file_fills_in_what_flags_do_not_say() {
+        with_file(
+            "workers = 3\npolicy = \"p2c\"\nweights = [2, 1, 1]\nkill_timeout = 4.5\nudp = true\ncommand = [\"node\", \"s.js\"]\n",
+            |f| {
+                let r = run_args(args(&["balancer", "run", "--config", f, "--workers", "2"]));
+                assert_eq!(r.workers, Some(2), "the flag wins");
+                assert_eq!(r.policy, balancer_common::Policy::P2c);
+                assert_eq!(r.weights, [2, 1, 1]);
+                assert_eq!(r.kill_timeout, 4.5);
+                assert!(r.udp);
+                assert_eq!(r.command, ["node", "s.js"]);
+                let r = run_args(args(&["balancer", "run", "--config", f, "--", "python3", "x.py"]));
+                assert_eq!(r.command, ["python3", "x.py"], "a command on the line wins");
+            },
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        with_file("wrokers = 3\n", |f| {
+            let e = apply(args(&["balancer", "run", "--config", f]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("unknown option `wrokers`"), "{e}");
+        });
+        with_file("workers = \"many\"\n", |f| {
+            let argv = apply(args(&["balancer", "run", "--config", f])).unwrap();
+            assert!(
+                Cli::try_parse_from(argv).is_err(),
+                "clap validates file values like flags"
+            );
+        });
+        with_file("workers = [\n", |f| {
+            let e = apply(args(&["balancer", "run", "--config", f]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("config file"), "{e}");
+        });
+    }
+}

@@ -83,7 +83,7 @@ fn missing_cap_bpf_is_named_with_the_fix() {
     fails_with(&out, "missing capability CAP_BPF");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("setcap cap_bpf+ep") && err.contains("--cap-add=BPF"),
+        err.contains("setcap cap_bpf,cap_perfmon+ep") && err.contains("--cap-add=BPF"),
         "{err}"
     );
     TcpListener::bind("127.0.0.1:8080").expect("nothing may hold the port after a failed start");

@@ -7,12 +7,21 @@
 use anyhow::Result;
 
 const CAP_SETPCAP: u32 = 8;
+const CAP_PERFMON: u32 = 38;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_BPF: u32 = 39;
 
 pub const MISSING_BPF: &str = "missing capability CAP_BPF, needed to load the steering program: \
-     run as root, or grant it with `setcap cap_bpf+ep <path to balancer>`, \
+     run as root, or grant it with `setcap cap_bpf,cap_perfmon+ep <path to balancer>`, \
      or `--cap-add=BPF` for a container";
+
+pub const MISSING_PERFMON: &str = "missing capability CAP_PERFMON, which the kernel's verifier \
+     requires for the steering program: run as root, or grant it with \
+     `setcap cap_bpf,cap_perfmon+ep <path to balancer>`, or `--cap-add=PERFMON` for a container";
+
+pub const BLOCKED: &str = "the kernel refused the bpf() system call although CAP_BPF is held: a \
+     seccomp profile or security module blocks it; for podman or docker pass \
+     `--security-opt seccomp=unconfined` (or a profile that allows bpf), see docs/deploy.md";
 
 /// The effective capability set of this process, from /proc/self/status.
 pub fn effective() -> Result<u64> {
@@ -28,13 +37,29 @@ pub fn has(set: u64, cap: u32) -> bool {
     set & (1 << cap) != 0
 }
 
-/// Fails with [`MISSING_BPF`] unless this process may load BPF programs.
+/// Fails with [`MISSING_BPF`] or [`MISSING_PERFMON`] unless this process may load the
+/// program: CAP_BPF to load, CAP_PERFMON because the verifier accepts some of the program's
+/// stack use only from callers allowed to see kernel pointers (CAP_SYS_ADMIN implies both).
 pub fn require_bpf() -> Result<()> {
     let caps = effective()?;
-    if has(caps, CAP_BPF) || has(caps, CAP_SYS_ADMIN) {
-        Ok(())
-    } else {
+    if has(caps, CAP_SYS_ADMIN) {
+        return Ok(());
+    }
+    if !has(caps, CAP_BPF) {
         anyhow::bail!(MISSING_BPF)
+    }
+    if !has(caps, CAP_PERFMON) {
+        anyhow::bail!(MISSING_PERFMON)
+    }
+    Ok(())
+}
+
+/// The message for a load refused with EPERM: missing capabilities, or something else (seccomp)
+/// when the capabilities are there.
+pub fn refused() -> &'static str {
+    match effective() {
+        Ok(caps) if has(caps, CAP_BPF) || has(caps, CAP_SYS_ADMIN) => BLOCKED,
+        _ => MISSING_BPF,
     }
 }
 

@@ -50,7 +50,7 @@ impl Steering {
     pub fn load() -> Result<Steering> {
         let mut bpf = EbpfLoader::new().load(OBJECT).map_err(|e| {
             if is_permission_error(&e) {
-                anyhow!(capabilities::MISSING_BPF)
+                anyhow!(capabilities::refused())
             } else {
                 anyhow!("cannot load the steering program: {e}")
             }
@@ -65,7 +65,7 @@ impl Steering {
             .try_into()?;
         program.load().map_err(|e| {
             if e.to_string().contains("Operation not permitted") {
-                anyhow!(capabilities::MISSING_BPF)
+                anyhow!(capabilities::refused())
             } else {
                 anyhow!("the kernel refused the steering program: {e}")
             }

@@ -42,12 +42,17 @@ impl StallWatch {
         now: Instant,
         timeout: Duration,
     ) -> Transition {
-        let accepted = match self.previous {
-            Some((a, q)) => assigned.saturating_sub(a) as i64 - (queued as i64 - q as i64),
-            None => 0,
+        let (accepted, shrank) = match self.previous {
+            Some((a, q)) => (
+                assigned.saturating_sub(a) as i64 - (queued as i64 - q as i64),
+                queued < q,
+            ),
+            None => (0, false),
         };
         self.previous = Some((assigned, queued));
-        if queued == 0 || accepted > 0 {
+        // One connection's worth is noise: a connection counted as assigned at its SYN may
+        // reach the queue only after the sample, and then looks accepted one sample later.
+        if queued == 0 || shrank || accepted > 1 {
             self.waiting_since = None;
             if self.stalled {
                 self.stalled = false;

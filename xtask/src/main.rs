@@ -34,6 +34,8 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Build the container image `balancer:latest` with podman (deploy/Containerfile).
+    Image,
     /// Check formatting and lints, then run every test (unit and end-to-end; needs root).
     Test {
         /// Extra arguments for `cargo test`, e.g. a test name filter.
@@ -65,6 +67,28 @@ fn run(task: Task) -> Result<()> {
             }
             cmd.args(&args);
             exec(cmd)
+        }
+        Task::Image => {
+            cargo(&env, &["build", "--release", "-p", "balancer"])?;
+            let context = root().join("target/image");
+            let status = Command::new(root().join("deploy/build-context.sh"))
+                .arg(root().join("target/release/balancer"))
+                .arg(&context)
+                .status()?;
+            if !status.success() {
+                bail!("deploy/build-context.sh failed");
+            }
+            let status = Command::new("podman")
+                .env("CONTAINERS_CONF", root().join("deploy/containers.conf"))
+                .args(["build", "-t", "balancer:latest", "-f"])
+                .arg(context.join("Containerfile"))
+                .arg(&context)
+                .status()
+                .context("podman not found: apt-get install podman runc")?;
+            if !status.success() {
+                bail!("podman build failed");
+            }
+            Ok(())
         }
         Task::Bench { quick } => {
             cargo(&env, &["build", "--release", "-p", "balancer"])?;

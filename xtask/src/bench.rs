@@ -136,7 +136,7 @@ fn drive(addr: SocketAddr, count: usize, threads: usize) -> Result<Duration> {
 }
 
 /// One request on a new connection from source address `from`; returns the slot that answered.
-fn get_slot(addr: SocketAddr, from: Option<std::net::IpAddr>) -> Result<u32> {
+pub fn get_slot(addr: SocketAddr, from: Option<std::net::IpAddr>) -> Result<u32> {
     let mut c = match from {
         None => TcpStream::connect_timeout(&addr, Duration::from_secs(5))?,
         Some(ip) => connect_from(ip, addr)?,
@@ -414,6 +414,15 @@ pub fn run(bin: &Path, root: &Path, quick: bool) -> Result<()> {
             p.policy, p.counts, p.cv, p.busy_share, p.during_block
         ));
     }
+    let peers = peers(bin, root, quick)?;
+    md.push_str(&peers_markdown(&peers));
+    md.push_str("\n![Latency CDF per peer](bench-latency-cdf.png)\n\n![Per-worker distribution](bench-distribution.png)\n");
+    md.push_str(&format!(
+        "\nReproduce: `cargo xtask bench{}` (root; it installs nothing itself: nginx-light, haproxy, \
+         node and matplotlib come from `cargo xtask setup`).\n",
+        if quick { " --quick" } else { "" }
+    ));
+    plots(&peers, &root.join("docs"))?;
     let json: Vec<_> = rows
         .iter()
         .map(|r| serde_json::json!({"slots": r.slots, "policy": r.policy, "runs": r.runs, "ns_per_run": r.ns_per_run}))
@@ -426,6 +435,13 @@ pub fn run(bin: &Path, root: &Path, quick: bool) -> Result<()> {
             "machine": machine(),
             "date": today(),
             "selection_cost": json,
+            "peers": peers.iter().map(|p| serde_json::json!({
+                "peer": p.name, "new_conn_rps": p.new_conn_rps, "keepalive_rps": p.keepalive_rps,
+                "layer_cpu": p.layer_cpu, "counts": p.counts,
+                "p50_ms": percentile(&p.latencies_ms, 0.5), "p99_ms": percentile(&p.latencies_ms, 0.99),
+                "p999_ms": percentile(&p.latencies_ms, 0.999), "max_ms": p.latencies_ms.last(),
+                "stuck_share": p.stuck_share, "stuck_p99_ms": p.stuck_p99_ms,
+            })).collect::<Vec<_>>(),
             "policies": policies.iter().map(|p| serde_json::json!({
                 "policy": p.policy, "counts": p.counts, "cv": p.cv,
                 "busy_share": p.busy_share, "connections_during_block": p.during_block,
@@ -440,4 +456,410 @@ fn today() -> String {
     let out = Command::new("date").args(["-u", "+%Y-%m-%d"]).output().ok();
     out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+/// Results of one peer across the workloads.
+pub struct PeerResult {
+    pub name: String,
+    pub new_conn_rps: f64,
+    pub keepalive_rps: f64,
+    pub layer_cpu: f64,
+    pub counts: Vec<u64>,
+    pub latencies_ms: Vec<f64>,
+    pub stuck_share: f64,
+    pub stuck_p99_ms: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Closed loop: `clients` threads, a new connection per request (or one keep-alive connection
+/// each), for `dur`. Returns requests/s and answers per slot.
+fn closed_loop(
+    addr: SocketAddr,
+    clients: usize,
+    dur: Duration,
+    keepalive: bool,
+    slots: usize,
+) -> Result<(f64, Vec<u64>)> {
+    let begin = Instant::now();
+    let per = std::thread::scope(|s| -> Result<Vec<Vec<u64>>> {
+        let hs: Vec<_> = (0..clients)
+            .map(|_| {
+                s.spawn(move || -> Result<Vec<u64>> {
+                    let mut c = vec![0u64; slots];
+                    let mut ka: Option<TcpStream> = None;
+                    while begin.elapsed() < dur {
+                        let slot = if keepalive {
+                            let stream = match ka.as_mut() {
+                                Some(s) => s,
+                                None => {
+                                    let s = TcpStream::connect(addr)?;
+                                    s.set_nodelay(true)?;
+                                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                                    ka.insert(s)
+                                }
+                            };
+                            match keepalive_get(stream) {
+                                Ok(slot) => slot,
+                                Err(_) => {
+                                    ka = None;
+                                    continue;
+                                }
+                            }
+                        } else {
+                            get_slot(addr, None)?
+                        };
+                        if let Some(x) = c.get_mut(slot as usize) {
+                            *x += 1;
+                        }
+                    }
+                    Ok(c)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })?;
+    let mut total = vec![0u64; slots];
+    for c in per {
+        for (t, x) in total.iter_mut().zip(c) {
+            *t += x;
+        }
+    }
+    let n: u64 = total.iter().sum();
+    Ok((n as f64 / begin.elapsed().as_secs_f64(), total))
+}
+
+fn keepalive_get(stream: &mut TcpStream) -> Result<u32> {
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            bail!("closed");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return slot_in(&text);
+            }
+        }
+    }
+}
+
+/// Open loop at `rate` requests/s for `dur`, a new connection each: mostly 1 ms requests, 5%
+/// of 50-200 ms. Latency counts from the moment each request was due, so a client held up by
+/// a slow answer does not hide the wait of the requests behind it (coordinated omission).
+fn open_loop(addr: SocketAddr, rate: f64, dur: Duration, route: &str) -> Result<Vec<f64>> {
+    let senders = 96usize;
+    let total = (rate * dur.as_secs_f64()) as usize;
+    let begin = Instant::now() + Duration::from_millis(50);
+    let mut all = std::thread::scope(|s| -> Result<Vec<f64>> {
+        let hs: Vec<_> = (0..senders)
+            .map(|k| {
+                s.spawn(move || -> Result<Vec<f64>> {
+                    let mut out = Vec::new();
+                    let mut i = k;
+                    while i < total {
+                        let due = begin + Duration::from_secs_f64(i as f64 / rate);
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        // A fixed pseudo-random mix: request i is slow when its hash says so.
+                        let h = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+                        let ms = if h % 100 < 5 { 50 + h % 151 } else { 1 };
+                        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+                        c.set_read_timeout(Some(Duration::from_secs(30)))?;
+                        c.write_all(
+                            format!(
+                                "GET {route}{ms} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
+                            )
+                            .as_bytes(),
+                        )?;
+                        let mut buf = Vec::new();
+                        c.read_to_end(&mut buf)?;
+                        out.push(due.elapsed().as_secs_f64() * 1000.0);
+                        i += senders;
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in hs {
+            all.extend(h.join().unwrap()?);
+        }
+        Ok(all)
+    })?;
+    all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok(all)
+}
+
+/// One worker held for 2 s in the middle of an open-loop run: the share of the connections due
+/// during the hold that it answered, and the run's p99.
+fn stuck_worker(addr: SocketAddr, rate: f64, route: &str) -> Result<(f64, f64)> {
+    let dur = Duration::from_secs(4);
+    let total = (rate * dur.as_secs_f64()) as usize;
+    let begin = Instant::now() + Duration::from_millis(50);
+    let hold_at = Duration::from_secs(1);
+    let hold_for = Duration::from_secs(2);
+    std::thread::scope(|s| -> Result<(f64, f64)> {
+        let holder = s.spawn(move || -> Result<u32> {
+            std::thread::sleep((begin + hold_at).saturating_duration_since(Instant::now()));
+            let mut c = TcpStream::connect(addr)?;
+            c.set_read_timeout(Some(Duration::from_secs(30)))?;
+            c.write_all(
+                format!("GET {route}2000 HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )?;
+            let mut buf = String::new();
+            c.read_to_string(&mut buf)?;
+            slot_in(&buf)
+        });
+        let senders = 96usize;
+        let hs: Vec<_> = (0..senders)
+            .map(|k| {
+                s.spawn(move || -> Result<Vec<(Duration, f64, u32)>> {
+                    let mut out = Vec::new();
+                    let mut i = k;
+                    while i < total {
+                        let offset = Duration::from_secs_f64(i as f64 / rate);
+                        let due = begin + offset;
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+                        c.set_read_timeout(Some(Duration::from_secs(30)))?;
+                        c.write_all(
+                            format!(
+                                "GET {route}1 HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
+                            )
+                            .as_bytes(),
+                        )?;
+                        let mut buf = String::new();
+                        c.read_to_string(&mut buf)?;
+                        out.push((offset, due.elapsed().as_secs_f64() * 1000.0, slot_in(&buf)?));
+                        i += senders;
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in hs {
+            all.extend(h.join().unwrap()?);
+        }
+        let stuck = holder.join().unwrap()?;
+        let window: Vec<_> = all
+            .iter()
+            .filter(|(o, _, _)| *o >= hold_at && *o < hold_at + hold_for)
+            .collect();
+        let share = window.iter().filter(|(_, _, s)| *s == stuck).count() as f64
+            / window.len().max(1) as f64;
+        let mut lat: Vec<f64> = all.iter().map(|(_, l, _)| *l).collect();
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        Ok((share, percentile(&lat, 0.99)))
+    })
+}
+
+fn measure(
+    peer: &crate::peers::Peer,
+    quick: bool,
+    route: &str,
+    rate: f64,
+    slots: usize,
+) -> Result<PeerResult> {
+    eprintln!("bench: {}", peer.name);
+    let dur = if quick {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(5)
+    };
+    let cpu0 = crate::peers::cpu_seconds(&peer.layer);
+    let t0 = Instant::now();
+    let (new_conn_rps, counts) = closed_loop(peer.addr, 16, dur, false, slots)?;
+    let layer_cpu = (crate::peers::cpu_seconds(&peer.layer) - cpu0) / t0.elapsed().as_secs_f64();
+    let (keepalive_rps, _) = closed_loop(peer.addr, 16, dur, true, slots)?;
+    let latencies_ms = open_loop(peer.addr, rate, dur * 2, route)?;
+    let (stuck_share, stuck_p99_ms) = stuck_worker(peer.addr, rate, route)?;
+    Ok(PeerResult {
+        name: peer.name.clone(),
+        new_conn_rps,
+        keepalive_rps,
+        layer_cpu,
+        counts,
+        latencies_ms,
+        stuck_share,
+        stuck_p99_ms,
+    })
+}
+
+/// Every peer, side by side, with the built-in worker (and the Node pair with the Node server).
+pub fn peers(bin: &Path, root: &Path, quick: bool) -> Result<Vec<PeerResult>> {
+    let env = crate::peers::Env {
+        balancer: bin,
+        root,
+        workers: 4,
+    };
+    // 4 single-threaded workers, mean service ~7 ms (95% 1 ms, 5% 50-200 ms): 300/s is ~50%
+    // of their capacity on this machine.
+    let rate = 300.0;
+    let mut out = Vec::new();
+    let route = "/work?ms=";
+    for (i, policy) in ["least-loaded", "p2c", "round-robin"]
+        .into_iter()
+        .enumerate()
+    {
+        let p = crate::peers::balancer(&env, 9100 + i as u16 * 10, policy, None)?;
+        out.push(measure(&p, quick, route, rate, 4)?);
+    }
+    let p = crate::peers::kernel_hash(&env, 9150)?;
+    out.push(measure(&p, quick, route, rate, 4)?);
+    drop(p);
+    let p = crate::peers::shared_queue(&env, 9160)?;
+    out.push(measure(&p, quick, route, rate, 4)?);
+    drop(p);
+    let p = crate::peers::nginx(&env, 9170)?;
+    out.push(measure(&p, quick, route, rate, 4)?);
+    drop(p);
+    let p = crate::peers::haproxy(&env, 9180)?;
+    out.push(measure(&p, quick, route, rate, 4)?);
+    drop(p);
+    // Node: the same server script under the cluster module and under balancer.
+    let node = root.join("examples/node/server.js");
+    let node = node.to_str().context("path")?;
+    let p = crate::peers::node_cluster(&env, 9190)?;
+    out.push(measure(&p, quick, "/block?ms=", rate / 3.0, 4)?);
+    drop(p);
+    let p = crate::peers::balancer(&env, 9200, "least-loaded", Some(&["node", node]))?;
+    out.push(measure(&p, quick, "/block?ms=", rate / 3.0, 4)?);
+    Ok(out)
+}
+
+pub fn peers_markdown(results: &[PeerResult]) -> String {
+    let best = |f: &dyn Fn(&PeerResult) -> f64, max: bool| {
+        results
+            .iter()
+            .map(f)
+            .fold(if max { f64::MIN } else { f64::MAX }, |a, b| {
+                if max {
+                    a.max(b)
+                } else {
+                    a.min(b)
+                }
+            })
+    };
+    let mut md = String::new();
+    md.push_str("\n## Against the alternatives\n\n");
+    md.push_str(
+        "4 single-threaded built-in workers behind each peer (the Node pair: 4 Node.js processes of \
+         the same server, `/block` busy loops instead of sleeps, a third of the rate). \
+         *new conn/s*: 16 clients, a new connection per trivial request; *keep-alive/s*: 16 \
+         clients, one connection each. *layer CPU*: CPU time of the balancing layer (nginx, \
+         haproxy, the Node primary, the balancer supervisor; the kernel's time in the program is \
+         in the selection-cost table) per second of wall time. *p50/p99/p99.9/max*: open loop, a \
+         new connection per request at a fixed rate (300/s; 100/s for Node), 95% 1 ms requests \
+         and 5% of 50-200 ms, latency counted from when each request was due. *stuck worker*: one \
+         worker held for 2 s mid-run; its share of the connections due in that window, and the \
+         run's p99. Ratios in brackets are to the best peer of the column.\n\n",
+    );
+    md.push_str("| peer | new conn/s | keep-alive/s | layer CPU | p50 ms | p99 ms | p99.9 ms | max ms | stuck worker's share | p99 with stuck worker | per-worker counts (CV) |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    let b_rps = best(&|r| r.new_conn_rps, true);
+    let b_ka = best(&|r| r.keepalive_rps, true);
+    let b_p99 = best(&|r| percentile(&r.latencies_ms, 0.99), false);
+    for r in results {
+        let l = &r.latencies_ms;
+        let mean = r.counts.iter().sum::<u64>() as f64 / r.counts.len().max(1) as f64;
+        let var = r
+            .counts
+            .iter()
+            .map(|&c| (c as f64 - mean).powi(2))
+            .sum::<f64>()
+            / r.counts.len().max(1) as f64;
+        let p99 = percentile(l, 0.99);
+        md.push_str(&format!(
+            "| {} | {:.0} ({:.2}x) | {:.0} ({:.2}x) | {:.0}% | {:.1} | {:.1} ({:.1}x) | {:.1} | {:.1} | {:.3} | {:.1} | {:?} ({:.3}) |\n",
+            r.name,
+            r.new_conn_rps,
+            r.new_conn_rps / b_rps,
+            r.keepalive_rps,
+            r.keepalive_rps / b_ka,
+            r.layer_cpu * 100.0,
+            percentile(l, 0.5),
+            p99,
+            p99 / b_p99,
+            percentile(l, 0.999),
+            l.last().copied().unwrap_or(f64::NAN),
+            r.stuck_share,
+            r.stuck_p99_ms,
+            r.counts,
+            var.sqrt() / mean.max(1.0),
+        ));
+    }
+    md
+}
+
+/// PNG plots through matplotlib: latency CDF per peer, per-worker distribution bars.
+pub fn plots(results: &[PeerResult], docs: &Path) -> Result<()> {
+    let data = serde_json::json!(results
+        .iter()
+        .map(|r| serde_json::json!({"name": r.name, "lat": r.latencies_ms, "counts": r.counts}))
+        .collect::<Vec<_>>());
+    let input = docs.join(".bench-plot.json");
+    std::fs::write(&input, data.to_string())?;
+    let script = r#"
+import json, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+runs = json.load(open(sys.argv[1]))
+fig, ax = plt.subplots(figsize=(9, 5))
+for r in runs:
+    lat = sorted(r["lat"])
+    n = len(lat)
+    if n:
+        ax.plot(lat, [(i + 1) / n for i in range(n)], label=r["name"])
+ax.set_xscale("log"); ax.set_xlabel("latency (ms, from when the request was due)"); ax.set_ylabel("fraction of requests")
+ax.set_title("Latency CDF under skew (open loop)"); ax.grid(True, which="both", alpha=0.3); ax.legend(fontsize=8)
+fig.tight_layout(); fig.savefig(sys.argv[2] + "/bench-latency-cdf.png", dpi=110)
+fig, ax = plt.subplots(figsize=(9, 5))
+w = 0.8 / max(1, len(runs[0]["counts"]))
+for i, r in enumerate(runs):
+    total = sum(r["counts"]) or 1
+    for j, c in enumerate(r["counts"]):
+        ax.bar(i + j * w, c / total, w, color="C%d" % j)
+ax.set_xticks([i + 0.4 - w / 2 for i in range(len(runs))]); ax.set_xticklabels([r["name"] for r in runs], rotation=30, ha="right", fontsize=8)
+ax.axhline(1 / len(runs[0]["counts"]), color="k", lw=0.8, ls="--"); ax.set_ylabel("share of connections per worker")
+ax.set_title("Per-worker distribution (new connections, 16 clients)")
+fig.tight_layout(); fig.savefig(sys.argv[2] + "/bench-distribution.png", dpi=110)
+"#;
+    let status = Command::new("python3")
+        .args(["-c", script])
+        .arg(&input)
+        .arg(docs)
+        .status()?;
+    let _ = std::fs::remove_file(&input);
+    if !status.success() {
+        bail!("plotting failed (pip install matplotlib)");
+    }
+    Ok(())
 }

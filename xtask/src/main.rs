@@ -4,6 +4,7 @@
 //! that the two commands in the README work on a fresh machine.
 
 mod bench;
+mod peers;
 mod setup;
 
 use std::process::{Command, ExitCode};

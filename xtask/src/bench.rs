@@ -339,7 +339,8 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
 }
 
-pub fn run(bin: &Path, root: &Path, quick: bool) -> Result<()> {
+/// Runs everything and writes benchmarks.md, benchmarks.json and the plots into `out`.
+pub fn run(bin: &Path, root: &Path, quick: bool, out: &Path) -> Result<()> {
     private_netns()?;
     let old =
         std::fs::read_to_string(STATS_SYSCTL).context("cannot read kernel.bpf_stats_enabled")?;
@@ -422,15 +423,15 @@ pub fn run(bin: &Path, root: &Path, quick: bool) -> Result<()> {
          node and matplotlib come from `cargo xtask setup`).\n",
         if quick { " --quick" } else { "" }
     ));
-    plots(&peers, &root.join("docs"))?;
+    plots(&peers, out)?;
     let json: Vec<_> = rows
         .iter()
         .map(|r| serde_json::json!({"slots": r.slots, "policy": r.policy, "runs": r.runs, "ns_per_run": r.ns_per_run}))
         .collect();
-    std::fs::create_dir_all(root.join("docs"))?;
-    std::fs::write(root.join("docs/benchmarks.md"), &md)?;
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("benchmarks.md"), &md)?;
     std::fs::write(
-        root.join("docs/benchmarks.json"),
+        out.join("benchmarks.json"),
         serde_json::to_string_pretty(&serde_json::json!({
             "machine": machine(),
             "date": today(),
@@ -687,6 +688,7 @@ fn measure(
     rate: f64,
     slots: usize,
 ) -> Result<PeerResult> {
+    let started = Instant::now();
     eprintln!("bench: {}", peer.name);
     let dur = if quick {
         Duration::from_secs(2)
@@ -700,6 +702,7 @@ fn measure(
     let (keepalive_rps, _) = closed_loop(peer.addr, 16, dur, true, slots)?;
     let latencies_ms = open_loop(peer.addr, rate, dur * 2, route)?;
     let (stuck_share, stuck_p99_ms) = stuck_worker(peer.addr, rate, route)?;
+    eprintln!("bench: {} measured in {:.1?}", peer.name, started.elapsed());
     Ok(PeerResult {
         name: peer.name.clone(),
         new_conn_rps,

@@ -34,6 +34,9 @@ enum Task {
         /// A shorter run (under 3 minutes).
         #[arg(long)]
         quick: bool,
+        /// Where to write benchmarks.md, benchmarks.json and the plots (default: docs/).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
     /// Build the container image `balancer:latest` with podman (deploy/Containerfile).
     Image,
@@ -91,9 +94,15 @@ fn run(task: Task) -> Result<()> {
             }
             Ok(())
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, out } => {
             cargo(&env, &["build", "--release", "-p", "balancer"])?;
-            bench::run(&root().join("target/release/balancer"), &root(), quick)
+            let out = out.unwrap_or_else(|| root().join("docs"));
+            bench::run(
+                &root().join("target/release/balancer"),
+                &root(),
+                quick,
+                &out,
+            )
         }
         Task::Test { args } => {
             cargo(&env, &["fmt", "--all", "--", "--check"]).context("run `cargo fmt --all`")?;
@@ -110,6 +119,18 @@ fn run(task: Task) -> Result<()> {
                 .status()?;
             if !status.success() {
                 bail!("tests failed");
+            }
+            // The benchmark is no pass/fail test, but it must keep running: --quick once,
+            // written outside docs/.
+            if std::env::var_os("BALANCER_SKIP_BENCH_SMOKE").is_none() {
+                cargo(&env, &["build", "--release", "-p", "balancer"])?;
+                let out = root().join("target/bench-smoke");
+                bench::run(&root().join("target/release/balancer"), &root(), true, &out)
+                    .context("benchmark smoke run (cargo xtask bench --quick) failed")?;
+                eprintln!(
+                    "xtask: benchmark smoke run ok: {}",
+                    out.join("benchmarks.md").display()
+                );
             }
             Ok(())
         }

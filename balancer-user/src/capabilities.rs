@@ -81,6 +81,59 @@ pub fn require_worker_isolation(workers_as_root: bool) -> Result<()> {
     Ok(())
 }
 
+/// What the supervisor still needs once the program is loaded and attached: start workers as
+/// another account (SETUID, SETGID), keep CAP_BPF out of root workers (SETPCAP), signal workers
+/// of another account (KILL), bind listeners for new slots on low ports (NET_BIND_SERVICE).
+/// Map and program operations go through the fds it already holds and need no capability.
+const KEEP: [u32; 5] = [
+    5,  /* KILL */
+    6,  /* SETGID */
+    7,  /* SETUID */
+    8,  /* SETPCAP */
+    10, /* NET_BIND_SERVICE */
+];
+
+/// Lowers this process's effective and permitted sets to [`KEEP`] (what it has of them). The
+/// bounding set stays: root workers still get their usual capabilities (minus BPF) at exec.
+pub fn drop_to_runtime_set() -> Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a v3 header and two data words, as capabilities(7) describes.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let keep: u64 = KEEP.iter().map(|c| 1u64 << c).sum();
+        let permitted = (data[0].permitted as u64 | (data[1].permitted as u64) << 32) & keep;
+        for (i, d) in data.iter_mut().enumerate() {
+            let word = (permitted >> (32 * i)) as u32;
+            d.effective = word;
+            d.permitted = word;
+            d.inheritable = 0;
+        }
+        if libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

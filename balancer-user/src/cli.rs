@@ -179,6 +179,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
     pub ready_timeout: f64,
 
+    /// How many slots a reload replaces at once (each keeps its old worker until the new one is
+    /// ready).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub reload_batch: u32,
+
     /// A worker whose accept queue holds connections and does not shrink for this long is
     /// stalled: it gets no new connections until it accepts again. 0 turns this off.
     #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]

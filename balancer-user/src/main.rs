@@ -147,6 +147,7 @@ fn options(args: RunArgs) -> Result<supervisor::Options> {
         control: args.control,
         kill_timeout,
         ready_timeout: seconds("ready-timeout", args.ready_timeout)?,
+        reload_batch: args.reload_batch,
         stall_timeout: (!stall_timeout.is_zero()).then_some(stall_timeout),
         backoff,
         weights: args.weights,

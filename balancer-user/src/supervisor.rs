@@ -31,6 +31,10 @@ use crate::{
     stall::{StallWatch, Transition},
 };
 
+/// Restart delays from this long on move a dead worker's queue to live slots instead of
+/// letting it wait.
+const MIGRATE_AFTER: Duration = Duration::from_millis(500);
+
 pub struct Options {
     pub listen: SocketAddr,
     pub workers: u32,
@@ -43,6 +47,8 @@ pub struct Options {
     /// anyway: during a reload the previous worker of a slot stops only once its successor is
     /// ready.
     pub ready_timeout: Duration,
+    /// Slots replaced at once by a reload.
+    pub reload_batch: u32,
     /// How long a worker may sit on a non-shrinking accept queue before it is taken out of
     /// rotation; None: never.
     pub stall_timeout: Option<Duration>,
@@ -194,6 +200,11 @@ impl Supervisor {
                 let _ = std::fs::remove_file(&sup.opts.control);
                 return Err(e);
             }
+        }
+        // Everything privileged is done: keep only what running the workers needs.
+        match capabilities::drop_to_runtime_set() {
+            Ok(()) => log::debug!("capabilities lowered to the runtime set"),
+            Err(e) => log::warn!("could not lower capabilities: {e}"),
         }
         let listen = sup.slots[0].listener.local_addr()?;
         let up: Vec<String> = sup
@@ -394,6 +405,15 @@ impl Supervisor {
                     tokio::time::sleep(delay).await;
                     let _ = events.send(Event::Restart { slot, generation });
                 });
+                // A replacement coming soon accepts what waits in the queue; one that is a
+                // backoff away does not, so move those connections to live slots now.
+                if delay >= MIGRATE_AFTER {
+                    if let Err(e) = self.replace_listener(slot) {
+                        log::warn!(
+                            "slot {slot}: {e:#}; its queued connections wait for the restart"
+                        );
+                    }
+                }
             }
             Decision::GiveUp => {
                 s.given_up = true;
@@ -496,33 +516,44 @@ impl Supervisor {
         }
     }
 
-    /// Stops a slot's previous worker: SIGTERM, then SIGKILL after --kill-timeout; returns
-    /// once it has exited.
+    /// Stops the previous workers of `slots`: SIGTERM, then SIGKILL after --kill-timeout;
+    /// returns once they have exited.
     async fn retire(
         &mut self,
-        slot: u32,
+        slots: &[u32],
         rx: &mut mpsc::UnboundedReceiver<Event>,
         asks: &mut mpsc::UnboundedReceiver<Ask>,
     ) {
-        let Some((pid, _)) = self.slots[slot as usize].retiring else {
-            return;
+        let pids: Vec<Pid> = slots
+            .iter()
+            .filter_map(|&s| self.slots[s as usize].retiring.map(|r| r.0))
+            .collect();
+        for &pid in &pids {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+        }
+        let gone = |s: &Supervisor| {
+            slots
+                .iter()
+                .all(|&x| s.slots[x as usize].retiring.is_none())
         };
-        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
-        let gone = |s: &Supervisor| s.slots[slot as usize].retiring.is_none();
         if !self.pump(rx, asks, self.opts.kill_timeout, gone).await {
-            log::warn!(
-                "slot {slot}: previous worker {pid} still running after {:?}: SIGKILL",
-                self.opts.kill_timeout
-            );
-            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            for &slot in slots {
+                if let Some((pid, _)) = self.slots[slot as usize].retiring {
+                    log::warn!(
+                        "slot {slot}: previous worker {pid} still running after {:?}: SIGKILL",
+                        self.opts.kill_timeout
+                    );
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                }
+            }
             self.pump(rx, asks, Duration::from_secs(5), gone).await;
         }
     }
 
-    /// Replaces every worker, slot by slot, with no moment at which a slot's queue has no
-    /// worker: the new worker starts on the same listener as the old one (both accept from one
-    /// queue), and the old one gets SIGTERM only once the new one is ready. The worker command
-    /// is resolved again, so a new binary on disk is picked up.
+    /// Replaces every worker, --reload-batch slots at a time, with no moment at which a slot's
+    /// queue has no worker: a new worker starts on the same listener as the old one (both accept
+    /// from one queue), and the old one gets SIGTERM only once the new one is ready. The worker
+    /// command is resolved again, so a new binary on disk is picked up.
     async fn reload(
         &mut self,
         rx: &mut mpsc::UnboundedReceiver<Event>,
@@ -535,56 +566,68 @@ impl Supervisor {
             }
         }
         let n = self.slots.len() as u32;
-        log::info!("reload: replacing {n} workers one slot at a time");
-        for slot in 0..n {
-            let old = {
+        let batch = self.opts.reload_batch.max(1) as usize;
+        log::info!("reload: replacing {n} workers, {batch} at a time");
+        let all: Vec<u32> = (0..n).collect();
+        for chunk in all.chunks(batch) {
+            let mut started = Vec::new();
+            for &slot in chunk {
                 let s = &mut self.slots[slot as usize];
                 s.given_up = false;
                 s.backoff = Backoff::new(self.opts.backoff);
-                s.pid.map(|pid| (pid, s.generation))
-            };
-            self.slots[slot as usize].retiring = old;
-            if let Err(e) = self.start_worker(slot) {
-                self.slots[slot as usize].retiring = None;
-                return format!("error: slot {slot}: {e:#}; slots before it were reloaded");
+                let old = s.pid.map(|pid| (pid, s.generation));
+                s.retiring = old;
+                if let Err(e) = self.start_worker(slot) {
+                    self.slots[slot as usize].retiring = None;
+                    return format!("error: slot {slot}: {e:#}; slots before it were reloaded");
+                }
+                started.push((slot, self.slots[slot as usize].generation, old));
             }
-            let new_generation = self.slots[slot as usize].generation;
-            let ready = self
-                .pump(
-                    rx,
-                    asks,
-                    self.opts.ready_timeout + Duration::from_secs(1),
-                    |s| {
-                        let x = &s.slots[slot as usize];
-                        x.ready == new_generation
-                            || x.generation != new_generation
-                            || x.pid.is_none()
-                    },
-                )
-                .await;
-            let s = &self.slots[slot as usize];
-            if !ready || s.generation != new_generation || s.pid.is_none() {
-                // The new worker died before it was ready: keep the old one serving.
-                let reason = s
+            let settled = |s: &Supervisor| {
+                started.iter().all(|&(slot, g, _)| {
+                    let x = &s.slots[slot as usize];
+                    x.ready == g || x.generation != g || x.pid.is_none()
+                })
+            };
+            self.pump(
+                rx,
+                asks,
+                self.opts.ready_timeout + Duration::from_secs(1),
+                settled,
+            )
+            .await;
+            let mut failed = None;
+            let mut retire = Vec::new();
+            for &(slot, g, old) in &started {
+                let x = &self.slots[slot as usize];
+                if x.ready == g && x.generation == g && x.pid.is_some() {
+                    retire.push(slot);
+                    continue;
+                }
+                // The new worker died (or never got ready): keep the old one serving.
+                let reason = x
                     .last_exit
                     .clone()
-                    .unwrap_or_else(|| "did not start".into());
+                    .unwrap_or_else(|| "did not get ready".into());
+                if let Some(new) = x.pid.filter(|_| x.generation == g) {
+                    let _ = nix::sys::signal::kill(new, Signal::SIGKILL);
+                }
                 if let Some((pid, generation)) = old {
-                    if let Some(new) = s.pid {
-                        let _ = nix::sys::signal::kill(new, Signal::SIGKILL);
-                    }
-                    let s = &mut self.slots[slot as usize];
-                    s.retiring = None;
-                    s.pid = Some(pid);
-                    s.generation = generation;
+                    let x = &mut self.slots[slot as usize];
+                    x.retiring = None;
+                    x.pid = Some(pid);
+                    x.generation = generation;
                     self.steering.set_state(slot, SlotState::Up);
                     self.steering.refresh_sticky(self.opts.workers);
                 }
-                return format!(
+                failed.get_or_insert(format!(
                     "error: reload stopped at slot {slot}: the new worker {reason}; the previous worker keeps serving"
-                );
+                ));
             }
-            self.retire(slot, rx, asks).await;
+            self.retire(&retire, rx, asks).await;
+            if let Some(e) = failed {
+                return e;
+            }
         }
         log::info!("reload: done");
         serde_json::json!({ "reloaded": n }).to_string()
@@ -653,7 +696,7 @@ impl Supervisor {
             }
             let s = &mut self.slots[slot as usize];
             s.retiring = s.pid.take().map(|pid| (pid, s.generation));
-            self.retire(slot, rx, asks).await;
+            self.retire(&[slot], rx, asks).await;
             let _ = self.steering.remove(slot);
             self.slots.pop(); // closes the listener
             self.steering.set_state(slot, SlotState::Down);

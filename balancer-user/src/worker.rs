@@ -281,8 +281,17 @@ async fn serve(
             let _ = conn.await;
         });
     };
+    // Connections moved here from a closing listener do not wake epoll: look for them now and
+    // then, so that they are not left waiting for the next new connection.
+    let mut sweep = tokio::time::interval(Duration::from_millis(200));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
+            _ = sweep.tick() => {
+                while let Ok(stream) = accept_now(&listener) {
+                    start(stream, false);
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => start(stream, false),
                 Err(e) => {

@@ -117,11 +117,7 @@ fn drive(addr: SocketAddr, count: usize, threads: usize) -> Result<Duration> {
             .map(|_| {
                 s.spawn(move || -> Result<()> {
                     for _ in 0..count / threads {
-                        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-                        c.set_read_timeout(Some(Duration::from_secs(10)))?;
-                        c.write_all(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")?;
-                        let mut buf = Vec::new();
-                        c.read_to_end(&mut buf)?;
+                        request(addr, "/")?;
                     }
                     Ok(())
                 })
@@ -137,15 +133,28 @@ fn drive(addr: SocketAddr, count: usize, threads: usize) -> Result<Duration> {
 
 /// One request on a new connection from source address `from`; returns the slot that answered.
 pub fn get_slot(addr: SocketAddr, from: Option<std::net::IpAddr>) -> Result<u32> {
-    let mut c = match from {
-        None => TcpStream::connect_timeout(&addr, Duration::from_secs(5))?,
+    let c = match from {
+        None => TcpStream::connect_timeout(&addr, Duration::from_secs(10))?,
         Some(ip) => connect_from(ip, addr)?,
     };
-    c.set_read_timeout(Some(Duration::from_secs(10)))?;
-    c.write_all(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")?;
-    let mut buf = String::new();
-    c.read_to_string(&mut buf)?;
-    slot_in(&buf)
+    slot_in(&exchange(c, "/")?)
+}
+
+/// One request on a new connection to `addr`: the whole reply.
+fn request(addr: SocketAddr, path: &str) -> Result<String> {
+    exchange(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(10))?,
+        path,
+    )
+}
+
+/// Sends one request on `c`, asking the server to close, and reads the whole reply.
+fn exchange(mut c: TcpStream, path: &str) -> Result<String> {
+    c.set_read_timeout(Some(Duration::from_secs(30)))?;
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut reply = String::new();
+    c.read_to_string(&mut reply)?;
+    Ok(reply)
 }
 
 fn slot_in(reply: &str) -> Result<u32> {
@@ -423,12 +432,12 @@ pub fn run(bin: &Path, root: &Path, quick: bool, out: &Path) -> Result<()> {
          node and matplotlib come from `cargo xtask setup`).\n",
         if quick { " --quick" } else { "" }
     ));
+    std::fs::create_dir_all(out)?;
     plots(&peers, out)?;
     let json: Vec<_> = rows
         .iter()
         .map(|r| serde_json::json!({"slots": r.slots, "policy": r.policy, "runs": r.runs, "ns_per_run": r.ns_per_run}))
         .collect();
-    std::fs::create_dir_all(out)?;
     std::fs::write(out.join("benchmarks.md"), &md)?;
     std::fs::write(
         out.join("benchmarks.json"),
@@ -586,16 +595,7 @@ fn open_loop(addr: SocketAddr, rate: f64, dur: Duration, route: &str) -> Result<
                         // A fixed pseudo-random mix: request i is slow when its hash says so.
                         let h = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
                         let ms = if h % 100 < 5 { 50 + h % 151 } else { 1 };
-                        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-                        c.set_read_timeout(Some(Duration::from_secs(30)))?;
-                        c.write_all(
-                            format!(
-                                "GET {route}{ms} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
-                            )
-                            .as_bytes(),
-                        )?;
-                        let mut buf = Vec::new();
-                        c.read_to_end(&mut buf)?;
+                        request(addr, &format!("{route}{ms}"))?;
                         out.push(due.elapsed().as_secs_f64() * 1000.0);
                         i += senders;
                     }
@@ -624,15 +624,7 @@ fn stuck_worker(addr: SocketAddr, rate: f64, route: &str) -> Result<(f64, f64)> 
     std::thread::scope(|s| -> Result<(f64, f64)> {
         let holder = s.spawn(move || -> Result<u32> {
             std::thread::sleep((begin + hold_at).saturating_duration_since(Instant::now()));
-            let mut c = TcpStream::connect(addr)?;
-            c.set_read_timeout(Some(Duration::from_secs(30)))?;
-            c.write_all(
-                format!("GET {route}2000 HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )?;
-            let mut buf = String::new();
-            c.read_to_string(&mut buf)?;
-            slot_in(&buf)
+            slot_in(&request(addr, &format!("{route}2000"))?)
         });
         let senders = 96usize;
         let hs: Vec<_> = (0..senders)
@@ -647,17 +639,12 @@ fn stuck_worker(addr: SocketAddr, rate: f64, route: &str) -> Result<(f64, f64)> 
                         if due > now {
                             std::thread::sleep(due - now);
                         }
-                        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-                        c.set_read_timeout(Some(Duration::from_secs(30)))?;
-                        c.write_all(
-                            format!(
-                                "GET {route}1 HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
-                            )
-                            .as_bytes(),
-                        )?;
-                        let mut buf = String::new();
-                        c.read_to_string(&mut buf)?;
-                        out.push((offset, due.elapsed().as_secs_f64() * 1000.0, slot_in(&buf)?));
+                        let reply = request(addr, &format!("{route}1"))?;
+                        out.push((
+                            offset,
+                            due.elapsed().as_secs_f64() * 1000.0,
+                            slot_in(&reply)?,
+                        ));
                         i += senders;
                     }
                     Ok(out)

@@ -207,29 +207,7 @@ fn a_stalled_worker_leaves_rotation_until_it_accepts_again() {
 fn a_crash_looping_command_stays_down_and_the_others_serve() {
     netns();
     // Slot 0's worker dies at once, every time; slot 1's is the built-in worker.
-    let me = bin();
-    let script = format!(
-        "if [ \"$BALANCER_SLOT\" = 0 ]; then echo boom >&2; exit 3; fi; exec {} worker",
-        me.display()
-    );
-    let b = Balancer::launch(
-        "127.0.0.1:8080",
-        "127.0.0.1:8080".parse().unwrap(),
-        2,
-        &[
-            "--load-from",
-            "worker",
-            "--restart-delay",
-            "0.05",
-            "--give-up-after",
-            "4",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-        false,
-    );
+    let b = crash_looping_slot_0(2, 3, &["--give-up-after", "4"]);
     let s = b.wait_for(Duration::from_secs(10), "slot 0 given up", |s| {
         s["slots"][0]["state"] == "failed"
     });

@@ -73,27 +73,7 @@ fn sigkill_of_a_worker_every_second_loses_only_requests_in_flight() {
 #[test]
 fn a_crash_looping_slot_costs_the_others_nothing() {
     netns();
-    let me = bin();
-    let script = format!(
-        "if [ \"$BALANCER_SLOT\" = 0 ]; then exit 1; fi; exec {} worker",
-        me.display()
-    );
-    let b = Balancer::launch(
-        "127.0.0.1:8080",
-        "127.0.0.1:8080".parse().unwrap(),
-        4,
-        &[
-            "--load-from",
-            "worker",
-            "--restart-delay",
-            "0.05",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-        false,
-    );
+    let b = crash_looping_slot_0(4, 1, &[]);
     let load = Load::start(b.addr, CLIENTS, 4_000);
     let s = b.wait_for(Duration::from_secs(10), "slot 0 given up", |s| {
         s["slots"][0]["state"] == "failed"

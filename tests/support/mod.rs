@@ -549,3 +549,17 @@ pub fn ctl(b: &Balancer, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// Starts `workers` slots whose slot 0 exits with `code` at once, every time, while the other
+/// slots run the built-in worker; returns as soon as the control socket answers.
+pub fn crash_looping_slot_0(workers: u32, code: i32, extra: &[&str]) -> Balancer {
+    let script = format!(
+        "if [ \"$BALANCER_SLOT\" = 0 ]; then echo boom >&2; exit {code}; fi; exec {} worker",
+        bin().display()
+    );
+    let mut args = vec!["--load-from", "worker", "--restart-delay", "0.05"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", &script]);
+    let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    Balancer::launch("127.0.0.1:8080", addr, workers, &args, false)
+}

@@ -59,7 +59,10 @@ fn main() -> ExitCode {
 }
 
 fn run(task: Task) -> Result<()> {
-    let env = setup::ensure()?;
+    let env = setup::ensure(matches!(
+        task,
+        Task::Setup | Task::Test { .. } | Task::Bench { .. }
+    ))?;
     match task {
         Task::Setup => Ok(()),
         Task::Run { args } => {

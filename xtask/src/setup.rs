@@ -15,19 +15,21 @@ const LLVM_MAJOR: u32 = 22;
 const BPF_LINKER: &str = "0.13.0";
 /// A nightly known to ship LLVM 22, used when the machine's `nightly` is newer.
 const PINNED_NIGHTLY: &str = "nightly-2026-05-20";
-/// The first five build bpf-linker; the rest are used by the tests (a real Prometheus scrapes
-/// the metrics endpoint in one of them).
-const APT_PACKAGES: &[&str] = &[
+/// What building bpf-linker needs.
+const BUILD_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
     "libxml2-dev",
+];
+/// What the tests and the benchmark use, installed only for them: a real Prometheus, podman
+/// for the image test, the benchmark's peers (nginx, HAProxy), Node.js for the examples.
+const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "prometheus",
     "podman",
     "runc",
-    // The benchmark's peers.
     "nginx-light",
     "haproxy",
 ];
@@ -125,7 +127,9 @@ fn nix_is_root() -> bool {
     quiet(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
 }
 
-pub fn ensure() -> Result<Env> {
+/// Installs what building and running needs and, with `for_tests`, what the tests and the
+/// benchmark use too.
+pub fn ensure(for_tests: bool) -> Result<Env> {
     let bin = cargo_bin();
     let mut paths = vec![bin.clone()];
     paths.extend(std::env::split_paths(
@@ -173,7 +177,7 @@ pub fn ensure() -> Result<Env> {
     let linker = bin.join("bpf-linker");
     let have = quiet(Command::new(&linker).arg("--version")).unwrap_or_default();
     if !have.contains(BPF_LINKER) {
-        apt_install(APT_PACKAGES)?;
+        apt_install(BUILD_PACKAGES)?;
         run(Command::new("cargo")
             .args([
                 "install",
@@ -189,9 +193,11 @@ pub fn ensure() -> Result<Env> {
                 &format!("llvm-{LLVM_MAJOR}"),
             ])
             .env("LLVM_PREFIX", format!("/usr/lib/llvm-{LLVM_MAJOR}")))?;
-    } else {
-        apt_install(&APT_PACKAGES[5..])?;
     }
+    if !for_tests {
+        return Ok(Env { toolchain, path });
+    }
+    apt_install(TEST_PACKAGES)?;
     // The example workers' tests run Node.js; Debian's package where the machine has none.
     if quiet(Command::new("node").arg("--version")).is_none() {
         apt_install(&["nodejs"])?;

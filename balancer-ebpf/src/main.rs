@@ -5,7 +5,13 @@
 //! It reads the per-slot state and counters, lets the policy choose, counts the assignment on the
 //! chosen slot before returning (so the next connection, on any CPU, already sees it), and hands
 //! the choice to `bpf_sk_select_reuseport`. It fails open: whenever it cannot choose it returns
-//! `SK_PASS` with no selection and the kernel's own hash picks a listener.
+//! `SK_PASS` with no selection and the kernel's own hash picks a listener. The one exception is
+//! a stopping supervisor, for which it refuses new connections (`SK_DROP`: the client gets a
+//! reset at once instead of a place in a queue no worker will empty).
+//!
+//! The same program also runs when a listener of the group closes with connections queued
+//! (attach type `SELECT_OR_MIGRATE`): it then moves each of them to a live slot. The close
+//! tracker for workers that report nothing is in `closes.rs`.
 #![no_std]
 #![no_main]
 // The BPF target has no compare-and-swap, so `AtomicU64::fetch_add` does not exist there; the
@@ -29,12 +35,12 @@ use aya_ebpf::{
     programs::SkReuseportContext,
 };
 use aya_log_ebpf::warn;
-use balancer_common::maps::{FlowKey, ROUND_ROBIN_TICKET, TRACK_KERNEL};
+use balancer_common::{
+    maps::{load, FlowKey, ROUND_ROBIN_TICKET, TRACK_KERNEL},
+    policy, stats, Config, Policy, Report, Slot, SlotState, MAX_SLOTS,
+};
 
 mod closes;
-use balancer_common::{
-    maps::load, policy, stats, Config, Policy, Report, Slot, SlotState, MAX_SLOTS,
-};
 
 /// Slot index -> the slot's listening socket. Filled by the supervisor.
 #[map]
@@ -69,10 +75,10 @@ static OPEN: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(262_144, 0)
 static COUNTERS: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Sticky table: index (from the client address) -> slot, rebuilt by the supervisor with
-/// consistent hashing whenever the set of up slots changes.
+/// consistent hashing whenever the set of up slots changes. u64 values: an array map lays its
+/// values out 8 bytes apart, and user space writes this one through a shared mapping, so a
+/// value must fill its whole stride.
 #[map]
-// u64 values: an array map lays its values out 8 bytes apart, and user space writes this one
-// through a shared mapping, so the value must fill its whole stride.
 static STICKY: Array<u64> = Array::with_max_entries(policy::STICKY_TABLE, BPF_F_MMAPABLE);
 
 #[inline(always)]

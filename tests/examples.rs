@@ -20,13 +20,7 @@ fn blocked_share(port: u16, command: &[&str], policy: &str) -> (f64, usize) {
     }
     let r = share_while_blocked(b.addr, 4, "/block?ms=");
     // Every connection closed, counted by the kernel: loads back to exactly 0.
-    b.wait_for(Duration::from_secs(10), "loads back to 0", |s| {
-        s["slots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|x| x["load"] == 0)
-    });
+    b.wait_for(Duration::from_secs(10), "loads back to 0", all_idle);
     r
 }
 
@@ -73,13 +67,7 @@ fn kernel_tracking_counts_resets_and_gives_workers_no_bpf_fd() {
     b.wait_for(
         Duration::from_secs(10),
         "loads back to 0 after resets",
-        |s| {
-            s["slots"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|x| x["load"] == 0)
-        },
+        all_idle,
     );
     let s = b.status().unwrap();
     let assigned: u64 = s["slots"]

@@ -288,11 +288,7 @@ fn workers_never_hold_cap_bpf_and_can_run_unprivileged() {
     assert_eq!(proc_status(pid, "NoNewPrivs:"), "1");
     // Load reports still reach the program from the unprivileged worker (through the mapping).
     b.wait_for(Duration::from_secs(5), "closes reported", |s| {
-        s["slots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|x| x["load"] == 0)
+        all_idle(s)
             && s["slots"]
                 .as_array()
                 .unwrap()

@@ -51,16 +51,7 @@ fn weighted_splits_idle_traffic_by_weight() {
         );
     }
     // Live weight change: slot 3 to weight 6 (of 11) takes the largest share.
-    let out = std::process::Command::new(bin())
-        .args(["weight", "3", "6", "--control"])
-        .arg(&b.control)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ctl(&b, &["weight", "3", "6"]);
     let h = sequential(&b, 1100);
     assert!(h[3] > h[0] && h[3] > 450, "after weight 6 on slot 3: {h:?}");
 }
@@ -127,16 +118,7 @@ fn switching_policy_live_drops_nothing() {
             .map(|_| s.spawn(|| (0..300).filter(|_| get(b.addr, "/").is_err()).count()))
             .collect();
         thread::sleep(Duration::from_millis(100));
-        let out = std::process::Command::new(bin())
-            .args(["policy", "round-robin", "--control"])
-            .arg(&b.control)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ctl(&b, &["policy", "round-robin"]);
         load.into_iter().map(|h| h.join().unwrap()).sum::<usize>()
     });
     assert_eq!(failures, 0);

@@ -124,13 +124,7 @@ fn load_returns_to_exactly_zero_including_reset_connections() {
     let s = b.wait_for(
         Duration::from_secs(10),
         "every slot's load back to 0",
-        |s| {
-            s["slots"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|x| x["load"] == 0)
-        },
+        all_idle,
     );
     let assigned: u64 = s["slots"]
         .as_array()

@@ -81,11 +81,5 @@ fn least_loaded_skips_a_worker_busy_with_a_datagram() {
     let mut buf = [0u8; 256];
     let (n, _) = busy.recv_from(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).contains("worked=800ms"));
-    b.wait_for(Duration::from_secs(5), "loads back to 0", |s| {
-        s["slots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|x| x["load"] == 0)
-    });
+    b.wait_for(Duration::from_secs(5), "loads back to 0", all_idle);
 }

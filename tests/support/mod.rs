@@ -211,6 +211,13 @@ impl Drop for Balancer {
     }
 }
 
+/// Whether every slot of a `status` answer has load 0: all connections closed and counted.
+pub fn all_idle(status: &Value) -> bool {
+    status["slots"]
+        .as_array()
+        .is_some_and(|slots| slots.iter().all(|x| x["load"] == 0))
+}
+
 /// A parsed reply of the built-in worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {

@@ -90,6 +90,23 @@ fn missing_cap_bpf_is_named_with_the_fix() {
 }
 
 #[test]
+fn a_control_socket_where_others_can_write_is_refused() {
+    netns();
+    // /tmp is writable by everyone: another user could take the socket's name first.
+    fails_with(
+        &run(&[
+            "--listen",
+            "127.0.0.1:8080",
+            "--control",
+            "/tmp/balancer-shared.sock",
+        ]),
+        "can be written by other users: pass --control",
+    );
+    assert!(!std::path::Path::new("/tmp/balancer-shared.sock").exists());
+    TcpListener::bind("127.0.0.1:8080").expect("nothing may hold the port after a failed start");
+}
+
+#[test]
 fn unknown_worker_user() {
     netns();
     fails_with(

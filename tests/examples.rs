@@ -1,5 +1,5 @@
 //! The shipped example workers, unmodified Node.js and Python servers on fd 3, steered with the
-//! load the kernel reports for them (`--load-from kernel`, the default for a worker command).
+//! load the kernel tracks for them (no worker reports anything).
 
 use std::time::Duration;
 
@@ -13,11 +13,9 @@ fn blocked_share(port: u16, command: &[&str], policy: &str) -> (f64, usize) {
     let mut args = vec!["--policy", policy, "--"];
     args.extend_from_slice(command);
     let b = Balancer::start(port, 4, &args);
-    // Give the interpreters time to start serving: until then connections wait in the queues.
-    b.wait_for(Duration::from_secs(20), "every worker answering", |_| true);
-    for _ in 0..8 {
-        get(b.addr, "/").expect("workers answer");
-    }
+    // Every interpreter serving (until then connections wait in the queues): one keep-alive
+    // connection answered by each of the 4.
+    drop(one_per_slot(b.addr, 4));
     let r = share_while_blocked(b.addr, 4, "/block?ms=");
     // Every connection closed, counted by the kernel: loads back to exactly 0.
     b.wait_for(Duration::from_secs(10), "loads back to 0", all_idle);

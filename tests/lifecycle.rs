@@ -111,7 +111,7 @@ fn a_worker_that_exits_is_restarted_and_its_slot_skipped_meanwhile() {
 fn a_worker_gets_its_listener_on_fd_3_and_nothing_else_of_the_supervisor() {
     netns();
     // `sleep` opens nothing itself: its fds and environment are exactly what it was given.
-    let b = Balancer::start(8080, 2, &["--load-from", "worker", "--", "sleep", "30"]);
+    let b = Balancer::start(8080, 2, &["--", "sleep", "30"]);
     for slot in 0..2 {
         let pid = b.pid_of(slot);
         let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -121,8 +121,8 @@ fn a_worker_gets_its_listener_on_fd_3_and_nothing_else_of_the_supervisor() {
         fds.sort();
         assert_eq!(
             fds,
-            [0, 1, 2, 3, 4],
-            "worker {slot} holds exactly stdio, its listener and REPORTS"
+            [0, 1, 2, 3],
+            "worker {slot} holds exactly stdio and its listener: no map, no program"
         );
         let fd = |n: u32| std::fs::read_link(format!("/proc/{pid}/fd/{n}")).unwrap();
         assert!(
@@ -130,7 +130,6 @@ fn a_worker_gets_its_listener_on_fd_3_and_nothing_else_of_the_supervisor() {
             "{:?}",
             fd(3)
         );
-        assert_eq!(fd(4).to_string_lossy(), "anon_inode:bpf-map");
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
         let env: Vec<String> = environ
             .split(|&c| c == 0)
@@ -141,9 +140,25 @@ fn a_worker_gets_its_listener_on_fd_3_and_nothing_else_of_the_supervisor() {
             "LISTEN_FDS=1".into(),
             "LISTEN_FDNAMES=balancer".into(),
             format!("BALANCER_SLOT={slot}"),
-            "BALANCER_REPORT_FD=4".into(),
         ] {
             assert!(env.contains(&want), "worker {slot} lacks {want}: {env:?}");
+        }
+        assert!(
+            !env.iter().any(|v| v.starts_with("BALANCER_REPORT_FD=")),
+            "worker {slot} is told of a map: {env:?}"
+        );
+        // A root worker holds no capability, and can gain none.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(set))
+                .unwrap_or_else(|| panic!("no {set} in /proc/{pid}/status"));
+            assert_eq!(
+                line.split_whitespace().nth(1),
+                Some("0000000000000000"),
+                "worker {slot}: {line}"
+            );
         }
     }
     // Each worker's fd 3 is its own slot's listener: two different sockets.
@@ -305,14 +320,133 @@ fn the_supervisor_keeps_only_the_capabilities_it_needs_after_start() {
     let b = Balancer::start(8080, 2, &[]);
     let sup = b.status().unwrap()["pid"].as_i64().unwrap() as i32;
     let eff = u64::from_str_radix(&proc_status(sup, "CapEff:"), 16).unwrap();
-    let allowed: u64 = [5u32, 6, 7, 8, 10].iter().map(|c| 1u64 << c).sum();
+    let allowed: u64 = [5u32, 6, 7, 8, 10, 19].iter().map(|c| 1u64 << c).sum();
     assert_eq!(
         eff & !allowed,
         0,
-        "supervisor CapEff {eff:x} has more than KILL, SETGID, SETUID, SETPCAP, NET_BIND_SERVICE"
+        "supervisor CapEff {eff:x} has more than KILL, SETGID, SETUID, SETPCAP, NET_BIND_SERVICE, SYS_PTRACE"
     );
+    assert_eq!(eff & (1 << 39), 0, "CAP_BPF was dropped");
     // And it still does its job: reload and scale work without the dropped capabilities.
     assert_eq!(ctl(&b, &["scale", "3"]), "{\"slots\":3}");
     assert_eq!(ctl(&b, &["reload"]), "{\"reloaded\":3}");
     assert_eq!(get(b.addr, "/").unwrap().status, 200);
+}
+
+#[test]
+fn sigterm_during_a_reload_is_heard_at_once() {
+    netns();
+    let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    // Workers that never say READY=1: a reload waits the whole --ready-timeout for each.
+    let mut b = Balancer::launch(
+        "127.0.0.1:8080",
+        addr,
+        2,
+        &["--ready-timeout", "8", "--", "sleep", "60"],
+        false,
+    );
+    let reload = ctl_in_background(&b, &["reload"]);
+    b.wait_for(
+        std::time::Duration::from_secs(5),
+        "the reload's new workers",
+        |s| s["slots"][0]["pid"].as_i64().is_some(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let begin = std::time::Instant::now();
+    let status = b.stop(nix::sys::signal::Signal::SIGTERM);
+    let took = begin.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "SIGTERM during a reload took {took:?} (the reload would have waited 8 s)"
+    );
+    assert!(status.success(), "{status}:\n{}", b.log_text());
+    let out = reload.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the cut-short reload reports failure"
+    );
+    assert!(
+        err.contains("stopping") && !err.contains("os error"),
+        "`balancer reload` says what happened: {err}"
+    );
+    eprintln!("SIGTERM during a reload: exited after {took:?}; reload client: {err}");
+}
+
+/// CPU time (user + system) of `pid` so far, from /proc (clock ticks of 10 ms).
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at ")".
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn running_out_of_descriptors_neither_spins_nor_wedges_the_supervisor() {
+    netns();
+    let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    // About 29 descriptors in use with 2 workers: 48 leaves room for a few connections.
+    let b = Balancer::launch_under(
+        &["prlimit", "--nofile=48:48", "--"],
+        "127.0.0.1:8080",
+        addr,
+        2,
+        &[],
+        true,
+    );
+    let sup = b.status().unwrap()["pid"].as_i64().unwrap() as i32;
+    // Idle control connections: each accepted one holds a descriptor for up to 2 s, the rest
+    // wait in the backlog while accept fails with EMFILE.
+    let idle: Vec<_> = (0..40)
+        .map(|_| std::os::unix::net::UnixStream::connect(&b.control).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let before = cpu_ticks(sup);
+    std::thread::sleep(Duration::from_millis(1000));
+    let spent = cpu_ticks(sup) - before;
+    assert!(
+        spent < 30,
+        "the supervisor used {spent}0 ms of CPU in 1 s while out of descriptors: it spins"
+    );
+    drop(idle);
+    // Once the idle connections are gone, it answers again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.status().is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the control socket never answered again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(b.addr, "/").unwrap().status, 200);
+    eprintln!("out of descriptors: {spent}0 ms of supervisor CPU in 1 s");
+}
+
+#[test]
+fn ready_is_taken_only_from_the_slot_s_own_worker() {
+    use std::os::linux::net::SocketAddrExt as _;
+    netns();
+    let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    // A worker that never says READY=1: its slot is up only after --ready-timeout.
+    let b = Balancer::launch(
+        "127.0.0.1:8080",
+        addr,
+        1,
+        &["--ready-timeout", "6", "--", "sleep", "60"],
+        false,
+    );
+    let sup = b.status().unwrap()["pid"].as_i64().unwrap();
+    // Any local process can reach the worker's abstract NOTIFY_SOCKET by name.
+    let name = format!("balancer/{sup}/0/1");
+    let to = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let forger = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    forger
+        .send_to_addr(b"READY=1", &to)
+        .expect("the notify socket exists");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        b.status().unwrap()["slots"][0]["state"],
+        "down",
+        "a READY=1 from another process put the slot in rotation"
+    );
 }

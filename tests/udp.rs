@@ -38,7 +38,9 @@ fn round_robin_steers_each_datagram() {
     let first = slots[0];
     let want: Vec<u32> = (0..12).map(|i| (first + i) % 4).collect();
     assert_eq!(slots, want);
-    assert_eq!(b.per_slot("assigned").iter().sum::<u64>(), 12);
+    assert_eq!(b.status().unwrap()["program"]["selected"], 12);
+    // A datagram is steered, not counted: there is no connection to hold.
+    assert_eq!(b.per_slot("assigned"), [0, 0, 0, 0]);
 }
 
 #[test]
@@ -56,30 +58,4 @@ fn sticky_keeps_each_client_address_on_one_worker() {
         used.insert(slots[0]);
     }
     assert!(used.len() >= 3, "{used:?}");
-}
-
-#[test]
-fn least_loaded_skips_a_worker_busy_with_a_datagram() {
-    netns();
-    let b = Balancer::start(8080, 4, &["--udp"]);
-    let busy = socket_from(local());
-    busy.send_to(b"work ms=800", b.addr).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    let status = b.status().unwrap();
-    let busy_slot = status["slots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .position(|s| s["load"] == 1)
-        .expect("the held datagram counts as load on its slot");
-    let s = socket_from(local());
-    let slots: Vec<u32> = (0..40).map(|_| ask(&s, b.addr, "hi")).collect();
-    assert!(
-        !slots.contains(&(busy_slot as u32)),
-        "slot {busy_slot} is busy: {slots:?}"
-    );
-    let mut buf = [0u8; 256];
-    let (n, _) = busy.recv_from(&mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("worked=800ms"));
-    b.wait_for(Duration::from_secs(5), "loads back to 0", all_idle);
 }

@@ -1,27 +1,35 @@
-//! Value layouts of the maps the program reads and the supervisor and workers write.
+//! Value layouts of the maps the program and the supervisor share.
 //!
-//! Load accounting is split in two monotonic counters so that no party ever decrements what
-//! another party increments: the program adds to [`Slot::assigned`] when it sends a connection
-//! to a slot, the worker holding that slot adds to [`Report::closed`] when one of its connections
-//! closes. The load of a slot is their difference. Counters only grow, so a lost race costs at
-//! most a momentarily stale reading, never a permanent drift.
+//! A slot's load is the difference of two monotonic counters kept side by side in its [`Slot`]:
+//! the steering program adds to [`Slot::assigned`] when the first SYN of a connection is sent to
+//! the slot, the close tracker adds to [`Slot::closed`] when the server side of that connection
+//! closes. Neither is ever decremented, so a lost race costs at most a momentarily stale reading.
+//! The supervisor's reconciliation (balancer-user's `accounting` module) compares the difference
+//! with what the kernel holds for the slot and adds to one counter or the other when they part.
 
 /// Room in every per-slot map. A `u16`-sized reuseport group holds at most 65535 sockets; 1024
 /// workers per port is far beyond any host and keeps a full map scan bounded.
 pub const MAX_SLOTS: u32 = 1024;
 
-/// Names of the maps in the object file, shared so that a rename breaks the build, not the load.
+/// Entries of the `FLOWS` table: connections followed from their first SYN to their close. Past
+/// this many at once the least recently used entry goes and its close is not seen; the
+/// reconciliation then puts the slot's count right.
+pub const FLOWS_DEFAULT: u32 = 262_144;
+
+/// Names of the maps and programs in the object file, shared so that a rename breaks the build,
+/// not the load.
 pub const SOCKETS_MAP: &str = "SOCKETS";
 pub const SLOTS_MAP: &str = "SLOTS";
-pub const REPORTS_MAP: &str = "REPORTS";
 pub const CONFIG_MAP: &str = "CONFIG";
 pub const STATS_MAP: &str = "STATS";
 pub const COUNTERS_MAP: &str = "COUNTERS";
-pub const PENDING_MAP: &str = "PENDING";
-pub const OPEN_MAP: &str = "OPEN";
-pub const CLOSES_PROGRAM: &str = "closes";
+pub const FLOWS_MAP: &str = "FLOWS";
+pub const NETNS_MAP: &str = "NETNS";
 pub const STICKY_MAP: &str = "STICKY";
 pub const PROGRAM: &str = "balancer";
+pub const CLOSES_PROGRAM: &str = "closes";
+/// The tracepoint the close tracker attaches to: every TCP state change of every socket.
+pub const CLOSES_TRACEPOINT: &str = "inet_sock_set_state";
 
 /// Whether the program may send new connections to a slot.
 #[repr(u32)]
@@ -57,9 +65,10 @@ impl SlotState {
     }
 }
 
-/// One entry of the `SLOTS` map: written by the supervisor (state, weight) and the program
-/// (assigned). Sized to a cache line so that two CPUs steering to neighbouring slots do not
-/// bounce one line between them.
+/// One entry of the `SLOTS` map: written by the supervisor (state, weight), the steering
+/// program (assigned), the close tracker (closed) and the reconciliation (either counter). Sized
+/// to a cache line so that two CPUs steering to neighbouring slots do not bounce one line
+/// between them; both counters share the line, so a scan reads one line per slot.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Slot {
@@ -67,9 +76,11 @@ pub struct Slot {
     pub state: u32,
     /// Relative capacity; 0 is treated as 1.
     pub weight: u32,
-    /// Connections the program has sent to this slot since the map was created.
+    /// Connections sent to this slot since the map was created (plus upward corrections).
     pub assigned: u64,
-    _reserved: [u64; 6],
+    /// Connections of this slot that closed (plus downward corrections).
+    pub closed: u64,
+    _reserved: [u64; 5],
 }
 
 impl Slot {
@@ -78,26 +89,13 @@ impl Slot {
             state: state as u32,
             weight,
             assigned: 0,
-            _reserved: [0; 6],
+            closed: 0,
+            _reserved: [0; 5],
         }
     }
 }
 
-/// One entry of the `REPORTS` map: written by the worker of the slot through a shared mapping
-/// (`BPF_F_MMAPABLE`), one atomic add per event and no system call. Kept apart from [`Slot`] so
-/// that a worker holding this map cannot change which slots are up.
-#[repr(C, align(64))]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Report {
-    /// Connections of this slot that have closed.
-    pub closed: u64,
-    /// Connections the worker has accepted; lets the supervisor settle the books of a worker
-    /// that died with connections open (`accepted - closed` of its own lifetime).
-    pub accepted: u64,
-    _reserved: [u64; 6],
-}
-
-/// The single entry of the `CONFIG` map.
+/// The single entry of the `CONFIG` map, written by the supervisor.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Config {
@@ -105,37 +103,36 @@ pub struct Config {
     pub slots: u32,
     /// A [`crate::Policy`] as `u32`.
     pub policy: u32,
-    /// Who reports closed connections: [`TRACK_WORKER`] or [`TRACK_KERNEL`].
-    pub tracking: u32,
     /// The port the slots serve, in host byte order (the close tracker ignores other ports).
     pub port: u32,
     /// Non-zero while the supervisor stops: new connections are refused (RST) instead of
     /// being queued on listeners that are about to close.
     pub stopping: u32,
+    /// While non-zero, the close tracker learns the network namespace from the socket that
+    /// starts listening on this port (host byte order): see `NETNS`.
+    pub calibrate_port: u32,
 }
 
-/// Workers report their closes through `REPORTS` (the built-in worker does).
-pub const TRACK_WORKER: u32 = 0;
-/// The kernel reports closes: the steering program remembers which slot each new connection
-/// went to, and a `sock_ops` program counts the connection closed when its state leaves
-/// ESTABLISHED on the server's side. For workers that report nothing.
-pub const TRACK_KERNEL: u32 = 1;
-
-/// A connection as both programs can name it: the client's address (IPv4 in the first word,
-/// as in the packet) and the client's TCP port (its network-order bits).
+/// A TCP connection as the steering program sees it in the SYN's headers and the close tracker
+/// and the migrate path see it on the socket. Addresses as in the packet (network byte order;
+/// IPv4 in the first word, the rest zero, also for an IPv4 client of a dual-stack listener);
+/// `ports` is the TCP header's first word: the client's port in the low half, the server's in
+/// the high half, both in network byte order. The local side is part of the key so that two
+/// addresses of one host serving the same client port stay apart.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub address: [u32; 4],
-    pub port: u32,
+    pub remote: [u32; 4],
+    pub local: [u32; 4],
+    pub ports: u32,
 }
 
 /// Index of the round-robin ticket counter in `COUNTERS`.
 pub const ROUND_ROBIN_TICKET: u32 = 0;
 
 /// The load of a slot from its two counters. Wrapping subtraction then a sign check: a reading
-/// taken between a worker's close and the program's matching add (or after the supervisor
-/// settled a dead worker's books) may see `closed` ahead of `assigned` for an instant.
+/// taken between a close and the matching assignment on another CPU (or just after a downward
+/// correction) may see `closed` ahead of `assigned` for an instant.
 #[inline(always)]
 pub const fn load(assigned: u64, closed: u64) -> u64 {
     let d = assigned.wrapping_sub(closed);
@@ -150,7 +147,6 @@ pub const fn load(assigned: u64, closed: u64) -> u64 {
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers; every bit pattern is valid.
     unsafe impl aya::Pod for super::Slot {}
-    unsafe impl aya::Pod for super::Report {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::FlowKey {}
 }
@@ -162,9 +158,10 @@ mod tests {
     #[test]
     fn layouts_are_what_the_program_expects() {
         assert_eq!(core::mem::size_of::<Slot>(), 64);
-        assert_eq!(core::mem::size_of::<Report>(), 64);
+        assert_eq!(core::mem::offset_of!(Slot, assigned), 8);
+        assert_eq!(core::mem::offset_of!(Slot, closed), 16);
         assert_eq!(core::mem::size_of::<Config>(), 20);
-        assert_eq!(core::mem::size_of::<FlowKey>(), 20);
+        assert_eq!(core::mem::size_of::<FlowKey>(), 36);
     }
 
     #[test]

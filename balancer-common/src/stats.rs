@@ -15,8 +15,14 @@ pub const HASH: u32 = 4;
 pub const MIGRATED: u32 = 5;
 /// Refused while the supervisor stops.
 pub const REFUSED: u32 = 6;
+/// A retransmitted SYN, or the last ACK of a SYN-cookie handshake, sent to the slot its
+/// connection already has, and not counted again.
+pub const FOLLOWED: u32 = 7;
+/// A segment that opens no connection (ACK, FIN, RST of no known connection): left to the
+/// kernel, counted nowhere.
+pub const NOT_A_SYN: u32 = 8;
 
-pub const COUNT: u32 = 7;
+pub const COUNT: u32 = 9;
 
 /// Names used in metrics and status output, indexed like the counters.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -27,6 +33,8 @@ pub const NAMES: [&str; COUNT as usize] = [
     "hash_policy",
     "migrated",
     "refused_stopping",
+    "followed",
+    "not_a_syn",
 ];
 
 /// The counters that are fallbacks to the kernel's hash.

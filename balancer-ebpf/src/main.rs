@@ -1,17 +1,23 @@
-//! The `SK_REUSEPORT` program: the kernel runs it for each new connection (each SYN that finds
-//! no existing socket) arriving on the balancer's port, and it names the listener, that is the
-//! worker slot, that gets the connection.
+//! The `SK_REUSEPORT` program: the kernel runs it for every TCP segment that reaches listener
+//! lookup on the balancer's port (a SYN that matches no socket, and also a retransmitted SYN
+//! after the accept queue dropped the first, the last ACK of a SYN-cookie handshake, a stray
+//! ACK/FIN/RST) and for every datagram of a UDP group. It names the listener, that is the worker
+//! slot, that gets the segment.
 //!
-//! It reads the per-slot state and counters, lets the policy choose, counts the assignment on the
-//! chosen slot before returning (so the next connection, on any CPU, already sees it), and hands
-//! the choice to `bpf_sk_select_reuseport`. It fails open: whenever it cannot choose it returns
-//! `SK_PASS` with no selection and the kernel's own hash picks a listener. The one exception is
-//! a stopping supervisor, for which it refuses new connections (`SK_DROP`: the client gets a
-//! reset at once instead of a place in a queue no worker will empty).
+//! A connection is counted once, at its first pure SYN: the program records the connection
+//! (`FLOWS`, by 4-tuple) with the slot the policy chose and adds to that slot's `assigned`
+//! before returning, so the next connection, on any CPU, already sees it. A later segment of a
+//! recorded connection goes to the same slot and counts nothing; a segment that opens nothing
+//! passes uncounted. The close tracker (`closes.rs`) adds to the slot's `closed` when the
+//! connection ends, and removes the record.
+//!
+//! It fails open: whenever it cannot choose it returns `SK_PASS` with no selection and the
+//! kernel's own hash picks a listener (the supervisor's reconciliation counts what it placed).
+//! The one exception is a stopping supervisor, for which it refuses new connections (`SK_DROP`:
+//! the client gets a reset at once instead of a place in a queue no worker will empty).
 //!
 //! The same program also runs when a listener of the group closes with connections queued
-//! (attach type `SELECT_OR_MIGRATE`): it then moves each of them to a live slot. The close
-//! tracker for workers that report nothing is in `closes.rs`.
+//! (attach type `SELECT_OR_MIGRATE`): it then moves each of them, and its count, to a live slot.
 #![no_std]
 #![no_main]
 // The BPF target has no compare-and-swap, so `AtomicU64::fetch_add` does not exist there; the
@@ -26,7 +32,7 @@ use aya_ebpf::{
     bindings::{
         bpf_hdr_start_off::BPF_HDR_START_NET,
         sk_action::{SK_DROP, SK_PASS},
-        BPF_F_MMAPABLE,
+        BPF_F_MMAPABLE, BPF_NOEXIST,
     },
     cty::c_void,
     helpers::{bpf_get_prandom_u32, bpf_loop, bpf_skb_load_bytes_relative},
@@ -36,8 +42,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use balancer_common::{
-    maps::{load, FlowKey, ROUND_ROBIN_TICKET, TRACK_KERNEL},
-    policy, stats, Config, Policy, Report, Slot, SlotState, MAX_SLOTS,
+    maps::{load, FlowKey, FLOWS_DEFAULT, ROUND_ROBIN_TICKET},
+    policy, stats, Config, Policy, Slot, SlotState, MAX_SLOTS,
 };
 
 mod closes;
@@ -46,14 +52,10 @@ mod closes;
 #[map]
 static SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_SLOTS, 0);
 
-/// Slot index -> state, weight, connections assigned. Mmap-able so that the supervisor reads
-/// and writes it without a system call.
+/// Slot index -> state, weight and the two load counters. Mmap-able so that the supervisor
+/// reads and writes it without a system call.
 #[map]
 static SLOTS: Array<Slot> = Array::with_max_entries(MAX_SLOTS, BPF_F_MMAPABLE);
-
-/// Slot index -> what the worker reports (connections closed). Mmap-ed by the workers.
-#[map]
-static REPORTS: Array<Report> = Array::with_max_entries(MAX_SLOTS, BPF_F_MMAPABLE);
 
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -61,14 +63,11 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
 
-/// Connection (client address and port) -> the slot the program sent it to, from selection
-/// until the handshake completes. Only filled when the kernel tracks closes.
+/// A connection -> the slot it was sent to, from its first SYN until it closes. LRU: when full,
+/// the oldest record goes (its close is then not counted; the reconciliation repairs that).
+/// The supervisor may resize it before loading.
 #[map]
-static PENDING: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(65_536, 0);
-
-/// An established connection (by client address and port) -> its slot, until it closes.
-#[map]
-static OPEN: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(262_144, 0);
+static FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(FLOWS_DEFAULT, 0);
 
 /// Counters shared by all CPUs: the round-robin ticket.
 #[map]
@@ -89,15 +88,28 @@ fn count(index: u32) {
     }
 }
 
-/// A queued connection (established, or still in its handshake) of a closing listener: send it
-/// to the least-loaded live slot, move its accounting there, and if nothing is live let the
-/// kernel's hash choose among the remaining listeners.
-fn migrate(ctx: &SkReuseportContext, migrating: &aya_ebpf::programs::SockContext) -> u32 {
-    let Some(config) = CONFIG.get(0) else {
-        count(stats::FALLBACK_MAP_ERROR);
-        return SK_PASS;
-    };
-    let mut scan = policy::Scan::new(config.slots, policy::seed(unsafe { bpf_get_prandom_u32() }));
+/// Adds one to a slot's `assigned` (`closed: false`) or `closed` counter. Atomic: every CPU
+/// and the supervisor add to the same counters.
+#[inline(always)]
+fn add(slot: u32, closed: bool) {
+    if let Some(s) = SLOTS.get_ptr_mut(slot) {
+        unsafe {
+            let counter = if closed {
+                &raw mut (*s).closed
+            } else {
+                &raw mut (*s).assigned
+            };
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1);
+        }
+    }
+}
+
+/// The least-loaded up slot among `0..slots` (or a window of them, see `policy::SCAN_LIMIT`).
+#[inline(always)]
+fn least_loaded(mut scan: policy::Scan) -> Option<u32> {
+    // bpf_loop, not a Rust loop: the verifier checks `consider` once, whatever the number of
+    // slots, where a plain loop would be walked (and its branches multiplied) once per
+    // iteration.
     unsafe {
         bpf_loop(
             scan.count(),
@@ -106,7 +118,19 @@ fn migrate(ctx: &SkReuseportContext, migrating: &aya_ebpf::programs::SockContext
             0,
         );
     }
-    let Some(index) = scan.best() else {
+    scan.best()
+}
+
+/// A queued connection (established, or still in its handshake) of a closing listener: send it
+/// to the least-loaded live slot and move its count there; if nothing is live, let the kernel's
+/// hash choose among the remaining listeners.
+fn migrate(ctx: &SkReuseportContext, migrating: &aya_ebpf::programs::SockContext) -> u32 {
+    let Some(config) = CONFIG.get(0) else {
+        count(stats::FALLBACK_MAP_ERROR);
+        return SK_PASS;
+    };
+    let seed = policy::seed(unsafe { bpf_get_prandom_u32() });
+    let Some(index) = least_loaded(policy::Scan::new(config.slots, seed)) else {
         count(stats::FALLBACK_NO_SLOT);
         return SK_PASS;
     };
@@ -114,66 +138,102 @@ fn migrate(ctx: &SkReuseportContext, migrating: &aya_ebpf::programs::SockContext
         count(stats::FALLBACK_SELECT_FAILED);
         return SK_PASS;
     }
-    if let Some(slot) = SLOTS.get_ptr_mut(index) {
-        unsafe {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*slot).assigned, 1)
-        };
-    }
-    if config.tracking == TRACK_KERNEL {
-        // The close tracker must count this connection's close on its new slot.
-        let key = closes::peer_of(migrating.sock);
-        if unsafe { PENDING.get(&key) }.is_some() {
-            let _ = PENDING.insert(&key, &index, 0);
-        }
-        if unsafe { OPEN.get(&key) }.is_some() {
-            let _ = OPEN.insert(&key, &index, 0);
+    let key = closes::flow_of(migrating.sock);
+    let previous = unsafe { FLOWS.get(key) }.copied();
+    if previous != Some(index) && FLOWS.insert(key, index, 0).is_ok() {
+        add(index, false);
+        if let Some(old) = previous {
+            add(old, true);
         }
     }
     count(stats::MIGRATED);
     SK_PASS
 }
 
+#[inline(always)]
 fn is_up(slot: u32) -> bool {
     SLOTS
         .get_ptr(slot)
         .is_some_and(|s| unsafe { read_volatile(&(*s).state) } == SlotState::Up as u32)
 }
 
-/// The client's address from the packet's IP header, as four words (IPv4 in the first).
-fn client_address(ctx: &SkReuseportContext) -> Option<[u32; 4]> {
-    let mut address = [0u32; 4];
-    // eth_protocol is in network byte order: htons(ETH_P_IP) is 0x0008 on this little-endian
-    // target, htons(ETH_P_IPV6) 0xdd86.
-    let (offset, len) = match ctx.eth_protocol() {
-        0x0008 => (12, 4), // IPv4 source address
-        0xdd86 => (8, 16), // IPv6 source address
-        _ => return None,
-    };
-    let rc = unsafe {
-        bpf_skb_load_bytes_relative(
-            ctx.md as *const c_void,
-            offset,
-            (&raw mut address).cast(),
-            len,
-            BPF_HDR_START_NET,
-        )
-    };
-    (rc == 0).then_some(address)
+const IPPROTO_TCP: u32 = 6;
+const TCP_FLAG_SYN: u8 = 0x02;
+/// ACK, RST and FIN: a SYN carrying any of them opens no connection.
+const TCP_FLAGS_NOT_OPENING: u8 = 0x10 | 0x04 | 0x01;
+
+/// Reads the packet's remote and local addresses from its IP header into `key` (four words
+/// each, IPv4 in the first). False if the packet is neither IPv4 nor IPv6.
+///
+/// Out-parameters, not an `Option` of the addresses: LLVM spills an undefined register on the
+/// `None` path of a large `Option`, which the verifier rejects ("!read_ok").
+#[inline(always)]
+fn addresses(ctx: &SkReuseportContext, key: &mut FlowKey) -> bool {
+    // The source and destination addresses are adjacent in both headers, so one load reads
+    // both. eth_protocol is in network byte order: htons(ETH_P_IP) is 0x0008 on this
+    // little-endian target, htons(ETH_P_IPV6) 0xdd86. A constant length in each call: the
+    // verifier checks the helper's size argument.
+    let eth = ctx.eth_protocol();
+    if eth == 0x0008 {
+        let mut a = [0u32; 2];
+        let rc = unsafe {
+            bpf_skb_load_bytes_relative(
+                ctx.md as *const c_void,
+                12,
+                (&raw mut a).cast(),
+                8,
+                BPF_HDR_START_NET,
+            )
+        };
+        key.remote[0] = a[0];
+        key.local[0] = a[1];
+        rc == 0
+    } else if eth == 0xdd86 {
+        let rc = unsafe {
+            bpf_skb_load_bytes_relative(
+                ctx.md as *const c_void,
+                8,
+                (&raw mut key.remote).cast(),
+                16,
+                BPF_HDR_START_NET,
+            ) | bpf_skb_load_bytes_relative(
+                ctx.md as *const c_void,
+                24,
+                (&raw mut key.local).cast(),
+                16,
+                BPF_HDR_START_NET,
+            )
+        };
+        rc == 0
+    } else {
+        false
+    }
 }
 
-const IPPROTO_TCP: u32 = 6;
+const SEGMENT_INVALID: u32 = 0;
+const SEGMENT_SYN: u32 = 1;
+const SEGMENT_OTHER: u32 = 2;
 
-/// The connection this SYN opens, named as the close tracker will see it.
-fn flow_key(ctx: &SkReuseportContext) -> Option<FlowKey> {
-    let address = client_address(ctx)?;
-    // `data` starts at the TCP header; its first two bytes are the source port. The bounds
-    // check against data_end is what lets the verifier accept the read.
-    let data = ctx.data();
-    if data + 2 > ctx.data_end() {
-        return None;
+/// Fills `key` with the connection a TCP segment belongs to; tells whether the segment is a
+/// pure SYN (`SEGMENT_SYN`), another segment, or unreadable.
+#[inline(always)]
+fn tcp_segment(ctx: &SkReuseportContext, key: &mut FlowKey) -> u32 {
+    if !addresses(ctx, key) {
+        return SEGMENT_INVALID;
     }
-    let port = unsafe { *(data as *const u16) } as u32;
-    Some(FlowKey { address, port })
+    // `data` starts at the TCP header: ports in its first word, flags at byte 13. The bounds
+    // check against data_end is what lets the verifier accept the reads.
+    let data = ctx.data();
+    if data + 14 > ctx.data_end() {
+        return SEGMENT_INVALID;
+    }
+    let flags = unsafe { *((data + 13) as *const u8) };
+    key.ports = unsafe { *(data as *const u32) };
+    if flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAGS_NOT_OPENING == 0 {
+        SEGMENT_SYN
+    } else {
+        SEGMENT_OTHER
+    }
 }
 
 /// The `bpf_loop` body: offers candidate `i` of the scan to the policy if its slot is up.
@@ -182,41 +242,24 @@ extern "C" fn consider(i: u64, scan: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer to the scan on the caller's stack.
     let scan = unsafe { &mut *(scan as *mut policy::Scan) };
     let slot = scan.slot(i as u32);
-    let (Some(s), Some(r)) = (SLOTS.get_ptr(slot), REPORTS.get_ptr(slot)) else {
+    let Some(s) = SLOTS.get_ptr(slot) else {
         return 0;
     };
-    // Volatile: user space changes these under us; the compiler must not cache them.
+    // Volatile: other CPUs and user space change these under us; the compiler must not cache
+    // them.
     unsafe {
         if read_volatile(&(*s).state) == SlotState::Up as u32 {
-            let load = load(read_volatile(&(*s).assigned), read_volatile(&(*r).closed));
+            let load = load(read_volatile(&(*s).assigned), read_volatile(&(*s).closed));
             scan.offer(slot, load, read_volatile(&(*s).weight));
         }
     }
     0 // continue the loop
 }
 
-// `migrate`: the kernel also runs the program when a listener closes with connections still
-// queued (BPF_SK_REUSEPORT_SELECT_OR_MIGRATE), so that they move to a live slot instead of
-// being reset.
-#[sk_reuseport(migrate)]
-pub fn balancer(ctx: SkReuseportContext) -> u32 {
-    if let Some(migrating) = ctx.migrating_sk() {
-        return migrate(&ctx, &migrating);
-    }
-    let Some(config) = CONFIG.get(0) else {
-        count(stats::FALLBACK_MAP_ERROR);
-        return SK_PASS;
-    };
-    if config.stopping != 0 {
-        // Refused now (RST) rather than accepted into a queue no worker will empty.
-        count(stats::REFUSED);
-        return SK_DROP;
-    }
-    if config.policy == Policy::Hash as u32 {
-        count(stats::HASH);
-        return SK_PASS;
-    }
-
+/// The slot the policy in force picks for a new connection (or datagram) from `remote`
+/// (read only by the sticky policy).
+#[inline(always)]
+fn choose(config: &Config, remote: &[u32; 4]) -> Option<u32> {
     let seed = policy::seed(unsafe { bpf_get_prandom_u32() });
     let slots = config.slots;
     let policy = config.policy;
@@ -229,41 +272,77 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
             policy::round_robin(ticket, slots)
         })
     } else if policy == Policy::Sticky as u32 {
-        client_address(&ctx)
-            .and_then(|address| STICKY.get(policy::sticky_index(address)))
+        STICKY
+            .get(policy::sticky_index(*remote))
             .map(|&slot| slot as u32)
     } else {
         None
     };
-    let chosen = match direct.filter(|&slot| is_up(slot)) {
+    match direct.filter(|&slot| is_up(slot)) {
         Some(slot) => Some(slot),
-        None => {
-            let mut scan = if policy == Policy::P2c as u32 {
-                policy::Scan::pair(slots, seed)
-            } else if policy == Policy::Weighted as u32 {
-                policy::Scan::weighted(slots, seed)
-            } else {
-                policy::Scan::new(slots, seed)
-            };
-            // bpf_loop, not a Rust loop: the verifier checks `consider` once, whatever the
-            // number of slots, where a plain loop would be walked (and its branches
-            // multiplied) once per iteration.
-            unsafe {
-                bpf_loop(
-                    scan.count(),
-                    consider as *mut c_void,
-                    (&raw mut scan).cast(),
-                    0,
-                );
-            }
-            scan.best()
-        }
+        None => least_loaded(if policy == Policy::P2c as u32 {
+            policy::Scan::pair(slots, seed)
+        } else if policy == Policy::Weighted as u32 {
+            policy::Scan::weighted(slots, seed)
+        } else {
+            policy::Scan::new(slots, seed)
+        }),
+    }
+}
+
+// Helpers are inlined: a BPF-to-BPF call returns one register, and a value that LLVM splits
+// over two (an `Option` of a pair) fails verification in the caller ("!read_ok").
+//
+// `migrate`: the kernel also runs the program when a listener closes with connections still
+// queued (BPF_SK_REUSEPORT_SELECT_OR_MIGRATE), so that they move to a live slot instead of
+// being reset.
+#[sk_reuseport(migrate)]
+pub fn balancer(ctx: SkReuseportContext) -> u32 {
+    if let Some(migrating) = ctx.migrating_sk() {
+        return migrate(&ctx, &migrating);
+    }
+    let Some(config) = CONFIG.get(0) else {
+        count(stats::FALLBACK_MAP_ERROR);
+        return SK_PASS;
     };
-    let Some(index) = chosen else {
+    if config.policy == Policy::Hash as u32 && config.stopping == 0 {
+        // The kernel's own choice, by request, at the fixed cost of running a program: nothing
+        // is followed or counted (a SYN-cookie ACK validates on any listener of the group),
+        // and the reconciliation counts what the hash placed.
+        count(stats::HASH);
+        return SK_PASS;
+    }
+    let mut key = FlowKey::default();
+    let tcp = ctx.ip_protocol() == IPPROTO_TCP;
+    if tcp {
+        let segment = tcp_segment(&ctx, &mut key);
+        if segment == SEGMENT_INVALID {
+            count(stats::FALLBACK_MAP_ERROR);
+            return SK_PASS;
+        }
+        if segment != SEGMENT_SYN {
+            return follow(&ctx, &key);
+        }
+    } else if config.policy == Policy::Sticky as u32 && !addresses(&ctx, &mut key) {
+        // A datagram: steered one by one, nothing to follow or count; sticky needs its source.
+        count(stats::FALLBACK_MAP_ERROR);
+        return SK_PASS;
+    }
+
+    if config.stopping != 0 {
+        // Refused now (RST) rather than accepted into a queue no worker will empty.
+        count(stats::REFUSED);
+        return SK_DROP;
+    }
+    let Some(index) = choose(config, &key.remote) else {
         count(stats::FALLBACK_NO_SLOT);
         return SK_PASS;
     };
-
+    // A SYN: recorded with BPF_NOEXIST, which also tells a new connection from a retransmitted
+    // SYN in one map operation instead of a lookup and then an insert (each a few hundred ns).
+    if tcp && FLOWS.insert(key, index, BPF_NOEXIST as u64).is_err() {
+        return resent_syn(&ctx, &key, index);
+    }
     if let Err(err) = SOCKETS.select_reuseport(&ctx, index) {
         // The supervisor marks a slot up only after its socket is in SOCKETS, so this is rare
         // enough to log.
@@ -271,21 +350,51 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
             &ctx,
             "slot {} has no usable socket ({}): kernel hash used", index, err
         );
+        if tcp {
+            let _ = FLOWS.remove(key);
+        }
         count(stats::FALLBACK_SELECT_FAILED);
         return SK_PASS;
     }
-    if config.tracking == TRACK_KERNEL && ctx.ip_protocol() == IPPROTO_TCP {
-        if let Some(key) = flow_key(&ctx) {
-            // Best effort: if the table is full the LRU entry goes, and that connection's
-            // close is not counted (see docs/architecture.md).
-            let _ = PENDING.insert(&key, &index, 0);
-        }
+    if tcp {
+        add(index, false);
     }
-    if let Some(slot) = SLOTS.get_ptr_mut(index) {
-        unsafe {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*slot).assigned, 1)
-        };
+    count(stats::SELECTED);
+    SK_PASS
+}
+
+/// A segment other than a SYN: if it belongs to a recorded connection (the handshake's last
+/// ACK under SYN cookies), it goes to that connection's slot, which issued the cookie; anything
+/// else (stray ACK, FIN, RST) passes to the kernel. Nothing is counted either way.
+#[inline(always)]
+fn follow(ctx: &SkReuseportContext, key: &FlowKey) -> u32 {
+    match unsafe { FLOWS.get(key) } {
+        Some(&slot) if SOCKETS.select_reuseport(ctx, slot).is_ok() => count(stats::FOLLOWED),
+        Some(_) => count(stats::FALLBACK_SELECT_FAILED),
+        None => count(stats::NOT_A_SYN),
     }
+    SK_PASS
+}
+
+/// A SYN of a connection already recorded: retransmitted after a full queue dropped the first.
+/// It goes to the slot already chosen, with no new count; if that slot has no listener any
+/// more, to `index`, and the count moves with it.
+#[inline(always)]
+fn resent_syn(ctx: &SkReuseportContext, key: &FlowKey, index: u32) -> u32 {
+    let Some(&slot) = (unsafe { FLOWS.get(key) }) else {
+        count(stats::FALLBACK_MAP_ERROR);
+        return SK_PASS;
+    };
+    if SOCKETS.select_reuseport(ctx, slot).is_ok() {
+        count(stats::FOLLOWED);
+        return SK_PASS;
+    }
+    if SOCKETS.select_reuseport(ctx, index).is_err() || FLOWS.insert(key, index, 0).is_err() {
+        count(stats::FALLBACK_SELECT_FAILED);
+        return SK_PASS;
+    }
+    add(slot, true);
+    add(index, false);
     count(stats::SELECTED);
     SK_PASS
 }

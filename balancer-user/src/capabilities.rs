@@ -82,54 +82,91 @@ pub fn require_worker_isolation(workers_as_root: bool) -> Result<()> {
 }
 
 /// What the supervisor still needs once the program is loaded and attached: start workers as
-/// another account (SETUID, SETGID), keep CAP_BPF out of root workers (SETPCAP), signal workers
-/// of another account (KILL), bind listeners for new slots on low ports (NET_BIND_SERVICE).
+/// another account (SETUID, SETGID), keep every capability out of root workers (SETPCAP),
+/// signal workers of another account (KILL), bind listeners for new slots on low ports
+/// (NET_BIND_SERVICE), read the descriptor tables of workers of another account to reconcile
+/// their loads (SYS_PTRACE; workers of its own account, which hold no capability, need none).
 /// Map and program operations go through the fds it already holds and need no capability.
-const KEEP: [u32; 5] = [
+const KEEP: [u32; 6] = [
     5,  /* KILL */
     6,  /* SETGID */
     7,  /* SETUID */
     8,  /* SETPCAP */
     10, /* NET_BIND_SERVICE */
+    19, /* SYS_PTRACE */
 ];
 
-/// Lowers this process's effective and permitted sets to [`KEEP`] (what it has of them). The
-/// bounding set stays: root workers still get their usual capabilities (minus BPF) at exec.
-pub fn drop_to_runtime_set() -> Result<()> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
+/// capget/capset's header and data, version 3 (two data words: capabilities 0-31, 32-63).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// This process's sets, or -1 with errno set. Raw system calls only.
+fn capget(header: &mut CapHeader, data: &mut [CapData; 2]) -> libc::c_long {
+    // SAFETY: a v3 header and two data words, as capabilities(7) describes.
+    unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            header as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
     }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const VERSION_3: u32 = 0x2008_0522;
-    let mut header = Header {
-        version: VERSION_3,
+}
+
+fn capset(header: &mut CapHeader, data: &[CapData; 2]) -> libc::c_long {
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_capset, header as *mut CapHeader, data.as_ptr()) }
+}
+
+/// Empties this process's inheritable set, keeping the rest. Only raw system calls: it runs in
+/// a forked child before exec. Returns capset's result (0, or -1 with errno set).
+pub fn clear_inheritable() -> libc::c_long {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
         pid: 0,
     };
-    let mut data = [Data::default(); 2];
-    // SAFETY: capget/capset with a v3 header and two data words, as capabilities(7) describes.
-    unsafe {
-        if libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        let keep: u64 = KEEP.iter().map(|c| 1u64 << c).sum();
-        let permitted = (data[0].permitted as u64 | (data[1].permitted as u64) << 32) & keep;
-        for (i, d) in data.iter_mut().enumerate() {
-            let word = (permitted >> (32 * i)) as u32;
-            d.effective = word;
-            d.permitted = word;
-            d.inheritable = 0;
-        }
-        if libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
+    let mut data = [CapData::default(); 2];
+    let rc = capget(&mut header, &mut data);
+    if rc != 0 {
+        return rc;
+    }
+    data[0].inheritable = 0;
+    data[1].inheritable = 0;
+    capset(&mut header, &data)
+}
+
+/// Lowers this process's effective and permitted sets to [`KEEP`] (what it has of them).
+pub fn drop_to_runtime_set() -> Result<()> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    if capget(&mut header, &mut data) != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let keep: u64 = KEEP.iter().map(|c| 1u64 << c).sum();
+    let permitted = (data[0].permitted as u64 | (data[1].permitted as u64) << 32) & keep;
+    for (i, d) in data.iter_mut().enumerate() {
+        let word = (permitted >> (32 * i)) as u32;
+        d.effective = word;
+        d.permitted = word;
+        d.inheritable = 0;
+    }
+    if capset(&mut header, &data) != 0 {
+        return Err(std::io::Error::last_os_error().into());
     }
     Ok(())
 }
@@ -138,10 +175,45 @@ pub fn drop_to_runtime_set() -> Result<()> {
 mod tests {
     use super::*;
 
+    /// A set of /proc/thread-self/status, as a mask.
+    fn thread_set(name: &str) -> u64 {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    }
+
     #[test]
     fn reads_the_bits_the_kernel_uses() {
         assert!(has(1 << 39, CAP_BPF));
         assert!(!has(1 << 38, CAP_BPF));
-        assert!(effective().is_ok());
+        assert_eq!(effective().unwrap(), thread_set("CapEff:"));
+    }
+
+    // Capabilities belong to threads: each test changes those of a thread of its own.
+    #[test]
+    fn the_runtime_set_keeps_exactly_what_it_lists() {
+        std::thread::spawn(|| {
+            let before = thread_set("CapPrm:");
+            drop_to_runtime_set().unwrap();
+            let keep: u64 = KEEP.iter().map(|c| 1u64 << c).sum();
+            assert_eq!(thread_set("CapPrm:"), before & keep);
+            assert_eq!(thread_set("CapEff:"), before & keep);
+            assert_eq!(thread_set("CapInh:"), 0);
+            assert_eq!(thread_set("CapEff:") & (1 << CAP_BPF), 0, "CAP_BPF is gone");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn clearing_the_inheritable_set_keeps_the_rest() {
+        std::thread::spawn(|| {
+            let effective = thread_set("CapEff:");
+            assert_eq!(clear_inheritable(), 0);
+            assert_eq!(thread_set("CapInh:"), 0);
+            assert_eq!(thread_set("CapEff:"), effective);
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -112,12 +112,21 @@ pub struct RunArgs {
     #[arg(long)]
     pub udp: bool,
 
-    /// Who tells the program that a connection closed: `worker` (the worker reports through
-    /// the REPORTS map on fd 4, as the built-in worker does), `kernel` (a sock_ops program
-    /// watches the connections' TCP states: for any server, unmodified), or `auto` (worker for
-    /// the built-in worker, kernel for a COMMAND).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "worker", "kernel"])]
-    pub load_from: String,
+    /// How often, in seconds, each worker's load is compared with what the kernel holds for it
+    /// (its accept queue and the connections open in its processes) and corrected where two
+    /// readings agree.
+    #[arg(
+        long,
+        env = "BALANCER_RECONCILE_INTERVAL",
+        default_value_t = 0.5,
+        value_name = "SECONDS"
+    )]
+    pub reconcile_interval: f64,
+
+    /// Connections followed at once from SYN to close (the FLOWS table). Beyond it the oldest
+    /// record goes and the reconciliation repairs the count.
+    #[arg(long, env = "BALANCER_FLOW_TABLE", default_value_t = balancer_common::maps::FLOWS_DEFAULT, value_name = "N")]
+    pub flow_table: u32,
 
     /// Run the workers as this user (name or uid); they never get the supervisor's
     /// capabilities either way.

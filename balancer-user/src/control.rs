@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, Write as _},
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -20,15 +20,55 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 pub const MAX_REQUEST: usize = 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Where the control socket lives unless `--control` says otherwise.
+/// Where the control socket lives unless `--control` says otherwise: a directory only this
+/// user (or root) can write, never a shared one such as /tmp, where another user could take
+/// the name first.
 pub fn default_path() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
         PathBuf::from("/run/balancer.sock")
     } else if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
         Path::new(&dir).join("balancer.sock")
     } else {
-        PathBuf::from(format!("/tmp/balancer-{}.sock", nix::unistd::geteuid()))
+        let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+        Path::new(&home).join(".balancer").join("control.sock")
     }
+}
+
+/// Creates the socket's directory (0700) if missing and checks that only this user (or root)
+/// can write to it. Run with the other start-up checks, before anything is created.
+pub fn prepare_directory(path: &Path) -> Result<()> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    check_private(dir)
+}
+
+/// Refuses a directory that other users may write to: there, another user could replace the
+/// socket or take its name first.
+fn check_private(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(dir).with_context(|| {
+        format!(
+            "cannot read the control socket's directory {}",
+            dir.display()
+        )
+    })?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.mode() & 0o022 != 0 || (meta.uid() != me && meta.uid() != 0) {
+        bail!(
+            "the control socket's directory {} can be written by other users: pass --control \
+             with a path in a private directory (such as $XDG_RUNTIME_DIR)",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,12 +151,18 @@ pub struct SlotStatus {
     pub pid: Option<u32>,
     /// Connections assigned and not yet closed.
     pub load: u64,
-    /// Connections the program sent to this slot.
+    /// Connections the program sent to this slot (plus upward corrections).
     pub assigned: u64,
-    pub accepted: u64,
+    /// Connections of this slot that closed (plus downward corrections).
     pub closed: u64,
     /// Connections waiting in the slot's accept queue.
     pub queued: u32,
+    /// Connections open in the slot's worker processes, at the last reconciliation.
+    #[serde(default)]
+    pub open: u64,
+    /// Connections the reconciliation added to or removed from the load, in total.
+    #[serde(default)]
+    pub corrections: u64,
     pub restarts: u64,
     /// Times the slot's worker was found stalled.
     #[serde(default)]
@@ -143,6 +189,7 @@ pub struct Status {
 /// Binds the control socket with mode 0600. A socket file left by a supervisor that died is
 /// replaced; one that still answers belongs to a running supervisor and is an error.
 pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
+    prepare_directory(path)?;
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!(
@@ -154,9 +201,6 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
         std::fs::remove_file(path).with_context(|| {
             format!("cannot remove the stale control socket {}", path.display())
         })?;
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).ok();
     }
     // The umask makes the socket 0600 from its creation: no window in which others may connect.
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
@@ -198,10 +242,29 @@ pub fn call(path: &Path, request: &str) -> Result<String> {
             path.display()
         )
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // A reload or a scale answers when it is done, which takes as long as the workers take to
+    // get ready and to drain: wait for it. Anything else answers at once.
+    let long = request.starts_with("reload") || request.starts_with("scale");
+    let limit = Duration::from_secs(10);
+    stream.set_read_timeout((!long).then_some(limit))?;
     writeln!(stream, "{request}")?;
     let mut answer = String::new();
-    std::io::BufReader::new(&mut stream).read_line(&mut answer)?;
+    match std::io::BufReader::new(&mut stream).read_line(&mut answer) {
+        Ok(0) => bail!(
+            "the supervisor closed the connection without answering `{request}` (it is stopping, \
+             or it exited)"
+        ),
+        Ok(_) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            bail!("the supervisor did not answer `{request}` within {limit:?}")
+        }
+        Err(e) => return Err(e).context(format!("reading the answer to `{request}`")),
+    }
     let answer = answer.trim_end().to_string();
     if let Some(err) = answer.strip_prefix("error: ") {
         bail!("the supervisor refused `{request}`: {err}");
@@ -215,16 +278,20 @@ pub fn render(status: &Status) -> String {
         "balancer pid {} on {}, policy {}, worker `{}`\n",
         status.pid, status.listen, status.policy, status.command
     );
-    out.push_str("SLOT  STATE     PID      LOAD  QUEUED  ASSIGNED  RESTARTS  UPTIME   LAST EXIT\n");
+    out.push_str(
+        "SLOT  STATE     PID      LOAD  QUEUED  OPEN  ASSIGNED  CORRECTED  RESTARTS  UPTIME   LAST EXIT\n",
+    );
     for s in &status.slots {
         out.push_str(&format!(
-            "{:<5} {:<9} {:<8} {:>4}  {:>6}  {:>8}  {:>8}  {:<8} {}\n",
+            "{:<5} {:<9} {:<8} {:>4}  {:>6}  {:>4}  {:>8}  {:>9}  {:>8}  {:<8} {}\n",
             s.slot,
             s.state,
             s.pid.map_or("-".into(), |p| p.to_string()),
             s.load,
             s.queued,
+            s.open,
             s.assigned,
+            s.corrections,
             s.restarts,
             s.uptime_seconds.map_or("-".into(), |u| format!("{u:.0}s")),
             s.last_exit.as_deref().unwrap_or("-"),

@@ -187,6 +187,15 @@ pub fn check_count(workers: u32) -> Result<()> {
     Ok(())
 }
 
+/// Waits after a failed accept on the supervisor's own sockets (control, metrics). The usual
+/// cause, running out of descriptors (EMFILE), leaves the connection queued, so the listener
+/// stays readable and an immediate retry would fail again at once: a loop that retried would
+/// spin on a CPU. The pause lets connections finish and free descriptors.
+pub async fn after_accept_error(what: &str, e: &io::Error) {
+    log::warn!("{what}: accept failed ({e}); retrying in 100 ms");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

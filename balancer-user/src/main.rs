@@ -123,13 +123,21 @@ fn options(args: RunArgs) -> Result<supervisor::Options> {
             args.backlog
         );
     }
-    let tracking = match (args.load_from.as_str(), args.command.is_empty(), args.udp) {
-        ("kernel", _, true) => anyhow::bail!(
-            "--load-from kernel tracks TCP connections; with --udp the worker reports (--load-from worker)"
-        ),
-        ("kernel", _, _) | ("auto", false, false) => balancer_common::maps::TRACK_KERNEL,
-        _ => balancer_common::maps::TRACK_WORKER,
-    };
+    if !(1..=1 << 24).contains(&args.flow_table) {
+        anyhow::bail!(
+            "--flow-table {}: give a number of connections from 1 to 16777216",
+            args.flow_table
+        );
+    }
+    let reconcile_interval = seconds("reconcile-interval", args.reconcile_interval)?;
+    if reconcile_interval < Duration::from_millis(10)
+        || reconcile_interval > Duration::from_secs(60)
+    {
+        anyhow::bail!(
+            "--reconcile-interval {}: give a number of seconds from 0.01 to 60",
+            args.reconcile_interval
+        );
+    }
     let credentials = match &args.user {
         Some(user) => Some(balancer::process::Credentials::resolve(
             user,
@@ -151,7 +159,8 @@ fn options(args: RunArgs) -> Result<supervisor::Options> {
         stall_timeout: (!stall_timeout.is_zero()).then_some(stall_timeout),
         backoff,
         weights: args.weights,
-        tracking,
+        flows: args.flow_table,
+        reconcile_interval,
         transport: if args.udp {
             listeners::Transport::Udp
         } else {

@@ -120,9 +120,23 @@ impl prometheus_client::collector::Collector for Snapshot {
         family(
             &mut e,
             "balancer_slot_connections_closed",
-            "Connections of the slot reported closed.",
+            "Connections of the slot that closed.",
             Counter,
             slots().map(|x| (slot(x.slot), ConstCounter::new(x.closed))),
+        )?;
+        family(
+            &mut e,
+            "balancer_load_corrections",
+            "Connections the reconciliation added to or removed from the slot's load to match what the kernel holds.",
+            Counter,
+            slots().map(|x| (slot(x.slot), ConstCounter::new(x.corrections))),
+        )?;
+        family(
+            &mut e,
+            "balancer_slot_open_connections",
+            "Connections open in the slot's worker processes, at the last reconciliation.",
+            Gauge,
+            slots().map(|x| (slot(x.slot), ConstGauge::new(x.open as i64))),
         )?;
         family(
             &mut e,
@@ -227,6 +241,20 @@ impl prometheus_client::collector::Collector for Snapshot {
             Counter,
             [(Vec::new(), ConstCounter::new(stat("migrated")))],
         )?;
+        family(
+            &mut e,
+            "balancer_program_followed_segments",
+            "Retransmitted SYNs and SYN-cookie ACKs sent to the slot their connection already has, not counted again.",
+            Counter,
+            [(Vec::new(), ConstCounter::new(stat("followed")))],
+        )?;
+        family(
+            &mut e,
+            "balancer_program_non_syn_segments",
+            "Segments of no recorded connection (stray ACK, FIN, RST) left to the kernel and counted nowhere.",
+            Counter,
+            [(Vec::new(), ConstCounter::new(stat("not_a_syn")))],
+        )?;
         family(&mut e, "balancer_program_run_seconds", "Time the kernel spent running the program (counts only while kernel.bpf_stats_enabled=1).", Counter,
             [(Vec::new(), ConstCounter::new(stat("run_time_ns") as f64 / 1e9))])?;
         family(
@@ -312,8 +340,12 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
 
 pub async fn serve(listener: tokio::net::TcpListener, asks: mpsc::UnboundedSender<Ask>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                crate::listeners::after_accept_error("metrics", &e).await;
+                continue;
+            }
         };
         let asks = asks.clone();
         tokio::spawn(async move {

@@ -1,10 +1,10 @@
 //! Starting one worker process with its slot's listener, the systemd way.
 //!
-//! A worker gets exactly two descriptors beyond stdio: its slot's listening socket as fd 3
-//! (`LISTEN_FDS=1`, `LISTEN_PID`, `LISTEN_FDNAMES`, as `sd_listen_fds(3)` expects) and the
-//! `REPORTS` map as fd 4 (`BALANCER_REPORT_FD`) for workers that report their closes. Every
-//! other descriptor (sibling listeners, the program, the other maps, anything the supervisor
-//! itself inherited) is closed in the child before the exec and never reaches it.
+//! A worker gets exactly one descriptor beyond stdio: its slot's listening socket as fd 3
+//! (`LISTEN_FDS=1`, `LISTEN_PID`, `LISTEN_FDNAMES`, as `sd_listen_fds(3)` expects). Every
+//! other descriptor (sibling listeners, the programs, the maps, anything the supervisor
+//! itself inherited) is closed in the child before the exec and never reaches it: a worker has
+//! no handle on any slot's load, its own included.
 //!
 //! `LISTEN_PID` must hold the worker's own pid, known only after the fork; setting an
 //! environment variable in the forked child of a multi-threaded parent may deadlock on the
@@ -24,7 +24,6 @@ use anyhow::{bail, Context as _, Result};
 
 /// Fd numbers a worker finds its descriptors at.
 pub const LISTEN_FD: i32 = 3;
-pub const REPORT_FD: i32 = 4;
 
 /// Digits reserved for the pid in `LISTEN_PID=`.
 const PID_DIGITS: usize = 10;
@@ -127,15 +126,9 @@ impl Credentials {
     }
 }
 
-/// Capabilities a worker must never hold, even when it runs as root: loading or changing BPF
-/// programs (CAP_BPF, and CAP_SYS_ADMIN which implies it) and reading kernel memory through
-/// perf (CAP_PERFMON). Dropped from the bounding set before exec, so that a root worker comes
-/// out of execve without them.
-const WORKER_NEVER: [libc::c_int; 3] = [
-    39, /* CAP_BPF */
-    21, /* CAP_SYS_ADMIN */
-    38, /* CAP_PERFMON */
-];
+/// Capability numbers tried when emptying a worker's bounding set: every capability a kernel
+/// defines today is below it (CAP_LAST_CAP is 40 on 6.18), and the rest answer EINVAL.
+const CAP_NUMBERS: libc::c_int = 64;
 
 /// What one spawn gives the worker beyond the command.
 pub struct Spawn<'a> {
@@ -146,9 +139,6 @@ pub struct Spawn<'a> {
     /// NOTIFY_SOCKET for the worker (`@name`: an abstract socket), for READY=1.
     pub notify: Option<String>,
     pub listener: BorrowedFd<'a>,
-    /// The REPORTS map, for workers that report their own closes; None when the kernel
-    /// tracks closes (a worker that also reported would count every close twice).
-    pub reports: Option<BorrowedFd<'a>>,
 }
 
 fn cstring(s: impl AsRef<OsStr>) -> Result<CString> {
@@ -171,7 +161,6 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
                         | "LISTEN_PID"
                         | "LISTEN_FDNAMES"
                         | "BALANCER_SLOT"
-                        | "BALANCER_REPORT_FD"
                         | "NOTIFY_SOCKET"
                 )
             )
@@ -189,15 +178,11 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
     if let Some(notify) = &spawn.notify {
         env.push(cstring(format!("NOTIFY_SOCKET={notify}"))?);
     }
-    if spawn.reports.is_some() {
-        env.push(cstring(format!("BALANCER_REPORT_FD={REPORT_FD}"))?);
-    }
     let pid_index = env.len();
     env.push(cstring(format!("LISTEN_PID={}", "0".repeat(PID_DIGITS)))?);
 
     let image = ExecImage::new(program, argv, env, pid_index);
     let listener = spawn.listener.as_raw_fd();
-    let reports = spawn.reports.map(|r| r.as_raw_fd());
 
     let mut command = std::process::Command::new(&cmd.program);
     command.process_group(0);
@@ -212,14 +197,23 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            for cap in WORKER_NEVER {
-                // EINVAL: the kernel does not know this capability (older than CAP_BPF); fine.
+            // No capability at all, even as root: the bounding set emptied, so that execve gives
+            // a root worker nothing; and the inheritable set cleared. A worker can then neither
+            // touch BPF objects nor read or trace the supervisor, and the supervisor, holding
+            // capabilities it has not, may read its descriptor table to reconcile its load.
+            for cap in 0..CAP_NUMBERS {
+                // EINVAL: no such capability on this kernel. EPERM: this process cannot drop
+                // capabilities (no CAP_SETPCAP), which `capabilities::require_worker_isolation`
+                // allows only when it holds none worth keeping from a worker.
                 if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
                     && *libc::__errno_location() != libc::EINVAL
                     && *libc::__errno_location() != libc::EPERM
                 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            if crate::capabilities::clear_inheritable() != 0 {
+                return Err(std::io::Error::last_os_error());
             }
             // Ambient capabilities (e.g. systemd's AmbientCapabilities=CAP_BPF for the
             // supervisor) would survive the exec into an unprivileged worker: clear them.
@@ -244,17 +238,10 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
             if l < 0 || libc::dup2(l, LISTEN_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            let mut keep = LISTEN_FD;
-            if let Some(reports) = reports {
-                let r = libc::fcntl(reports, libc::F_DUPFD_CLOEXEC, 10);
-                if r < 0 || libc::dup2(r, REPORT_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                keep = REPORT_FD;
-            }
+            let keep = LISTEN_FD;
             // Everything above goes, including fds the supervisor itself inherited without
             // close-on-exec from whatever started it (a jobserver pipe, a shell's fd): a worker
-            // gets stdio, its listener and maybe the REPORTS map, nothing else.
+            // gets stdio, its listener, nothing else.
             if libc::syscall(libc::SYS_close_range, keep as u32 + 1, u32::MAX, 0u32) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -1,25 +1,22 @@
-//! The steering program and its maps, as loaded into the kernel.
+//! The steering program, the close tracker and their maps, as loaded into the kernel.
 //!
 //! Loading runs the verifier over the program (it proves every path terminates and every map
 //! access is in bounds) and creates the maps. Attaching sets `SO_ATTACH_REUSEPORT_EBPF` on one
 //! listener, which installs the program for the listener's whole `SO_REUSEPORT` group: from then
 //! on the kernel asks it, for each new connection, which listener of the group gets it. The
 //! program stays attached until every socket of the group is closed (or it is detached), whether
-//! or not this process still holds the program's fd.
+//! or not this process still holds the program's fd. The close tracker is a raw tracepoint:
+//! it stays attached while this process holds its link, and the kernel detaches it at exit.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use aya::programs::{links::CgroupAttachMode, SockOps};
 use aya::{
     maps::{Array, MapData, PerCpuArray, ReusePortSockArray},
-    programs::SkReuseport,
+    programs::{RawTracePoint, SkReuseport},
     Ebpf, EbpfLoader,
 };
-use balancer_common::{
-    maps::{self as names, TRACK_KERNEL},
-    policy, stats, Config, Policy, Report, Slot, SlotState,
-};
+use balancer_common::{maps as names, policy, stats, Config, Policy, Slot, SlotState};
 
 use crate::{capabilities, shared::Mapped};
 
@@ -38,23 +35,25 @@ pub struct Steering {
     sockets: ReusePortSockArray<MapData>,
     config: Array<MapData, Config>,
     stats: PerCpuArray<MapData, u64>,
-    reports_map: MapData,
+    netns: Array<MapData, u64>,
     pub slots: Mapped<Slot>,
-    pub reports: Mapped<Report>,
     sticky: Mapped<u64>,
 }
 
 impl Steering {
-    /// Loads the program and creates its maps. Fails with a one-line hint when the process lacks
-    /// the capability to do so.
-    pub fn load() -> Result<Steering> {
-        let mut bpf = EbpfLoader::new().load(OBJECT).map_err(|e| {
-            if is_permission_error(&e) {
-                anyhow!(capabilities::refused())
-            } else {
-                anyhow!("cannot load the steering program: {e}")
-            }
-        })?;
+    /// Loads both programs and creates their maps, with room for `flows` connections followed
+    /// at once. Fails with a one-line hint when the process lacks the capability to do so.
+    pub fn load(flows: u32) -> Result<Steering> {
+        let mut bpf = EbpfLoader::new()
+            .map_max_entries(names::FLOWS_MAP, flows)
+            .load(OBJECT)
+            .map_err(|e| {
+                if is_permission_error(&e) {
+                    anyhow!(capabilities::refused())
+                } else {
+                    anyhow!("cannot load the steering program: {e}")
+                }
+            })?;
         // Must be taken before the program is loaded: it owns the log map the program uses.
         let logger = aya_log::EbpfLogger::init(&mut bpf)
             .map_err(|e| anyhow!("cannot set up the program's log records: {e}"))?;
@@ -63,13 +62,19 @@ impl Steering {
             .program_mut(names::PROGRAM)
             .context("the object file has no steering program")?
             .try_into()?;
-        program.load().map_err(|e| {
-            if e.to_string().contains("Operation not permitted") {
-                anyhow!(capabilities::refused())
-            } else {
-                anyhow!("the kernel refused the steering program: {e}")
-            }
-        })?;
+        program
+            .load()
+            .map_err(|e| refused(e, "the steering program"))?;
+
+        // Loaded now, attached by `track`: loading resolves the program's map references,
+        // which needs every map's fd, and some are closed below once mapped into memory.
+        let tracker: &mut RawTracePoint = bpf
+            .program_mut(names::CLOSES_PROGRAM)
+            .context("the object file has no close tracker")?
+            .try_into()?;
+        tracker
+            .load()
+            .map_err(|e| refused(e, "the close tracker"))?;
 
         let take = |bpf: &mut Ebpf, name: &str| {
             bpf.take_map(name)
@@ -82,10 +87,7 @@ impl Steering {
             aya::maps::Map::Array(m) => m,
             _ => bail!("map {} is not an array", names::SLOTS_MAP),
         };
-        let reports_map = match take(&mut bpf, names::REPORTS_MAP)? {
-            aya::maps::Map::Array(m) => m,
-            _ => bail!("map {} is not an array", names::REPORTS_MAP),
-        };
+        let netns = Array::try_from(take(&mut bpf, names::NETNS_MAP)?)?;
         let sticky_map = match take(&mut bpf, names::STICKY_MAP)? {
             aya::maps::Map::Array(m) => m,
             _ => bail!("map {} is not an array", names::STICKY_MAP),
@@ -93,7 +95,6 @@ impl Steering {
         let sticky = Mapped::with_len(sticky_map.fd().as_fd(), policy::STICKY_TABLE as usize)?;
         drop(sticky_map);
         let slots = Mapped::new(slots_map.fd().as_fd())?;
-        let reports = Mapped::new(reports_map.fd().as_fd())?;
         // The mapping keeps the map alive; the fd is not needed any more.
         drop(slots_map);
         Ok(Steering {
@@ -102,9 +103,8 @@ impl Steering {
             sockets,
             config,
             stats,
-            reports_map,
+            netns,
             slots,
-            reports,
             sticky,
         })
     }
@@ -161,40 +161,57 @@ impl Steering {
             .context("cannot write the program's configuration")
     }
 
-    /// Chooses who reports closes for connections on `port`. With [`TRACK_KERNEL`], loads the
-    /// close tracker and attaches it to this process's cgroup (v2), whose sockets include every
-    /// connection accepted from the listeners; it stays attached while this process lives.
-    pub fn track(&mut self, port: u16, tracking: u32) -> Result<()> {
-        if tracking == TRACK_KERNEL {
-            let cgroup = own_cgroup()?;
-            let dir = std::fs::File::open(&cgroup)
-                .with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
-            let program: &mut SockOps = self
-                .bpf
-                .program_mut(names::CLOSES_PROGRAM)
-                .context("the object file has no close tracker")?
-                .try_into()?;
-            program
-                .load()
-                .map_err(|e| anyhow!("the kernel refused the close tracker: {e}"))?;
-            // A bpf_link (flags 0: links always coexist with other programs on the cgroup).
-            // The link belongs to the program, which `self.bpf` keeps until this process exits;
-            // the kernel then detaches it.
-            program
-                .attach(dir, CgroupAttachMode::Single)
-                .with_context(|| {
-                    format!(
-                        "cannot attach the close tracker to cgroup {}",
-                        cgroup.display()
-                    )
-                })?;
-        }
+    /// Starts the close tracker for connections on `port`: attaches it to the
+    /// `inet_sock_set_state` tracepoint, then shows it a socket of this network namespace (a
+    /// listener on a port of its own, closed at once) so that it can tell this namespace's
+    /// sockets from those of every other namespace on the host.
+    pub fn track(&mut self, port: u16) -> Result<()> {
+        let program: &mut RawTracePoint = self
+            .bpf
+            .program_mut(names::CLOSES_PROGRAM)
+            .context("the object file has no close tracker")?
+            .try_into()?;
+        // The link belongs to the program, which `self.bpf` keeps until this process exits.
+        program.attach(names::CLOSES_TRACEPOINT).with_context(|| {
+            format!(
+                "cannot attach the close tracker to the {} tracepoint",
+                names::CLOSES_TRACEPOINT
+            )
+        })?;
+
+        use nix::sys::socket::{self as sock, AddressFamily, SockFlag, SockType, SockaddrIn};
+        let calibration = sock::socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .context("cannot open the close tracker's calibration socket")?;
+        sock::bind(calibration.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, 0))
+            .context("cannot bind the close tracker's calibration socket")?;
+        let calibration_port = sock::getsockname::<SockaddrIn>(calibration.as_raw_fd())?.port();
         let mut config = self.config.get(&0, 0).unwrap_or_default();
         config.port = port as u32;
-        config.tracking = tracking;
+        config.calibrate_port = calibration_port as u32;
         self.config
             .set(0, config, 0)
-            .context("cannot write the program's configuration")
+            .context("cannot write the program's configuration")?;
+        // The tracker runs inside listen(), on this thread, before it returns.
+        sock::listen(&calibration, sock::Backlog::new(1)?)
+            .context("cannot listen on the close tracker's calibration socket")?;
+        drop(calibration);
+        let learned = self.netns.get(&0, 0).unwrap_or(0) != 0;
+        config.calibrate_port = 0;
+        self.config
+            .set(0, config, 0)
+            .context("cannot write the program's configuration")?;
+        anyhow::ensure!(
+            learned,
+            "the close tracker saw no event from this network namespace (is the \
+             {} tracepoint available on this kernel?)",
+            names::CLOSES_TRACEPOINT
+        );
+        Ok(())
     }
 
     pub fn policy(&self) -> Policy {
@@ -203,11 +220,6 @@ impl Steering {
             .ok()
             .and_then(|c| Policy::from_u32(c.policy))
             .unwrap_or(Policy::LeastLoaded)
-    }
-
-    /// The fd workers receive to report closes: the `REPORTS` map and nothing else.
-    pub fn reports_fd(&self) -> BorrowedFd<'_> {
-        self.reports_map.fd().as_fd()
     }
 
     /// The program's own counters, summed over CPUs.
@@ -221,9 +233,9 @@ impl Steering {
         out
     }
 
-    /// Open connections of `slot`: assigned by the program and not yet reported closed.
+    /// Open connections of `slot`: assigned by the program and not yet closed.
     pub fn load_of(&self, slot: u32) -> u64 {
-        balancer_common::maps::load(self.slots.assigned(slot), self.reports.closed(slot))
+        balancer_common::maps::load(self.slots.assigned(slot), self.slots.closed(slot))
     }
 
     pub fn set_state(&self, slot: u32, state: SlotState) {
@@ -239,43 +251,41 @@ impl Steering {
             .store_all(crate::sticky::table(&up).into_iter().map(u64::from));
     }
 
-    /// (run time in ns, run count) the kernel measured for the program while
+    /// (run time in ns, run count) the kernel measured for the steering program while
     /// `kernel.bpf_stats_enabled` was on; zeros otherwise.
     pub fn run_stats(&self) -> (u64, u64) {
         let program: Option<&SkReuseport> = self
             .bpf
             .program(names::PROGRAM)
             .and_then(|p| p.try_into().ok());
-        match program.and_then(|p| p.info().ok()) {
-            Some(info) => (info.run_time().as_nanos() as u64, info.run_count()),
-            None => (0, 0),
-        }
+        run_stats(program.and_then(|p| p.info().ok()))
+    }
+
+    /// The same for the close tracker, which runs on every TCP state change on the host.
+    pub fn tracker_run_stats(&self) -> (u64, u64) {
+        let program: Option<&RawTracePoint> = self
+            .bpf
+            .program(names::CLOSES_PROGRAM)
+            .and_then(|p| p.try_into().ok());
+        run_stats(program.and_then(|p| p.info().ok()))
+    }
+}
+
+fn run_stats(info: Option<aya::programs::ProgramInfo>) -> (u64, u64) {
+    info.map_or((0, 0), |i| (i.run_time().as_nanos() as u64, i.run_count()))
+}
+
+/// The error for a program the kernel would not load: the capability hint when it is a
+/// permission refusal, the verifier's words otherwise.
+fn refused(e: aya::programs::ProgramError, what: &str) -> anyhow::Error {
+    if e.to_string().contains("Operation not permitted") {
+        anyhow!(capabilities::refused())
+    } else {
+        anyhow!("the kernel refused {what}: {e}")
     }
 }
 
 fn is_permission_error(e: &aya::EbpfError) -> bool {
     let s = format!("{e:?}");
     s.contains("EPERM") || s.contains("Operation not permitted") || s.contains("PermissionDenied")
-}
-
-/// This process's cgroup in the v2 hierarchy: where cgroup2 is mounted (from mountinfo) joined
-/// with the path in /proc/self/cgroup's `0::` line.
-fn own_cgroup() -> Result<std::path::PathBuf> {
-    let hint = "kernel close tracking needs a cgroup v2 hierarchy; pass --load-from worker if the \
-                workers report their own closes";
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mount = mounts
-        .lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            (right.split_whitespace().next()? == "cgroup2")
-                .then(|| left.split_whitespace().nth(4).map(str::to_string))?
-        })
-        .with_context(|| format!("no cgroup2 mount: {hint}"))?;
-    let own = std::fs::read_to_string("/proc/self/cgroup")?;
-    let path = own
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .with_context(|| format!("not in a cgroup v2 hierarchy: {hint}"))?;
-    Ok(std::path::Path::new(&mount).join(path.trim_start_matches('/')))
 }

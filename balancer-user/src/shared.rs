@@ -1,18 +1,18 @@
-//! The `SLOTS` and `REPORTS` maps seen as memory.
+//! The `SLOTS` and `STICKY` maps seen as memory.
 //!
 //! Both are `BPF_F_MMAPABLE` arrays: the kernel lets a process holding the map's fd map its
-//! values into its address space, and the program reads the very same pages. A store here is
-//! visible to the next run of the program with no system call, which is what lets a worker report
-//! each closed connection for the price of one atomic add.
+//! values into its address space, and the programs read and write the very same pages. A store
+//! here is visible to the next run of the program with no system call, and an atomic add here
+//! and the programs' atomic adds never lose one another's increments.
 
 use std::{
-    os::fd::{AsFd, BorrowedFd},
+    os::fd::BorrowedFd,
     ptr::NonNull,
     sync::atomic::{AtomicU32, AtomicU64, Ordering},
 };
 
 use anyhow::{Context as _, Result};
-use balancer_common::{Report, Slot, SlotState, MAX_SLOTS};
+use balancer_common::{Slot, SlotState, MAX_SLOTS};
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
 /// A shared mapping of a whole array map of `T`.
@@ -94,10 +94,28 @@ impl Mapped<Slot> {
         u32_at(unsafe { &raw mut (*p).weight }).store(weight, Ordering::Release);
     }
 
-    /// Connections the program has sent to `slot`.
+    /// Connections the program has sent to `slot` (plus upward corrections).
     pub fn assigned(&self, slot: u32) -> u64 {
         let p = self.at(slot);
         u64_at(unsafe { &raw mut (*p).assigned }).load(Ordering::Acquire)
+    }
+
+    /// Connections of `slot` that closed (plus downward corrections).
+    pub fn closed(&self, slot: u32) -> u64 {
+        let p = self.at(slot);
+        u64_at(unsafe { &raw mut (*p).closed }).load(Ordering::Acquire)
+    }
+
+    /// Adds to `slot`'s `assigned` counter; only the accounting module corrects counts.
+    pub(crate) fn add_assigned(&self, slot: u32, n: u64) {
+        let p = self.at(slot);
+        u64_at(unsafe { &raw mut (*p).assigned }).fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Adds to `slot`'s `closed` counter; only the accounting module corrects counts.
+    pub(crate) fn add_closed(&self, slot: u32, n: u64) {
+        let p = self.at(slot);
+        u64_at(unsafe { &raw mut (*p).closed }).fetch_add(n, Ordering::AcqRel);
     }
 }
 
@@ -109,54 +127,5 @@ impl Mapped<u64> {
             // SAFETY: in bounds, 8-byte aligned.
             unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(i)) }.store(v, Ordering::Relaxed);
         }
-    }
-}
-
-impl Mapped<Report> {
-    pub fn closed(&self, slot: u32) -> u64 {
-        let p = self.at(slot);
-        u64_at(unsafe { &raw mut (*p).closed }).load(Ordering::Acquire)
-    }
-
-    pub fn accepted(&self, slot: u32) -> u64 {
-        let p = self.at(slot);
-        u64_at(unsafe { &raw mut (*p).accepted }).load(Ordering::Acquire)
-    }
-
-    pub fn add_closed(&self, slot: u32, n: u64) {
-        let p = self.at(slot);
-        u64_at(unsafe { &raw mut (*p).closed }).fetch_add(n, Ordering::Release);
-    }
-
-    pub fn add_accepted(&self, slot: u32, n: u64) {
-        let p = self.at(slot);
-        u64_at(unsafe { &raw mut (*p).accepted }).fetch_add(n, Ordering::Release);
-    }
-}
-
-/// What a worker reports about itself through the `REPORTS` map: one slot's counters.
-pub struct SlotReporter {
-    reports: Mapped<Report>,
-    slot: u32,
-}
-
-impl SlotReporter {
-    pub fn new(fd: impl AsFd, slot: u32) -> Result<Self> {
-        anyhow::ensure!(
-            slot < MAX_SLOTS,
-            "slot {slot} is out of range (at most {MAX_SLOTS} slots)"
-        );
-        Ok(SlotReporter {
-            reports: Mapped::new(fd.as_fd())?,
-            slot,
-        })
-    }
-
-    pub fn accepted(&self) {
-        self.reports.add_accepted(self.slot, 1);
-    }
-
-    pub fn closed(&self) {
-        self.reports.add_closed(self.slot, 1);
     }
 }

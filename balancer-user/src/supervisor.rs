@@ -16,11 +16,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use balancer_common::{maps::TRACK_WORKER, stats, Policy, SlotState};
+use balancer_common::{stats, Policy, SlotState};
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
+    accounting::{self, Accounting, Truth},
     backoff::{self, Backoff, Decision},
     capabilities,
     control::{self, Request, SlotStatus, Status},
@@ -30,6 +31,9 @@ use crate::{
     program::Steering,
     stall::{StallWatch, Transition},
 };
+
+/// The answer to a reload or scale that a stop cut short.
+const STOPPED_MIDWAY: &str = "error: stopping: a signal or `stop` arrived, so this was cut short";
 
 /// Restart delays from this long on move a dead worker's queue to live slots instead of
 /// letting it wait.
@@ -59,8 +63,10 @@ pub struct Options {
     pub weights: Vec<u32>,
     /// TCP connections or UDP datagrams.
     pub transport: listeners::Transport,
-    /// Who reports closed connections: TRACK_WORKER or TRACK_KERNEL.
-    pub tracking: u32,
+    /// Connections the close tracker follows at once (the `FLOWS` table's size).
+    pub flows: u32,
+    /// How often the load is compared with what the kernel holds.
+    pub reconcile_interval: Duration,
     /// The account workers run as; None: the supervisor's own (minus the BPF capabilities).
     pub credentials: Option<process::Credentials>,
 }
@@ -69,8 +75,6 @@ struct Slot {
     listener: listeners::Listener,
     pid: Option<Pid>,
     started: Option<Instant>,
-    /// The slot's REPORTS counters when the current worker started.
-    baseline: (u64, u64),
     /// Bumped on every start, so that a stale exit or restart event is recognised.
     generation: u64,
     restarts: u64,
@@ -102,6 +106,35 @@ enum Event {
         generation: u64,
     },
     Control(Request, oneshot::Sender<String>),
+    /// Connections open in each slot's workers, read on a blocking thread.
+    Held(Vec<Option<u64>>),
+}
+
+/// Everything the supervisor listens to, in every state: worker events, control requests,
+/// metrics scrapes and signals. A reload or a scale in progress keeps listening to all of it
+/// (see `pump`), so a stop is heard whatever is under way.
+struct Inbox {
+    events: mpsc::UnboundedReceiver<Event>,
+    asks: mpsc::UnboundedReceiver<Ask>,
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Inbox {
+    fn new(
+        events: mpsc::UnboundedReceiver<Event>,
+        asks: mpsc::UnboundedReceiver<Ask>,
+    ) -> Result<Inbox> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Inbox {
+            events,
+            asks,
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
 }
 
 pub struct Supervisor {
@@ -111,6 +144,13 @@ pub struct Supervisor {
     slots: Vec<Slot>,
     events: mpsc::UnboundedSender<Event>,
     asks: mpsc::UnboundedSender<Ask>,
+    accounting: Accounting,
+    /// A reading of what the workers hold is under way.
+    reading_truth: bool,
+    /// The workers' descriptors could not be read once already (logged once).
+    warned_unreadable: bool,
+    /// A signal or `stop` arrived while a reload or scale was under way.
+    stop_requested: bool,
     stopping: bool,
 }
 
@@ -128,6 +168,7 @@ pub fn run(opts: Options) -> Result<()> {
         None => nix::unistd::geteuid().is_root(),
     };
     capabilities::require_worker_isolation(workers_as_root)?;
+    control::prepare_directory(&opts.control)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -135,8 +176,10 @@ pub fn run(opts: Options) -> Result<()> {
     runtime.block_on(async move {
         let (tx, rx) = mpsc::unbounded_channel();
         let (ask_tx, ask_rx) = mpsc::unbounded_channel();
+        // Signals are caught from here on, before any worker starts.
+        let inbox = Inbox::new(rx, ask_rx)?;
         let mut sup = Supervisor::start(opts, command, tx, ask_tx).await?;
-        sup.serve(rx, ask_rx).await
+        sup.serve(inbox).await
     })
 }
 
@@ -148,7 +191,7 @@ impl Supervisor {
         asks: mpsc::UnboundedSender<Ask>,
     ) -> Result<Supervisor> {
         let group = listeners::bind_group(opts.listen, opts.transport, opts.workers, opts.backlog)?;
-        let mut steering = Steering::load()?;
+        let mut steering = Steering::load(opts.flows)?;
         for (i, l) in group.iter().enumerate() {
             steering.insert(i as u32, l)?;
             steering
@@ -157,7 +200,9 @@ impl Supervisor {
             steering.set_state(i as u32, SlotState::Down);
         }
         steering.configure(opts.workers, opts.policy)?;
-        steering.track(group[0].local_addr()?.port(), opts.tracking)?;
+        if opts.transport == listeners::Transport::Tcp {
+            steering.track(group[0].local_addr()?.port())?;
+        }
         steering.attach(&group[0])?;
         let control = control::bind(&opts.control)?;
         let metrics = match opts.metrics {
@@ -182,6 +227,10 @@ impl Supervisor {
             slots,
             events,
             asks,
+            accounting: Accounting::default(),
+            reading_truth: false,
+            warned_unreadable: false,
+            stop_requested: false,
             stopping: false,
         };
         tokio::spawn(accept_control(control, sup.events.clone()));
@@ -252,7 +301,6 @@ impl Supervisor {
             Spawn {
                 slot,
                 listener: s.listener.as_fd(),
-                reports: (self.opts.tracking == TRACK_WORKER).then(|| self.steering.reports_fd()),
                 credentials: self.opts.credentials,
                 notify: notify.as_ref().map(|_| format!("@{notify_name}")),
             },
@@ -266,10 +314,6 @@ impl Supervisor {
         s.pid = Some(pid);
         s.started = Some(Instant::now());
         s.stall.reset();
-        s.baseline = (
-            self.steering.reports.accepted(slot),
-            self.steering.reports.closed(slot),
-        );
         // The slot's state is left as it is (down, or up with the worker being replaced): it
         // becomes up when this worker is ready, so a worker that dies at start (a crash loop)
         // is never sent a connection.
@@ -278,16 +322,13 @@ impl Supervisor {
         let ready_timeout = self.opts.ready_timeout;
         let ready_events = self.events.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 512];
             let said_ready = async {
                 let Some(socket) = notify else {
                     return std::future::pending().await;
                 };
                 loop {
-                    if let Ok(n) = socket.recv(&mut buf).await {
-                        if buf[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1") {
-                            return;
-                        }
+                    if let Some(true) = notify_from(&socket, pid).await {
+                        return;
                     }
                 }
             };
@@ -310,37 +351,33 @@ impl Supervisor {
         Ok(())
     }
 
-    async fn serve(
-        &mut self,
-        mut rx: mpsc::UnboundedReceiver<Event>,
-        mut asks: mpsc::UnboundedReceiver<Ask>,
-    ) -> Result<()> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut term = signal(SignalKind::terminate())?;
-        let mut hup = signal(SignalKind::hangup())?;
+    async fn serve(&mut self, mut inbox: Inbox) -> Result<()> {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
+        let mut reconcile = tokio::time::interval(self.opts.reconcile_interval);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.stop_requested {
             tokio::select! {
                 _ = tick.tick(), if self.opts.stall_timeout.is_some() => self.watch_stalls(),
-                _ = int.recv() => break,
-                _ = term.recv() => break,
-                _ = hup.recv() => {
-                    let outcome = self.reload(&mut rx, &mut asks).await;
+                _ = reconcile.tick() => self.reconcile(),
+                _ = inbox.int.recv() => break,
+                _ = inbox.term.recv() => break,
+                _ = inbox.hup.recv() => {
+                    let outcome = self.reload(&mut inbox).await;
                     log::info!("reload (SIGHUP): {outcome}");
                 }
-                Some(ask) = asks.recv() => self.answer(ask),
-                Some(event) = rx.recv() => match event {
+                Some(ask) = inbox.asks.recv() => self.answer(ask),
+                Some(event) = inbox.events.recv() => match event {
                     Event::Exited { slot, generation, status } => self.on_exit(slot, generation, status),
                     Event::Restart { slot, generation } => self.on_restart(slot, generation),
                     Event::Ready { slot, generation } => self.on_ready(slot, generation),
+                    Event::Held(held) => self.on_held(held),
                     Event::Control(Request::Reload, reply) => {
-                        let outcome = self.reload(&mut rx, &mut asks).await;
+                        let outcome = self.reload(&mut inbox).await;
                         let _ = reply.send(outcome);
                     }
                     Event::Control(Request::Scale(n), reply) => {
-                        let outcome = self.scale(n, &mut rx, &mut asks).await;
+                        let outcome = self.scale(n, &mut inbox).await;
                         let _ = reply.send(outcome);
                     }
                     Event::Control(Request::Status, reply) => {
@@ -360,7 +397,7 @@ impl Supervisor {
             }
         }
         log::info!("stopping: no new connections are steered, workers get SIGTERM");
-        let clean = self.stop_with(&mut rx, &mut int).await;
+        let clean = self.stop_with(&mut inbox).await;
         if clean {
             Ok(())
         } else {
@@ -391,7 +428,6 @@ impl Supervisor {
         s.started = None;
         s.last_exit = Some(reason.clone());
         s.last_status = status.as_ref().ok().copied();
-        settle(&self.steering, slot, s.baseline);
         if self.stopping {
             return;
         }
@@ -446,11 +482,8 @@ impl Supervisor {
         let fresh = listeners::bind_one(addr, self.opts.transport, backlog)?;
         self.steering.insert(slot, &fresh)?;
         let old = std::mem::replace(&mut self.slots[slot as usize].listener, fresh);
+        // Each queued connection moves, with its count, through the program's migrate path.
         drop(old);
-        // The slot's remaining count left with the old queue.
-        self.steering
-            .reports
-            .add_closed(slot, self.steering.load_of(slot));
         Ok(())
     }
 
@@ -480,8 +513,13 @@ impl Supervisor {
             } => self.on_exit(slot, generation, status),
             Event::Restart { slot, generation } => self.on_restart(slot, generation),
             Event::Ready { slot, generation } => self.on_ready(slot, generation),
+            Event::Held(held) => self.on_held(held),
             Event::Control(Request::Status, reply) => {
                 let _ = reply.send(serde_json::to_string(&self.status()).unwrap_or_default());
+            }
+            Event::Control(Request::Stop, reply) => {
+                self.stop_requested = true;
+                let _ = reply.send("{\"stopping\":true}".into());
             }
             Event::Control(_, reply) => {
                 let _ = reply.send(
@@ -492,16 +530,22 @@ impl Supervisor {
     }
 
     /// Processes events until `done` holds or `within` passes; returns whether `done` held.
+    /// Returns false at once when a stop is requested (a signal, or `stop`): the operation in
+    /// progress then gives up, and the supervisor stops.
     async fn pump(
         &mut self,
-        rx: &mut mpsc::UnboundedReceiver<Event>,
-        asks: &mut mpsc::UnboundedReceiver<Ask>,
+        inbox: &mut Inbox,
         within: Duration,
         done: impl Fn(&Supervisor) -> bool,
     ) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let mut reconcile = tokio::time::interval(self.opts.reconcile_interval);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if self.stop_requested {
+                return false;
+            }
             if done(self) {
                 return true;
             }
@@ -509,8 +553,12 @@ impl Supervisor {
                 return false;
             }
             tokio::select! {
-                Some(event) = rx.recv() => self.on_busy_event(event),
-                Some(ask) = asks.recv() => self.answer(ask),
+                Some(event) = inbox.events.recv() => self.on_busy_event(event),
+                Some(ask) = inbox.asks.recv() => self.answer(ask),
+                _ = inbox.int.recv() => self.stop_requested = true,
+                _ = inbox.term.recv() => self.stop_requested = true,
+                _ = inbox.hup.recv() => log::info!("SIGHUP: a reload or scale is already under way"),
+                _ = reconcile.tick() => self.reconcile(),
                 _ = tick.tick() => {}
             }
         }
@@ -518,12 +566,7 @@ impl Supervisor {
 
     /// Stops the previous workers of `slots`: SIGTERM, then SIGKILL after --kill-timeout;
     /// returns once they have exited.
-    async fn retire(
-        &mut self,
-        slots: &[u32],
-        rx: &mut mpsc::UnboundedReceiver<Event>,
-        asks: &mut mpsc::UnboundedReceiver<Ask>,
-    ) {
+    async fn retire(&mut self, slots: &[u32], inbox: &mut Inbox) {
         let pids: Vec<Pid> = slots
             .iter()
             .filter_map(|&s| self.slots[s as usize].retiring.map(|r| r.0))
@@ -536,7 +579,7 @@ impl Supervisor {
                 .iter()
                 .all(|&x| s.slots[x as usize].retiring.is_none())
         };
-        if !self.pump(rx, asks, self.opts.kill_timeout, gone).await {
+        if !self.pump(inbox, self.opts.kill_timeout, gone).await && !self.stop_requested {
             for &slot in slots {
                 if let Some((pid, _)) = self.slots[slot as usize].retiring {
                     log::warn!(
@@ -546,7 +589,7 @@ impl Supervisor {
                     let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
                 }
             }
-            self.pump(rx, asks, Duration::from_secs(5), gone).await;
+            self.pump(inbox, Duration::from_secs(5), gone).await;
         }
     }
 
@@ -554,11 +597,7 @@ impl Supervisor {
     /// queue has no worker: a new worker starts on the same listener as the old one (both accept
     /// from one queue), and the old one gets SIGTERM only once the new one is ready. The worker
     /// command is resolved again, so a new binary on disk is picked up.
-    async fn reload(
-        &mut self,
-        rx: &mut mpsc::UnboundedReceiver<Event>,
-        asks: &mut mpsc::UnboundedReceiver<Ask>,
-    ) -> String {
+    async fn reload(&mut self, inbox: &mut Inbox) -> String {
         if let Some(args) = &self.opts.command {
             match WorkerCommand::resolve(args.clone()) {
                 Ok(c) => self.command = c,
@@ -590,12 +629,14 @@ impl Supervisor {
                 })
             };
             self.pump(
-                rx,
-                asks,
+                inbox,
                 self.opts.ready_timeout + Duration::from_secs(1),
                 settled,
             )
             .await;
+            if self.stop_requested {
+                return STOPPED_MIDWAY.into();
+            }
             let mut failed = None;
             let mut retire = Vec::new();
             for &(slot, g, old) in &started {
@@ -624,7 +665,10 @@ impl Supervisor {
                     "error: reload stopped at slot {slot}: the new worker {reason}; the previous worker keeps serving"
                 ));
             }
-            self.retire(&retire, rx, asks).await;
+            self.retire(&retire, inbox).await;
+            if self.stop_requested {
+                return STOPPED_MIDWAY.into();
+            }
             if let Some(e) = failed {
                 return e;
             }
@@ -638,12 +682,7 @@ impl Supervisor {
     /// queue and finishes in-flight work, and only then is its listener closed (a connection
     /// that still arrives in that instant is moved to another listener by the program's
     /// migrate path, not reset).
-    async fn scale(
-        &mut self,
-        n: u32,
-        rx: &mut mpsc::UnboundedReceiver<Event>,
-        asks: &mut mpsc::UnboundedReceiver<Ask>,
-    ) -> String {
+    async fn scale(&mut self, n: u32, inbox: &mut Inbox) -> String {
         if let Err(e) = listeners::check_count(n) {
             return format!("error: {e:#}");
         }
@@ -660,6 +699,7 @@ impl Supervisor {
                     Ok(l) => l,
                     Err(e) => return format!("error: slot {slot}: {e:#}"),
                 };
+                self.accounting.reset(&self.steering.slots, slot);
                 if let Err(e) = self.steering.insert(slot, &listener) {
                     return format!("error: {e:#}");
                 }
@@ -683,7 +723,7 @@ impl Supervisor {
             self.steering.refresh_sticky(self.opts.workers);
             // Let the worker take what is already queued for it.
             let drained = self
-                .pump(rx, asks, self.opts.kill_timeout, |s| {
+                .pump(inbox, self.opts.kill_timeout, |s| {
                     let x = &s.slots[slot as usize];
                     x.pid.is_none() || x.listener.queued().unwrap_or(0) == 0
                 })
@@ -696,14 +736,18 @@ impl Supervisor {
             }
             let s = &mut self.slots[slot as usize];
             s.retiring = s.pid.take().map(|pid| (pid, s.generation));
-            self.retire(&[slot], rx, asks).await;
+            if self.stop_requested {
+                return STOPPED_MIDWAY.into();
+            }
+            self.retire(&[slot], inbox).await;
+            if self.stop_requested {
+                return STOPPED_MIDWAY.into();
+            }
             let _ = self.steering.remove(slot);
             self.slots.pop(); // closes the listener
             self.steering.set_state(slot, SlotState::Down);
-            // Whatever the slot still counted left with it.
-            self.steering
-                .reports
-                .add_closed(slot, self.steering.load_of(slot));
+            // Its queue migrated with its counts; whatever it still counted left with it.
+            self.accounting.reset(&self.steering.slots, slot);
             self.opts.workers = slot;
             if let Err(e) = self
                 .steering
@@ -747,12 +791,16 @@ impl Supervisor {
         let (run_time_ns, run_count) = self.steering.run_stats();
         program.insert("run_time_ns".into(), run_time_ns);
         program.insert("run_count".into(), run_count);
+        let (tracker_ns, tracker_runs) = self.steering.tracker_run_stats();
+        program.insert("tracker_run_time_ns".into(), tracker_ns);
+        program.insert("tracker_run_count".into(), tracker_runs);
         let slots = self
             .slots
             .iter()
             .enumerate()
             .map(|(i, s)| {
                 let i = i as u32;
+                let book = self.accounting.book(i);
                 let state = if s.given_up {
                     "failed"
                 } else {
@@ -764,8 +812,9 @@ impl Supervisor {
                     pid: s.pid.map(|p| p.as_raw() as u32),
                     load: self.steering.load_of(i),
                     assigned: self.steering.slots.assigned(i),
-                    accepted: self.steering.reports.accepted(i),
-                    closed: self.steering.reports.closed(i),
+                    closed: self.steering.slots.closed(i),
+                    open: book.truth.held,
+                    corrections: book.corrections,
                     queued: s.listener.queued().unwrap_or(0),
                     restarts: s.restarts,
                     stalls: s.stalls,
@@ -788,6 +837,71 @@ impl Supervisor {
             slots,
             program,
         }
+    }
+
+    /// Starts reading what each slot's workers hold, on a blocking thread (it walks /proc and
+    /// asks sock_diag); the answer comes back as [`Event::Held`]. One reading at a time.
+    fn reconcile(&mut self) {
+        if self.stopping || self.reading_truth {
+            return;
+        }
+        let port = match self.slots[0].listener.local_addr() {
+            Ok(a) => a.port(),
+            Err(_) => return,
+        };
+        if self.opts.transport == listeners::Transport::Udp {
+            // A datagram is no connection: a UDP slot holds nothing and the program counts
+            // nothing for it, so the books are checked against zero.
+            let truth = vec![Some(Truth::default()); self.slots.len()];
+            self.accounting.reconcile(&self.steering.slots, &truth);
+            return;
+        }
+        let pids: Vec<Vec<i32>> = self
+            .slots
+            .iter()
+            .map(|s| {
+                s.pid
+                    .iter()
+                    .chain(s.retiring.as_ref().map(|r| &r.0))
+                    .map(|p| p.as_raw())
+                    .collect()
+            })
+            .collect();
+        self.reading_truth = true;
+        let events = self.events.clone();
+        tokio::task::spawn_blocking(move || {
+            let held = accounting::held(port, &pids);
+            let _ = events.send(Event::Held(held));
+        });
+    }
+
+    /// Completes a reading: the accept queues are read now, next to the workers' sockets, and
+    /// the accounting corrects what two readings agree on.
+    fn on_held(&mut self, held: Vec<Option<u64>>) {
+        self.reading_truth = false;
+        // A scale in between changed the slots: this reading no longer fits them.
+        if held.len() != self.slots.len() || self.stopping {
+            return;
+        }
+        if held.iter().any(Option::is_none) && !self.warned_unreadable {
+            self.warned_unreadable = true;
+            log::warn!(
+                "cannot read which connections the workers hold (workers of another user need \
+                 CAP_SYS_PTRACE for the supervisor): their loads are not reconciled"
+            );
+        }
+        let truth: Vec<Option<Truth>> = self
+            .slots
+            .iter()
+            .zip(held)
+            .map(|(s, held)| {
+                Some(Truth {
+                    queued: s.listener.queued().ok()? as u64,
+                    held: held?,
+                })
+            })
+            .collect();
+        self.accounting.reconcile(&self.steering.slots, &truth);
     }
 
     /// Takes stalled workers out of rotation and puts them back once they accept again.
@@ -871,25 +985,25 @@ impl Supervisor {
         }
     }
 
+    /// Sends `sig` to every worker, retiring ones (a reload or scale cut short) included.
     fn signal_all(&self, sig: Signal) {
         for s in &self.slots {
-            if let Some(pid) = s.pid {
-                let _ = nix::sys::signal::kill(pid, sig);
+            for pid in s.pid.iter().chain(s.retiring.as_ref().map(|r| &r.0)) {
+                let _ = nix::sys::signal::kill(*pid, sig);
             }
         }
     }
 
     fn running(&self) -> usize {
-        self.slots.iter().filter(|s| s.pid.is_some()).count()
+        self.slots
+            .iter()
+            .map(|s| s.pid.is_some() as usize + s.retiring.is_some() as usize)
+            .sum()
     }
 
     /// Marks every slot down, sends SIGTERM, waits up to the kill timeout (a second Ctrl-C cuts
     /// it short), then SIGKILLs the rest. Returns whether every worker stopped by itself.
-    async fn stop_with(
-        &mut self,
-        rx: &mut mpsc::UnboundedReceiver<Event>,
-        int: &mut tokio::signal::unix::Signal,
-    ) -> bool {
+    async fn stop_with(&mut self, inbox: &mut Inbox) -> bool {
         self.stopping = true;
         for i in 0..self.slots.len() as u32 {
             self.steering.set_state(i, SlotState::Down);
@@ -907,17 +1021,17 @@ impl Supervisor {
         let mut clean = true;
         while self.running() > 0 {
             tokio::select! {
-                Some(event) = rx.recv() => match event {
+                Some(event) = inbox.events.recv() => match event {
                     Event::Exited { slot, generation, status } => self.on_exit(slot, generation, status),
                     Event::Control(_, reply) => { let _ = reply.send("{\"stopping\":true}".into()); }
-                    Event::Restart { .. } | Event::Ready { .. } => {}
+                    Event::Restart { .. } | Event::Ready { .. } | Event::Held(_) => {}
                 },
                 _ = &mut deadline, if clean => {
                     log::warn!("{} workers still running after {:?}: SIGKILL", self.running(), self.opts.kill_timeout);
                     self.signal_all(Signal::SIGKILL);
                     clean = false;
                 }
-                _ = int.recv(), if clean => {
+                _ = inbox.int.recv(), if clean => {
                     log::warn!("second interrupt: SIGKILL");
                     self.signal_all(Signal::SIGKILL);
                     clean = false;
@@ -935,7 +1049,6 @@ fn new_slot(listener: listeners::Listener, backoff: backoff::Policy) -> Slot {
         listener,
         pid: None,
         started: None,
-        baseline: (0, 0),
         generation: 0,
         restarts: 0,
         last_exit: None,
@@ -956,18 +1069,41 @@ fn notify_socket(name: &str) -> Option<tokio::net::UnixDatagram> {
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).ok()?;
     let socket = std::os::unix::net::UnixDatagram::bind_addr(&addr).ok()?;
     socket.set_nonblocking(true).ok()?;
+    // The kernel then attaches the sender's credentials to every datagram.
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true).ok()?;
     tokio::net::UnixDatagram::from_std(socket).ok()
 }
 
-/// Adds to `closed` the connections a dead worker still had open: the kernel closed them when
-/// it died, but it can no longer report them.
-fn settle(steering: &Steering, slot: u32, (accepted0, closed0): (u64, u64)) {
-    let accepted = steering.reports.accepted(slot).wrapping_sub(accepted0);
-    let closed = steering.reports.closed(slot).wrapping_sub(closed0);
-    let open = accepted.saturating_sub(closed);
-    if open > 0 {
-        steering.reports.add_closed(slot, open);
-    }
+/// Waits for the next datagram on a worker's NOTIFY_SOCKET: Some(true) if it says READY=1 and
+/// comes from `worker` itself (an abstract socket can be reached by any local process, so the
+/// kernel's SCM_CREDENTIALS decide), Some(false) for any other datagram, None on an error.
+async fn notify_from(socket: &tokio::net::UnixDatagram, worker: Pid) -> Option<bool> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+    use std::os::fd::AsRawFd as _;
+    let mut buf = [0u8; 512];
+    socket
+        .async_io(tokio::io::Interest::READABLE, || {
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let mut space = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+            let msg = recvmsg::<UnixAddr>(
+                socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(std::io::Error::from)?;
+            let sender = msg.cmsgs().ok().and_then(|mut c| {
+                c.find_map(|m| match m {
+                    ControlMessageOwned::ScmCredentials(creds) => Some(creds.pid()),
+                    _ => None,
+                })
+            });
+            let text = msg.iovs().next().map(<[u8]>::to_vec).unwrap_or_default();
+            Ok(sender == Some(worker.as_raw())
+                && text.split(|&b| b == b'\n').any(|l| l == b"READY=1"))
+        })
+        .await
+        .ok()
 }
 
 fn describe(status: &std::io::Result<ExitStatus>) -> String {
@@ -997,8 +1133,12 @@ fn try_addr(listen: SocketAddr) -> String {
 
 async fn accept_control(listener: tokio::net::UnixListener, events: mpsc::UnboundedSender<Event>) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                listeners::after_accept_error("control socket", &e).await;
+                continue;
+            }
         };
         let events = events.clone();
         tokio::spawn(async move {

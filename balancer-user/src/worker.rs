@@ -4,16 +4,15 @@
 //! thread, so a request that holds the loop (`/work?ms=N`) holds every other connection of this
 //! worker too. That is the behaviour the balancer exists to route around.
 //!
-//! It takes its listener from fd 3 (`LISTEN_FDS`), and when the supervisor gives it the
-//! `REPORTS` map (`BALANCER_REPORT_FD`) it counts each accepted and each closed connection there
-//! with one atomic add, so the program knows its load without a system call.
+//! It takes its listener from fd 3 (`LISTEN_FDS`) and nothing else: like any other worker, it
+//! reports nothing about its load, which the kernel tracks on its own.
 //!
 //! Routes: `GET /` answers `slot=<slot> pid=<pid>`; `GET /work?ms=N` holds the loop for N ms
 //! (sleeping, or burning CPU with `&cpu=1`); `GET /healthz` answers `ok`.
 
 use std::{
     convert::Infallible,
-    os::fd::{FromRawFd, OwnedFd},
+    os::fd::FromRawFd,
     rc::Rc,
     time::{Duration, Instant},
 };
@@ -26,7 +25,7 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 
-use crate::{process::LISTEN_FD, shared::SlotReporter};
+use crate::process::LISTEN_FD;
 
 /// Longest hold `/work` accepts, so that a typo cannot wedge a worker for hours.
 const MAX_WORK_MS: u64 = 60_000;
@@ -49,15 +48,12 @@ fn inherited_is_datagram() -> bool {
 }
 
 /// The UDP worker: answers each datagram with `slot=<slot> pid=<pid>`, after holding its single
-/// thread for N ms if the datagram reads `work ms=N`. Each datagram counts as accepted when
-/// received and closed once answered, so the program's load for a UDP slot is the datagrams
-/// steered to it and not yet answered.
+/// thread for N ms if the datagram reads `work ms=N`.
 fn serve_udp() -> Result<()> {
     check_listen_env()?;
     // SAFETY: fd 3 was passed to us as a bound UDP socket; we take ownership of it.
     let socket = unsafe { std::net::UdpSocket::from_raw_fd(LISTEN_FD) };
     socket.set_nonblocking(false)?;
-    let reporter = reporter();
     let slot = std::env::var("BALANCER_SLOT").unwrap_or_else(|_| "-".into());
     let pid = std::process::id();
     let mut buf = [0u8; 2048];
@@ -67,9 +63,6 @@ fn serve_udp() -> Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
         };
-        if let Some(r) = &reporter {
-            r.accepted();
-        }
         let text = String::from_utf8_lossy(&buf[..n]);
         let mut reply = format!("slot={slot} pid={pid}\n");
         if let Some(ms) = text
@@ -82,9 +75,6 @@ fn serve_udp() -> Result<()> {
             reply = format!("slot={slot} pid={pid} worked={ms}ms\n");
         }
         let _ = socket.send_to(reply.as_bytes(), peer);
-        if let Some(r) = &reporter {
-            r.closed();
-        }
     }
 }
 
@@ -117,73 +107,12 @@ fn check_listen_env() -> Result<()> {
     Ok(())
 }
 
-fn reporter() -> Option<SlotReporter> {
-    let fd: i32 = std::env::var("BALANCER_REPORT_FD").ok()?.parse().ok()?;
-    let slot: u32 = std::env::var("BALANCER_SLOT").ok()?.parse().ok()?;
-    // SAFETY: the supervisor passed this fd for us to keep.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    match SlotReporter::new(fd, slot) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            log::warn!("not reporting load: {e:#}");
-            None
-        }
-    }
-}
-
-/// Counts a connection closed when the connection's task ends, however it ends.
-struct Open(Option<Rc<SlotReporter>>, Rc<std::cell::Cell<usize>>);
+/// Counts a connection open for as long as its task lives, however it ends.
+struct Open(Rc<std::cell::Cell<usize>>);
 
 impl Drop for Open {
     fn drop(&mut self) {
-        if let Some(r) = &self.0 {
-            r.closed();
-        }
-        self.1.set(self.1.get() - 1);
-    }
-}
-
-/// A connection that reports its close the moment the server starts closing it (before the FIN
-/// goes out), not when its task is dropped later: a client that reconnects as soon as it sees the
-/// close must already find this worker's load decremented. A connection that ends otherwise
-/// (reset, error) reports when dropped.
-struct Counted {
-    stream: tokio::net::TcpStream,
-    open: Option<Open>,
-}
-
-impl tokio::io::AsyncRead for Counted {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Counted {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.open.take(); // reports the close
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+        self.0.set(self.0.get() - 1);
     }
 }
 
@@ -192,13 +121,12 @@ pub fn run() -> Result<()> {
         return serve_udp();
     }
     let listener = inherited_listener()?;
-    let reporter = reporter().map(Rc::new);
     let slot = std::env::var("BALANCER_SLOT").unwrap_or_else(|_| "-".into());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, serve(listener, reporter, Rc::from(slot)))
+    local.block_on(&runtime, serve(listener, Rc::from(slot)))
 }
 
 /// Tells the supervisor this worker serves (systemd's READY=1), if it asked.
@@ -216,11 +144,7 @@ fn notify_ready() {
     }
 }
 
-async fn serve(
-    listener: std::net::TcpListener,
-    reporter: Option<Rc<SlotReporter>>,
-    slot: Rc<str>,
-) -> Result<()> {
+async fn serve(listener: std::net::TcpListener, slot: Rc<str>) -> Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     notify_ready();
@@ -230,14 +154,12 @@ async fn serve(
     // `last_call`: accepted while stopping, so it gets exactly one request and no graceful
     // shutdown (which would close it before its waiting request is even read).
     let start = |stream: tokio::net::TcpStream, last_call: bool| {
-        if let Some(r) = &reporter {
-            r.accepted();
-        }
-        let guard = Open(reporter.clone(), open.clone());
+        let guard = Open(open.clone());
         open.set(open.get() + 1);
         let slot = slot.clone();
         let mut stop = stop_rx.clone();
         tokio::task::spawn_local(async move {
+            let _guard = guard;
             let _ = stream.set_nodelay(true);
             // Requests begun on this connection: a stop must not close a connection whose
             // first request is waiting unread in the socket (hyper counts it as idle).
@@ -249,13 +171,7 @@ async fn serve(
             });
             let conn = http1::Builder::new()
                 .keep_alive(!last_call)
-                .serve_connection(
-                    TokioIo::new(Counted {
-                        stream,
-                        open: Some(guard),
-                    }),
-                    service,
-                );
+                .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             if last_call {
                 let _ = conn.await;

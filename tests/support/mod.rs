@@ -19,6 +19,9 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
+pub mod raw;
+pub mod truth;
+
 /// Moves the calling thread into a new network namespace with loopback up.
 pub fn netns() {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
@@ -97,10 +100,31 @@ impl Balancer {
         extra: &[&str],
         all_up: bool,
     ) -> Balancer {
+        Balancer::launch_under(&[], listen, addr, workers, extra, all_up)
+    }
+
+    /// Like [`Balancer::launch`], with `balancer` started through `prefix` (e.g.
+    /// `ip netns exec NAME`).
+    pub fn launch_under(
+        prefix: &[&str],
+        listen: &str,
+        addr: SocketAddr,
+        workers: u32,
+        extra: &[&str],
+        all_up: bool,
+    ) -> Balancer {
         let dir = scratch_dir();
         let control = dir.join("control.sock");
         let log = dir.join("balancer.log");
-        let child = Command::new(bin())
+        let mut command = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = command
             .args(["run", "--listen", listen, "--workers", &workers.to_string()])
             .arg("--control")
             .arg(&control)
@@ -305,6 +329,15 @@ impl KeepAlive {
         Ok(KeepAlive {
             stream,
             slot: reply.slot,
+        })
+    }
+
+    /// Connects and sends nothing: a connection that may wait in a queue, its slot unknown
+    /// (`u32::MAX`).
+    pub fn open_unanswered(addr: SocketAddr) -> Result<KeepAlive> {
+        Ok(KeepAlive {
+            stream: connect(addr)?,
+            slot: u32::MAX,
         })
     }
 
@@ -541,6 +574,17 @@ impl Load {
     }
 }
 
+/// Runs `balancer ARGS --control ...` on a thread of its own (a reload or scale that takes a
+/// while); join the handle for its output.
+pub fn ctl_in_background(
+    b: &Balancer,
+    args: &[&str],
+) -> std::thread::JoinHandle<std::process::Output> {
+    let mut command = Command::new(bin());
+    command.args(args).arg("--control").arg(&b.control);
+    std::thread::spawn(move || command.output().unwrap())
+}
+
 /// Sends a control request through the CLI, as a user would, and returns its answer.
 pub fn ctl(b: &Balancer, args: &[&str]) -> String {
     let out = Command::new(bin())
@@ -564,7 +608,7 @@ pub fn crash_looping_slot_0(workers: u32, code: i32, extra: &[&str]) -> Balancer
         "if [ \"$BALANCER_SLOT\" = 0 ]; then echo boom >&2; exit {code}; fi; exec {} worker",
         bin().display()
     );
-    let mut args = vec!["--load-from", "worker", "--restart-delay", "0.05"];
+    let mut args = vec!["--restart-delay", "0.05"];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--", "sh", "-c", &script]);
     let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();

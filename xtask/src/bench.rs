@@ -41,9 +41,9 @@ fn private_netns() -> Result<()> {
     Ok(())
 }
 
-struct Running {
+pub(crate) struct Running {
     child: Child,
-    control: PathBuf,
+    pub(crate) control: PathBuf,
 }
 
 impl Running {
@@ -51,15 +51,18 @@ impl Running {
         Running::start_with(bin, port, workers, policy, &[])
     }
 
-    fn start_with(
+    pub(crate) fn start_with(
         bin: &Path,
         port: u16,
         workers: u32,
         policy: &str,
         extra: &[&str],
     ) -> Result<Running> {
-        let control =
-            std::env::temp_dir().join(format!("balancer-bench-{}-{port}.sock", std::process::id()));
+        // A private directory: the balancer refuses a control socket where others may write.
+        let dir = std::env::temp_dir().join(format!("balancer-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let control = dir.join(format!("{port}.sock"));
         let child = Command::new(bin)
             .args([
                 "run",
@@ -68,7 +71,12 @@ impl Running {
                 "--workers",
                 &workers.to_string(),
             ])
-            .args(["--policy", policy, "--backlog", "128", "--metrics", "off"])
+            .args(["--policy", policy, "--metrics", "off"])
+            .args(if extra.contains(&"--backlog") {
+                &[][..]
+            } else {
+                &["--backlog", "128"][..]
+            })
             .args(extra)
             .arg("--control")
             .arg(&control)
@@ -92,7 +100,7 @@ impl Running {
         bail!("balancer with {workers} workers did not come up")
     }
 
-    fn status(&self) -> Result<serde_json::Value> {
+    pub(crate) fn status(&self) -> Result<serde_json::Value> {
         let mut s = std::os::unix::net::UnixStream::connect(&self.control)?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         s.write_all(b"status\n")?;
@@ -296,6 +304,9 @@ pub struct CostRow {
     pub policy: &'static str,
     pub runs: u64,
     pub ns_per_run: f64,
+    /// Close-tracker time per connection (all its runs, both ends of each loopback connection).
+    pub tracker_ns_per_connection: f64,
+    pub tracker_runs_per_connection: f64,
 }
 
 fn selection_cost(bin: &Path, quick: bool) -> Result<Vec<CostRow>> {
@@ -320,11 +331,14 @@ fn selection_cost(bin: &Path, quick: bool) -> Result<Vec<CostRow>> {
             if runs == 0 {
                 bail!("the kernel counted no runs: is kernel.bpf_stats_enabled on?");
             }
+            let connections = requests as f64;
             rows.push(CostRow {
                 slots,
                 policy,
                 runs,
                 ns_per_run: ns as f64 / runs as f64,
+                tracker_ns_per_connection: d("tracker_run_time_ns") as f64 / connections,
+                tracker_runs_per_connection: d("tracker_run_count") as f64 / connections,
             });
         }
     }
@@ -393,17 +407,23 @@ pub fn run(bin: &Path, root: &Path, quick: bool, out: &Path) -> Result<()> {
          count over the measured requests, one new connection each, 4 client threads, built-in workers. \
          `hash` runs the same program, which returns at once: the fixed cost of running a program at \
          all. At most 32 slots are examined per selection (a random window beyond 32 slots), so the cost \
-         stops growing past 32 slots.\n\n",
+         stops growing past 32 slots. A least-loaded selection also records the connection in the flow \
+         table (one LRU hash insert), which the close tracker removes at the close. The close tracker \
+         runs on every TCP state change on the host; its column is its total time divided by the \
+         connections, both ends of each loopback connection included (a remote client's end would not \
+         count). Under `hash` nothing is recorded, so the tracker only filters.\n\n",
     );
-    md.push_str("| slots | policy | runs | ns per selection | vs `hash` at the same size |\n|---:|---|---:|---:|---:|\n");
+    md.push_str("| slots | policy | runs | ns per selection | vs `hash` at the same size | close tracker ns per connection (runs) |\n|---:|---|---:|---:|---:|---:|\n");
     for r in &rows {
         md.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {:.2}x |\n",
+            "| {} | {} | {} | {:.0} | {:.2}x | {:.0} ({:.1}) |\n",
             r.slots,
             r.policy,
             r.runs,
             r.ns_per_run,
-            r.ns_per_run / base(r.slots)
+            r.ns_per_run / base(r.slots),
+            r.tracker_ns_per_connection,
+            r.tracker_runs_per_connection
         ));
     }
     md.push_str(
@@ -424,6 +444,9 @@ pub fn run(bin: &Path, root: &Path, quick: bool, out: &Path) -> Result<()> {
             p.policy, p.counts, p.cv, p.busy_share, p.during_block
         ));
     }
+    eprintln!("bench: drift soak");
+    let drift = crate::drift::soak(bin, quick)?;
+    md.push_str(&crate::drift::markdown(&drift));
     let peers = peers(bin, root, quick)?;
     md.push_str(&peers_markdown(&peers));
     md.push_str("\n![Latency CDF per peer](bench-latency-cdf.png)\n\n![Per-worker distribution](bench-distribution.png)\n");
@@ -436,7 +459,8 @@ pub fn run(bin: &Path, root: &Path, quick: bool, out: &Path) -> Result<()> {
     plots(&peers, out)?;
     let json: Vec<_> = rows
         .iter()
-        .map(|r| serde_json::json!({"slots": r.slots, "policy": r.policy, "runs": r.runs, "ns_per_run": r.ns_per_run}))
+        .map(|r| serde_json::json!({"slots": r.slots, "policy": r.policy, "runs": r.runs, "ns_per_run": r.ns_per_run,
+            "tracker_ns_per_connection": r.tracker_ns_per_connection, "tracker_runs_per_connection": r.tracker_runs_per_connection}))
         .collect();
     std::fs::write(out.join("benchmarks.md"), &md)?;
     std::fs::write(
@@ -452,6 +476,12 @@ pub fn run(bin: &Path, root: &Path, quick: bool, out: &Path) -> Result<()> {
                 "p999_ms": percentile(&p.latencies_ms, 0.999), "max_ms": p.latencies_ms.last(),
                 "stuck_share": p.stuck_share, "stuck_p99_ms": p.stuck_p99_ms,
             })).collect::<Vec<_>>(),
+            "drift": {
+                "seconds": drift.seconds, "requests": drift.requests, "failed": drift.failed,
+                "max_error": drift.max_error, "p99_error": drift.p99_error,
+                "corrections": drift.corrections, "converge_ms": drift.converge_ms,
+                "faults": drift.faults.iter().map(|(k, n)| serde_json::json!({"fault": k, "count": n})).collect::<Vec<_>>(),
+            },
             "policies": policies.iter().map(|p| serde_json::json!({
                 "policy": p.policy, "counts": p.counts, "cv": p.cv,
                 "busy_share": p.busy_share, "connections_during_block": p.during_block,

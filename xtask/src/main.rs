@@ -4,6 +4,7 @@
 //! that the two commands in the README work on a fresh machine.
 
 mod bench;
+mod drift;
 mod peers;
 mod setup;
 
@@ -110,6 +111,7 @@ fn run(task: Task) -> Result<()> {
         Task::Test { args } => {
             cargo(&env, &["fmt", "--all", "--", "--check"]).context("run `cargo fmt --all`")?;
             cargo(&env, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            clippy_ebpf(&env)?;
             cargo(&env, &["build", "-p", "balancer"])?;
             let bin = root().join("target/debug/balancer");
             let mut test = vec!["test", "--", "--test-threads=2"];
@@ -125,7 +127,13 @@ fn run(task: Task) -> Result<()> {
             }
             // The benchmark is no pass/fail test, but it must keep running: --quick once,
             // written outside docs/.
-            if std::env::var_os("BALANCER_SKIP_BENCH_SMOKE").is_none() {
+            let skip = std::env::var_os("BALANCER_SKIP_BENCH_SMOKE").is_some();
+            if skip && std::env::var_os("CI").is_some() {
+                bail!("BALANCER_SKIP_BENCH_SMOKE is set under CI: the benchmark smoke run must run there; unset it");
+            }
+            if skip {
+                eprintln!("xtask: BALANCER_SKIP_BENCH_SMOKE is set: benchmark smoke run skipped");
+            } else {
                 cargo(&env, &["build", "--release", "-p", "balancer"])?;
                 let out = root().join("target/bench-smoke");
                 bench::run(&root().join("target/release/balancer"), &root(), true, &out)
@@ -145,6 +153,33 @@ fn root() -> std::path::PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+/// Lints the eBPF crate for the BPF target, with the toolchain and flags that build it.
+fn clippy_ebpf(env: &setup::Env) -> Result<()> {
+    let status = env
+        .command("cargo")
+        .arg(format!("+{}", env.toolchain))
+        .args([
+            "clippy",
+            "-p",
+            "balancer-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["-Z", "build-std=core", "--target-dir"])
+        .arg(root().join("target/ebpf-clippy"))
+        .args(["--", "-D", "warnings"])
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            ["--cfg=bpf_target_arch=\"x86_64\"", "-Ctarget-cpu=v3"].join("\x1f"),
+        )
+        .current_dir(root())
+        .status()?;
+    if !status.success() {
+        bail!("clippy found problems in balancer-ebpf");
+    }
+    Ok(())
 }
 
 fn cargo(env: &setup::Env, args: &[&str]) -> Result<()> {

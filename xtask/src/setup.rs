@@ -24,12 +24,14 @@ const BUILD_PACKAGES: &[&str] = &[
     "libxml2-dev",
 ];
 /// What the tests and the benchmark use, installed only for them: a real Prometheus, podman
-/// for the image test, the benchmark's peers (nginx, HAProxy), Node.js for the examples.
+/// for the image test, systemd-analyze for the unit, the benchmark's peers (nginx, HAProxy),
+/// Node.js for the examples.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "prometheus",
     "podman",
     "runc",
+    "systemd",
     "nginx-light",
     "haproxy",
 ];
@@ -47,7 +49,7 @@ const PIP_PACKAGES: &[(&[&str], &str)] = &[
 
 /// The environment later commands run in.
 pub struct Env {
-    toolchain: String,
+    pub toolchain: String,
     path: std::ffi::OsString,
 }
 
@@ -168,6 +170,23 @@ pub fn ensure(for_tests: bool) -> Result<Env> {
             "component",
             "add",
             "rust-src",
+            "--toolchain",
+            &toolchain,
+        ]))?;
+    }
+    if for_tests
+        && quiet(
+            Command::new("cargo")
+                .arg(format!("+{toolchain}"))
+                .args(["clippy", "--version"]),
+        )
+        .is_none()
+    {
+        // `cargo xtask test` lints the eBPF crate with the toolchain that builds it.
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "clippy",
             "--toolchain",
             &toolchain,
         ]))?;

@@ -1,0 +1,293 @@
+//! The load accounting: what the program steers by, and how it is kept true.
+//!
+//! Each slot's load is `assigned - closed`, two monotonic counters in the slot's `SLOTS` entry.
+//! The kernel side writes them on the fast path: the steering program adds to `assigned` at a
+//! connection's first SYN, the close tracker adds to `closed` when the server side of that
+//! connection closes, and the migrate path moves a queued connection's count with it.
+//!
+//! The invariant: a slot's load equals the connections the kernel holds for it, that is the
+//! connections waiting in its listener's accept queue plus the connections open in its
+//! worker's (and its retiring predecessor's) file descriptor tables. Between two connection
+//! events the fast path keeps it exactly; what the fast path cannot see (a handshake the client
+//! abandoned, a connection placed by the kernel's hash while the `hash` policy or a fallback was
+//! in force, a record evicted from a full `FLOWS` table) this module repairs: every `--reconcile-interval` it reads the kernel's truth for
+//! each slot and compares.
+//!
+//! A reading races live selections: a SYN counted but not yet queued, a connection accepted
+//! between the two reads. So a difference is corrected only when two consecutive readings
+//! agree on its sign, and only by the smaller of the two: a transient never survives a second
+//! reading taken an interval later, a real drift does. Corrections are atomic adds to one
+//! counter or the other, never stores, so no concurrent increment by the programs is lost.
+//! This module is the only user-space writer of the counters.
+
+use std::collections::HashSet;
+
+use balancer_common::Slot;
+
+use crate::shared::Mapped;
+
+/// A correction of at least this many connections is logged as a warning.
+const LARGE: u64 = 8;
+
+/// What the kernel holds for one slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Truth {
+    /// Connections waiting in the slot's accept queue.
+    pub queued: u64,
+    /// Connections open in the slot's worker processes.
+    pub held: u64,
+}
+
+impl Truth {
+    pub fn total(self) -> u64 {
+        self.queued + self.held
+    }
+}
+
+/// The books of one slot between readings.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Book {
+    /// `load - truth` at the previous reading, if there was one since the last correction.
+    previous: Option<i64>,
+    /// Connections added or removed by corrections, in total.
+    pub corrections: u64,
+    /// The truth at the last reading.
+    pub truth: Truth,
+}
+
+/// The amount to move a slot's load by, given the difference (`load - truth`) at the previous
+/// reading and now: nothing unless both readings are off in the same direction, and then the
+/// smaller difference, negated. Pure, so that the rule is tested apart from any kernel.
+pub fn correction(previous: Option<i64>, now: i64) -> i64 {
+    match previous {
+        Some(p) if p > 0 && now > 0 => -p.min(now),
+        Some(p) if p < 0 && now < 0 => -p.max(now),
+        _ => 0,
+    }
+}
+
+/// The counted load of `slot`, signed: negative when `closed` ran ahead of `assigned`.
+fn counted(slots: &Mapped<Slot>, slot: u32) -> i64 {
+    slots.assigned(slot).wrapping_sub(slots.closed(slot)) as i64
+}
+
+/// The books of every slot.
+#[derive(Default)]
+pub struct Accounting {
+    books: Vec<Book>,
+}
+
+impl Accounting {
+    pub fn book(&self, slot: u32) -> Book {
+        self.books.get(slot as usize).copied().unwrap_or_default()
+    }
+
+    /// Gives `slot` a zero load and fresh books: a slot that joins (scale up) or leaves (scale
+    /// down) starts from nothing, whatever its index counted before.
+    pub fn reset(&mut self, slots: &Mapped<Slot>, slot: u32) {
+        adjust(slots, slot, -counted(slots, slot));
+        if let Some(b) = self.books.get_mut(slot as usize) {
+            *b = Book::default();
+        }
+    }
+
+    /// Compares each slot's load with `truth` (indexed by slot; None where it could not be
+    /// read) and corrects what two readings agree on. Returns the corrections made, as (slot,
+    /// amount).
+    pub fn reconcile(&mut self, slots: &Mapped<Slot>, truth: &[Option<Truth>]) -> Vec<(u32, i64)> {
+        self.books.resize_with(truth.len(), Book::default);
+        let mut made = Vec::new();
+        for (i, (book, t)) in self.books.iter_mut().zip(truth).enumerate() {
+            let slot = i as u32;
+            let Some(t) = t else {
+                // Unknown is not zero: no correction, and the next reading starts afresh.
+                book.previous = None;
+                continue;
+            };
+            let now = counted(slots, slot) - t.total() as i64;
+            book.truth = *t;
+            let amount = correction(book.previous, now);
+            if amount == 0 {
+                book.previous = (now != 0).then_some(now);
+                continue;
+            }
+            adjust(slots, slot, amount);
+            book.previous = None;
+            book.corrections += amount.unsigned_abs();
+            made.push((slot, amount));
+            if amount.unsigned_abs() >= LARGE {
+                log::warn!(
+                    "slot {slot}: load corrected by {amount:+} to match the kernel ({} queued, {} open)",
+                    t.queued,
+                    t.held
+                );
+            } else {
+                log::debug!("slot {slot}: load corrected by {amount:+}");
+            }
+        }
+        made
+    }
+}
+
+/// Moves `slot`'s load by `amount` with an atomic add to one of its counters.
+fn adjust(slots: &Mapped<Slot>, slot: u32, amount: i64) {
+    if amount > 0 {
+        slots.add_assigned(slot, amount as u64);
+    } else if amount < 0 {
+        slots.add_closed(slot, amount.unsigned_abs());
+    }
+}
+
+/// The inodes of this network namespace's TCP sockets on local `port` that a worker may hold
+/// open and the close tracker has not counted closed: ESTABLISHED and CLOSE_WAIT. Asked of
+/// sock_diag with the states as a filter, so the kernel skips every other socket (a busy port
+/// has far more in TIME_WAIT) before anything is copied out.
+pub fn open_sockets(port: u16) -> std::io::Result<HashSet<u64>> {
+    use netlink_packet_core::{
+        NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+    };
+    use netlink_packet_sock_diag::{
+        constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+        inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+        SockDiagMessage,
+    };
+    use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut open = HashSet::new();
+    for (family, id) in [
+        (AF_INET, SocketId::new_v4()),
+        (AF_INET6, SocketId::new_v6()),
+    ] {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let mut request = NetlinkMessage::new(
+            header,
+            SockDiagMessage::InetRequest(InetRequest {
+                family,
+                protocol: IPPROTO_TCP,
+                extensions: ExtensionFlags::empty(),
+                states: StateFlags::ESTABLISHED | StateFlags::CLOSE_WAIT,
+                socket_id: id,
+            })
+            .into(),
+        );
+        request.finalize();
+        let mut buf = vec![0; request.buffer_len()];
+        request.serialize(&mut buf);
+        socket.send(&buf, 0)?;
+        let mut answer = vec![0u8; 1 << 16];
+        'dump: loop {
+            let size = socket.recv(&mut &mut answer[..], 0)?;
+            let mut offset = 0;
+            while offset < size {
+                let message = NetlinkMessage::<SockDiagMessage>::deserialize(&answer[offset..size])
+                    .map_err(|e| std::io::Error::other(format!("sock_diag answer: {e}")))?;
+                match message.payload {
+                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r))
+                        if r.header.socket_id.source_port == port && r.header.inode != 0 =>
+                    {
+                        open.insert(r.header.inode as u64);
+                    }
+                    NetlinkPayload::Done(_) => break 'dump,
+                    // A kernel without IPv6 answers the AF_INET6 dump with an error.
+                    NetlinkPayload::Error(_) => break 'dump,
+                    _ => {}
+                }
+                if message.header.length == 0 {
+                    break;
+                }
+                offset += message.header.length as usize;
+            }
+        }
+    }
+    Ok(open)
+}
+
+/// Connections open in each slot's worker processes (`pids[slot]`: the worker and, during a
+/// reload, its predecessor), for the slots of a group on `port`; None for a slot whose
+/// processes' descriptors (or the port's sockets) could not be read. Reads /proc and sock_diag: meant for a blocking
+/// thread, not the supervisor's event loop.
+pub fn held(port: u16, pids: &[Vec<i32>]) -> Vec<Option<u64>> {
+    match open_sockets(port) {
+        Ok(open) => pids.iter().map(|p| held_by(p, &open)).collect(),
+        Err(e) => {
+            // Unknown for every slot: the supervisor says so once.
+            log::debug!("cannot list the open connections (sock_diag): {e}");
+            vec![None; pids.len()]
+        }
+    }
+}
+
+/// How many of `open` the processes `pids` and their descendants hold, each socket once; None
+/// if a live process's descriptors cannot be read (the kernel lets a process read another's
+/// only if it may trace it: same account and no capability the reader lacks, or
+/// CAP_SYS_PTRACE).
+pub fn held_by(pids: &[i32], open: &HashSet<u64>) -> Option<u64> {
+    let mut seen = HashSet::new();
+    let mut todo: Vec<i32> = pids.to_vec();
+    let mut visited = HashSet::new();
+    while let Some(pid) = todo.pop() {
+        if !visited.insert(pid) {
+            continue;
+        }
+        // A process may exit under us: what it held is then closed, and counts nothing.
+        let Ok(process) = procfs::process::Process::new(pid) else {
+            continue;
+        };
+        let fds = match process.fd() {
+            Ok(fds) => fds,
+            Err(procfs::ProcError::NotFound(_)) => continue,
+            Err(e) => {
+                log::debug!("cannot read the descriptors of process {pid}: {e}");
+                return None;
+            }
+        };
+        {
+            for fd in fds.flatten() {
+                if let procfs::process::FDTarget::Socket(inode) = fd.target {
+                    if open.contains(&inode) {
+                        seen.insert(inode);
+                    }
+                }
+            }
+        }
+        if let Ok(tasks) = process.tasks() {
+            for task in tasks.flatten() {
+                if let Ok(children) = task.children() {
+                    todo.extend(children.into_iter().map(|c| c as i32));
+                }
+            }
+        }
+    }
+    Some(seen.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::correction;
+
+    #[test]
+    fn a_single_reading_corrects_nothing() {
+        assert_eq!(correction(None, 5), 0);
+        assert_eq!(correction(None, -5), 0);
+    }
+
+    #[test]
+    fn two_readings_off_the_same_way_correct_the_smaller_difference() {
+        assert_eq!(correction(Some(3), 5), -3, "too high: remove what both saw");
+        assert_eq!(correction(Some(7), 2), -2);
+        assert_eq!(correction(Some(-4), -1), 1, "too low: add what both saw");
+        assert_eq!(correction(Some(-1), -6), 1);
+    }
+
+    #[test]
+    fn readings_that_disagree_correct_nothing() {
+        // One connection in its handshake at one reading, one just accepted at the next.
+        assert_eq!(correction(Some(1), -1), 0);
+        assert_eq!(correction(Some(-2), 3), 0);
+        assert_eq!(correction(Some(4), 0), 0);
+    }
+}

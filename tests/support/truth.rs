@@ -1,0 +1,85 @@
+//! Checks of the true-load invariant: every slot's load equals what the kernel holds for it
+//! (connections in its accept queue plus connections open in its worker), and balance follows.
+
+use std::time::{Duration, Instant};
+
+use crate::{get, histogram, share_while_blocked, Balancer};
+
+/// How long after quiescence the loads must be true.
+pub const CONVERGE: Duration = Duration::from_secs(2);
+
+/// The program's counter `name` (`selected`, `followed`, `not_a_syn`, ...).
+pub fn program(b: &Balancer, name: &str) -> u64 {
+    b.status().unwrap()["program"][name].as_u64().unwrap_or(0)
+}
+
+/// Connections the reconciliation corrected, over all slots.
+pub fn corrections(b: &Balancer) -> u64 {
+    b.per_slot("corrections").iter().sum()
+}
+
+/// What converged: how long it took and the largest |load - want| seen on the way.
+#[derive(Debug)]
+pub struct Converged {
+    pub after: Duration,
+    pub worst: u64,
+}
+
+/// Waits until each slot's load equals `want[slot]`, and equals what the balancer itself reads
+/// from the kernel (`queued + open`), then checks that it stays so for half a second. Panics,
+/// with the status, if that takes longer than `within`.
+pub fn converge(b: &Balancer, want: &[u64], within: Duration) -> Converged {
+    let begin = Instant::now();
+    let mut worst = 0;
+    let mut since: Option<Instant> = None;
+    loop {
+        let s = b.status().unwrap();
+        let slots = s["slots"].as_array().unwrap();
+        let load: Vec<u64> = slots.iter().map(|x| x["load"].as_u64().unwrap()).collect();
+        let kernel: Vec<u64> = slots
+            .iter()
+            .map(|x| x["queued"].as_u64().unwrap() + x["open"].as_u64().unwrap())
+            .collect();
+        for (l, w) in load.iter().zip(want) {
+            worst = worst.max(l.abs_diff(*w));
+        }
+        if load == want && kernel == want {
+            let t = *since.get_or_insert_with(Instant::now);
+            if t.elapsed() >= Duration::from_millis(500) {
+                return Converged {
+                    after: t - begin,
+                    worst,
+                };
+            }
+        } else {
+            assert!(
+                since.is_none(),
+                "loads {load:?} left {want:?} after reaching them (kernel: {kernel:?}); status: {s}"
+            );
+            assert!(
+                begin.elapsed() < within,
+                "loads {load:?} (kernel: {kernel:?}) did not reach {want:?} within {within:?}; status: {s}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Balance on a two-worker balancer works as on a fresh one: 400 connections one at a time split
+/// within 15% of even, and a worker held for 2 s receives under 2% of the new connections.
+pub fn balance_recovers(b: &Balancer) {
+    let replies: Vec<_> = (0..400).map(|_| get(b.addr, "/").unwrap()).collect();
+    let h = histogram(&replies, 2);
+    assert!(
+        h.iter().all(|&n| (170..=230).contains(&n)),
+        "400 sequential connections split {h:?} (even: 200/200); status: {}",
+        b.status().unwrap()
+    );
+    let (share, n) = share_while_blocked(b.addr, 2, "/work?ms=");
+    assert!(
+        share < 0.02,
+        "the held worker received {share:.3} of {n} new connections; status: {}",
+        b.status().unwrap()
+    );
+    eprintln!("balance: sequential split {h:?}, held worker's share {share:.3} of {n}");
+}

@@ -16,6 +16,14 @@ fn blocked_share(port: u16, command: &[&str], policy: &str) -> (f64, usize) {
     // Every interpreter serving (until then connections wait in the queues): one keep-alive
     // connection answered by each of the 4.
     drop(one_per_slot(b.addr, 4));
+    // A sync worker answers one connection at a time: until each has closed its warm-up
+    // connection (its load 1, truly) and is back in rotation, a new connection may have no
+    // free worker to go to and wait behind a kept-alive one.
+    b.wait_for(
+        Duration::from_secs(10),
+        "every worker up and idle after the warm-up",
+        |s| all_idle(s) && all_up(s),
+    );
     let r = share_while_blocked(b.addr, 4, "/block?ms=");
     // Every connection closed, counted by the kernel: loads back to exactly 0.
     b.wait_for(Duration::from_secs(10), "loads back to 0", all_idle);

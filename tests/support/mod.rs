@@ -147,9 +147,7 @@ impl Balancer {
             }
             if let Ok(s) = b.status() {
                 let slots = s["slots"].as_array().unwrap();
-                if slots.len() == workers as usize
-                    && (!all_up || slots.iter().all(|s| s["state"] == "up"))
-                {
+                if slots.len() == workers as usize && (!all_up || self::all_up(&s)) {
                     return b;
                 }
             }
@@ -240,6 +238,12 @@ pub fn all_idle(status: &Value) -> bool {
     status["slots"]
         .as_array()
         .is_some_and(|slots| slots.iter().all(|x| x["load"] == 0))
+}
+
+pub fn all_up(status: &Value) -> bool {
+    status["slots"]
+        .as_array()
+        .is_some_and(|slots| slots.iter().all(|x| x["state"] == "up"))
 }
 
 /// A parsed reply of the built-in worker.

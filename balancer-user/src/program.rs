@@ -289,3 +289,20 @@ fn is_permission_error(e: &aya::EbpfError) -> bool {
     let s = format!("{e:?}");
     s.contains("EPERM") || s.contains("Operation not permitted") || s.contains("PermissionDenied")
 }
+
+/// Copies the program's records into the supervisor's log as they arrive.
+pub async fn forward_log(log: ProgramLog) {
+    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd lives.
+    let Ok(mut fd) = (unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(log, tokio::io::Interest::READABLE)
+    }) else {
+        return;
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}

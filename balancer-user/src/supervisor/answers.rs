@@ -1,0 +1,115 @@
+//! What the supervisor answers: `status` (the control socket), /metrics and /readyz scrapes,
+//! and the two live settings, the policy and a slot's weight.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt as _;
+
+use balancer_common::{stats, Policy};
+
+use super::Supervisor;
+use crate::{
+    control::{SlotStatus, Status},
+    metrics::{self, Ask},
+};
+
+impl Supervisor {
+    pub(super) fn status(&self) -> Status {
+        let stats = self.steering.stats();
+        let mut program = stats::NAMES
+            .iter()
+            .zip(stats)
+            .map(|(n, v)| (n.to_string(), v))
+            .collect::<BTreeMap<_, _>>();
+        // Non-zero only while kernel.bpf_stats_enabled=1.
+        let (run_time_ns, run_count) = self.steering.run_stats();
+        program.insert("run_time_ns".into(), run_time_ns);
+        program.insert("run_count".into(), run_count);
+        let (tracker_ns, tracker_runs) = self.steering.tracker_run_stats();
+        program.insert("tracker_run_time_ns".into(), tracker_ns);
+        program.insert("tracker_run_count".into(), tracker_runs);
+        let slots = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let i = i as u32;
+                let book = self.accounting.book(i);
+                let state = if s.given_up {
+                    "failed"
+                } else {
+                    self.steering.slots.state(i).name()
+                };
+                SlotStatus {
+                    slot: i,
+                    state: state.into(),
+                    pid: s.pid.map(|p| p.as_raw() as u32),
+                    load: self.steering.load_of(i),
+                    assigned: self.steering.slots.assigned(i),
+                    closed: self.steering.slots.closed(i),
+                    open: book.truth.held,
+                    corrections: book.corrections,
+                    queued: s.listener.queued().unwrap_or(0),
+                    restarts: s.restarts,
+                    stalls: s.stalls,
+                    uptime_seconds: s.started.map(|t| t.elapsed().as_secs_f64()),
+                    last_exit: s.last_exit.clone(),
+                    last_exit_code: s.last_status.and_then(|st| st.code()),
+                    last_exit_signal: s.last_status.and_then(|st| st.signal()),
+                }
+            })
+            .collect();
+        Status {
+            pid: std::process::id(),
+            listen: self.slots[0]
+                .listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            policy: self.steering.policy().name().into(),
+            command: self.command.display(),
+            slots,
+            program,
+        }
+    }
+
+    pub(super) fn answer(&self, ask: Ask) {
+        match ask {
+            Ask::Metrics(reply) => {
+                let _ = reply.send(metrics::render(metrics::Snapshot {
+                    status: self.status(),
+                    process: metrics::Process::read(),
+                }));
+            }
+            Ask::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    /// Switches the policy by rewriting the program's configuration: the next connection is
+    /// steered by the new policy; workers and open connections are untouched.
+    pub(super) fn set_policy(&mut self, policy: Policy) -> String {
+        if policy == Policy::Sticky {
+            self.steering.refresh_sticky(self.opts.workers);
+        }
+        match self.steering.configure(self.slots.len() as u32, policy) {
+            Ok(()) => {
+                log::info!("policy is now {}", policy.name());
+                serde_json::json!({ "policy": policy.name() }).to_string()
+            }
+            Err(e) => format!("error: {e:#}"),
+        }
+    }
+
+    pub(super) fn set_weight(&mut self, slot: u32, weight: u32) -> String {
+        if slot as usize >= self.slots.len() {
+            return format!(
+                "error: no slot {slot}: slots are 0 to {}",
+                self.slots.len() - 1
+            );
+        }
+        self.steering.slots.set_weight(slot, weight);
+        log::info!("slot {slot}: weight {weight}");
+        serde_json::json!({ "slot": slot, "weight": weight }).to_string()
+    }
+}

@@ -1,0 +1,357 @@
+//! The supervisor: owns the listeners and the programs, starts one worker per slot, restarts
+//! workers that exit, answers the control socket, and stops everything in order.
+//!
+//! # One loop, one dispatcher
+//!
+//! Everything the supervisor does is an answer to one input at a time from its [`Inbox`]: a
+//! worker exited, a restart delay ran out, a worker said READY=1, a reading of what the kernel
+//! holds came back, a control request, a metrics scrape, a signal, a timer tick.
+//! [`Supervisor::handle`] is the one place that decides what an input means, and every phase
+//! hears every input through it:
+//!
+//! - **serving**: the ordinary state. A `reload` or `scale` request (or SIGHUP) starts that
+//!   operation; SIGINT, SIGTERM or `stop` stops.
+//! - **busy**: a [`reload`] or [`scale`] is under way. It waits for its workers through
+//!   [`Supervisor::pump`], which goes on handling inputs: a worker that dies is restarted,
+//!   `status` answers, and a signal or `stop` cuts the operation short (systemd's stop timeout
+//!   never has to wait for a reload). Requests that would start another operation are refused
+//!   as busy.
+//! - **stopping**: the workers got SIGTERM ([`shutdown`]); exits are reaped, `status` still
+//!   answers, a second Ctrl-C kills what is left.
+//!
+//! # Rooms
+//!
+//! [`slot`]: one slot's lifecycle (start, ready, exit, backoff, restart). [`readiness`]: the
+//! READY=1 protocol. [`reload`] and [`scale`]: the two operations that replace or add and remove
+//! workers. [`truth`]: reading what the kernel holds, for the [accounting](crate::accounting).
+//! [`stalls`]: taking a worker that stopped accepting out of rotation. [`answers`]: status,
+//! metrics, policy and weight. [`shutdown`]: the ordered stop.
+//!
+//! It runs on a single thread. Besides being all it needs, this matters for correctness: a
+//! child's `PR_SET_PDEATHSIG` fires when the *thread* that forked it exits, so every fork must
+//! come from a thread that lives as long as the supervisor.
+
+mod answers;
+mod inbox;
+mod readiness;
+mod reload;
+mod scale;
+mod shutdown;
+mod slot;
+mod stalls;
+mod truth;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Result;
+use balancer_common::{Policy, SlotState};
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    accounting::Accounting,
+    backoff, capabilities,
+    control::{self, Request},
+    listeners,
+    metrics::{self, Ask},
+    process::{self, WorkerCommand},
+    program::Steering,
+};
+use inbox::{Event, Inbox, Input};
+use slot::Slot;
+
+/// The answer to a reload or scale that a stop cut short.
+const STOPPED_MIDWAY: &str = "error: stopping: a signal or `stop` arrived, so this was cut short";
+
+/// The answer to a request that would start an operation while another is under way.
+const BUSY: &str = "error: busy: a reload or scale is under way; try again when it ends";
+
+/// The answer to any request but `status` once stopping.
+const STOPPING: &str = "{\"stopping\":true}";
+
+pub struct Options {
+    pub listen: SocketAddr,
+    pub workers: u32,
+    pub policy: Policy,
+    pub backlog: i32,
+    pub command: Option<Vec<std::ffi::OsString>>,
+    pub control: PathBuf,
+    pub kill_timeout: Duration,
+    /// How long a new worker gets to send READY=1 (NOTIFY_SOCKET) before it counts as ready
+    /// anyway: during a reload the previous worker of a slot stops only once its successor is
+    /// ready.
+    pub ready_timeout: Duration,
+    /// Slots replaced at once by a reload.
+    pub reload_batch: u32,
+    /// How long a worker may sit on a non-shrinking accept queue before it is taken out of
+    /// rotation; None: never.
+    pub stall_timeout: Option<Duration>,
+    pub backoff: backoff::Policy,
+    /// Where to serve /metrics, /healthz and /readyz; None for off.
+    pub metrics: Option<SocketAddr>,
+    /// Per-slot weights for the weighted policy; missing ones are 1.
+    pub weights: Vec<u32>,
+    /// TCP connections or UDP datagrams.
+    pub transport: listeners::Transport,
+    /// Connections the close tracker follows at once (the `FLOWS` table's size).
+    pub flows: u32,
+    /// How often the load is compared with what the kernel holds.
+    pub reconcile_interval: Duration,
+    /// The account workers run as; None: the supervisor's own (minus the BPF capabilities).
+    pub credentials: Option<process::Credentials>,
+}
+
+pub struct Supervisor {
+    opts: Options,
+    command: WorkerCommand,
+    steering: Steering,
+    slots: Vec<Slot>,
+    events: mpsc::UnboundedSender<Event>,
+    asks: mpsc::UnboundedSender<Ask>,
+    accounting: Accounting,
+    /// A reading of what the workers hold is under way.
+    reading_truth: bool,
+    /// The workers' descriptors could not be read once already (logged once).
+    warned_unreadable: bool,
+    /// A signal or `stop` arrived while a reload or scale was under way.
+    stop_requested: bool,
+    /// A reload or scale is under way: requests that would start another are refused.
+    busy: bool,
+    /// The supervisor is stopping its workers: it steers nothing and restarts nothing.
+    stopping: bool,
+}
+
+/// What the loop does after an input: most inputs are handled in place, the two operations
+/// that wait for workers run from the loop itself.
+enum Next {
+    Continue,
+    Reload(Option<oneshot::Sender<String>>),
+    Scale(u32, oneshot::Sender<String>),
+    /// A second interrupt while stopping: kill what is left.
+    KillNow,
+}
+
+/// Everything `balancer run` does, from checks to exit.
+pub fn run(opts: Options) -> Result<()> {
+    // Checks first: nothing is created until every input is known good.
+    listeners::check_count(opts.workers)?;
+    let command = match &opts.command {
+        Some(args) => WorkerCommand::resolve(args.clone())?,
+        None => WorkerCommand::builtin()?,
+    };
+    capabilities::require_bpf()?;
+    let workers_as_root = match opts.credentials {
+        Some(c) => c.uid == 0,
+        None => nix::unistd::geteuid().is_root(),
+    };
+    capabilities::require_worker_isolation(workers_as_root)?;
+    control::prepare_directory(&opts.control)?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ask_tx, ask_rx) = mpsc::unbounded_channel();
+        // Signals are caught from here on, before any worker starts.
+        let inbox = Inbox::new(rx, ask_rx, opts.reconcile_interval)?;
+        let mut sup = Supervisor::start(opts, command, tx, ask_tx).await?;
+        sup.serve(inbox).await
+    })
+}
+
+impl Supervisor {
+    async fn start(
+        opts: Options,
+        command: WorkerCommand,
+        events: mpsc::UnboundedSender<Event>,
+        asks: mpsc::UnboundedSender<Ask>,
+    ) -> Result<Supervisor> {
+        let group = listeners::bind_group(opts.listen, opts.transport, opts.workers, opts.backlog)?;
+        let mut steering = Steering::load(opts.flows)?;
+        for (i, l) in group.iter().enumerate() {
+            steering.insert(i as u32, l)?;
+            steering
+                .slots
+                .set_weight(i as u32, opts.weights.get(i).copied().unwrap_or(1));
+            steering.set_state(i as u32, SlotState::Down);
+        }
+        steering.configure(opts.workers, opts.policy)?;
+        if opts.transport == listeners::Transport::Tcp {
+            steering.track(group[0].local_addr()?.port())?;
+        }
+        steering.attach(&group[0])?;
+        let control = control::bind(&opts.control)?;
+        let metrics = match opts.metrics {
+            Some(addr) => match metrics::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&opts.control);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+
+        let slots = group
+            .into_iter()
+            .map(|listener| Slot::new(listener, opts.backoff))
+            .collect();
+        let mut sup = Supervisor {
+            opts,
+            command,
+            steering,
+            slots,
+            events,
+            asks,
+            accounting: Accounting::default(),
+            reading_truth: false,
+            warned_unreadable: false,
+            stop_requested: false,
+            busy: false,
+            stopping: false,
+        };
+        tokio::spawn(inbox::accept_control(control, sup.events.clone()));
+        if let Some(listener) = metrics {
+            tokio::spawn(metrics::serve(listener, sup.asks.clone()));
+        }
+        if let Some(log) = sup.steering.take_log() {
+            tokio::spawn(crate::program::forward_log(log));
+        }
+        for slot in 0..sup.slots.len() as u32 {
+            if let Err(e) = sup.start_worker(slot) {
+                // No half-started state: the workers already started go, and returning drops
+                // the listeners, which detaches the program.
+                sup.stopping = true;
+                sup.signal_all(Signal::SIGKILL);
+                let _ = std::fs::remove_file(&sup.opts.control);
+                return Err(e);
+            }
+        }
+        // Everything privileged is done: keep only what running the workers needs.
+        match capabilities::drop_to_runtime_set() {
+            Ok(()) => log::debug!("capabilities lowered to the runtime set"),
+            Err(e) => log::warn!("could not lower capabilities: {e}"),
+        }
+        sup.announce()?;
+        Ok(sup)
+    }
+
+    /// Says, once everything runs, where it serves and how to try it.
+    fn announce(&self) -> Result<()> {
+        let listen = self.slots[0].listener.local_addr()?;
+        let up: Vec<String> = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{i}:{}", s.pid.map_or(0, |p| p.as_raw())))
+            .collect();
+        log::info!(
+            "serving on {listen} with {} workers (slot:pid {}), policy {}, worker `{}`",
+            self.slots.len(),
+            up.join(" "),
+            self.opts.policy.name(),
+            self.command.display()
+        );
+        let try_it = match self.opts.transport {
+            listeners::Transport::Tcp => format!("curl http://{}/", try_addr(listen)),
+            listeners::Transport::Udp => {
+                format!(
+                    "echo hi | nc -u -w1 {} {}",
+                    try_addr(listen).rsplit_once(':').map_or("", |x| x.0),
+                    listen.port()
+                )
+            }
+        };
+        log::info!(
+            "try: {try_it}   status: balancer status --control {}   stop: Ctrl-C",
+            self.opts.control.display()
+        );
+        Ok(())
+    }
+
+    async fn serve(&mut self, mut inbox: Inbox) -> Result<()> {
+        while !self.stop_requested {
+            let input = inbox.next().await;
+            match self.handle(input) {
+                Next::Continue | Next::KillNow => {}
+                Next::Reload(reply) => {
+                    self.busy = true;
+                    let outcome = self.reload(&mut inbox).await;
+                    self.busy = false;
+                    match reply {
+                        Some(reply) => {
+                            let _ = reply.send(outcome);
+                        }
+                        None => log::info!("reload (SIGHUP): {outcome}"),
+                    }
+                }
+                Next::Scale(n, reply) => {
+                    self.busy = true;
+                    let outcome = self.scale(n, &mut inbox).await;
+                    self.busy = false;
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+        log::info!("stopping: no new connections are steered, workers get SIGTERM");
+        let clean = self.stop_with(&mut inbox).await;
+        if clean {
+            Ok(())
+        } else {
+            anyhow::bail!("some workers had to be killed after --kill-timeout")
+        }
+    }
+
+    /// What an input means, in whichever phase it arrives (see the module docs).
+    fn handle(&mut self, input: Input) -> Next {
+        match input {
+            Input::Event(Event::Exited {
+                slot,
+                generation,
+                status,
+            }) => self.on_exit(slot, generation, status),
+            Input::Event(Event::Restart { slot, generation }) => self.on_restart(slot, generation),
+            Input::Event(Event::Ready { slot, generation }) => self.on_ready(slot, generation),
+            Input::Event(Event::Held(held)) => self.on_held(held),
+            Input::Event(Event::Control(request, reply)) => return self.on_request(request, reply),
+            Input::Ask(ask) => self.answer(ask),
+            Input::Interrupt if self.stopping => return Next::KillNow,
+            Input::Interrupt | Input::Terminate => self.stop_requested = true,
+            Input::Hangup if self.stopping => {}
+            Input::Hangup if self.busy => {
+                log::info!("SIGHUP: a reload or scale is already under way")
+            }
+            Input::Hangup => return Next::Reload(None),
+            Input::StallTick => self.watch_stalls(),
+            Input::ReconcileTick => self.reconcile(),
+        }
+        Next::Continue
+    }
+
+    fn on_request(&mut self, request: Request, reply: oneshot::Sender<String>) -> Next {
+        let answer = match request {
+            Request::Status => serde_json::to_string(&self.status()).unwrap_or_default(),
+            _ if self.stopping => STOPPING.into(),
+            Request::Stop => {
+                self.stop_requested = true;
+                STOPPING.into()
+            }
+            _ if self.busy => BUSY.into(),
+            Request::Reload => return Next::Reload(Some(reply)),
+            Request::Scale(n) => return Next::Scale(n, reply),
+            Request::Policy(policy) => self.set_policy(policy),
+            Request::Weight { slot, weight } => self.set_weight(slot, weight),
+        };
+        let _ = reply.send(answer);
+        Next::Continue
+    }
+}
+
+fn try_addr(listen: SocketAddr) -> String {
+    if listen.ip().is_unspecified() {
+        format!("localhost:{}", listen.port())
+    } else {
+        listen.to_string()
+    }
+}

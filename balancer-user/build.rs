@@ -1,5 +1,5 @@
 //! Compiles the eBPF program (`balancer-ebpf`, for the BPF target, with the nightly toolchain
-//! and bpf-linker) into OUT_DIR, where `src/program.rs` embeds it. `cargo xtask setup` installs
+//! and bpf-linker) into OUT_DIR, where `src/kernel/mod.rs` embeds it. `cargo xtask setup` installs
 //! what this needs; `BALANCER_EBPF_TOOLCHAIN` names a toolchain other than `nightly`.
 //!
 //! This is what aya-build does, plus `-C target-cpu=v3`: the round-robin policy needs the value

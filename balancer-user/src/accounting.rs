@@ -24,7 +24,7 @@ use std::collections::HashSet;
 
 use balancer_common::Slot;
 
-use crate::shared::Mapped;
+use crate::kernel::Mapped;
 
 /// A correction of at least this many connections is logged as a warning.
 const LARGE: u64 = 8;

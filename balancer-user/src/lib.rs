@@ -1,11 +1,19 @@
 //! `balancer`: a supervisor that runs N workers on one port and an SK_REUSEPORT program that
 //! steers each new connection to the least-loaded one.
 //!
-//! One module per concept: [`listeners`] (the reuseport group), [`program`] (the eBPF programs
-//! and their maps), [`shared`] (the maps as shared memory), [`accounting`] (the load and how it
-//! is kept true), [`process`] (starting a worker),
-//! [`supervisor`] (the lifecycle), [`worker`] (the built-in worker), [`control`] (the control
-//! socket), [`backoff`] (restart pacing), [`capabilities`] (privilege checks).
+//! One module per concept, grouped by where it runs:
+//!
+//! - The command line: [`cli`] (the flags), [`config`] (a TOML file as flags), [`logging`].
+//! - The kernel: [`kernel`] (the steering program, the close tracker and each of their maps),
+//!   [`listeners`] (the reuseport group of listening sockets).
+//! - The supervisor: [`supervisor`] (one event loop over a slot's lifecycle, reload, scale and
+//!   stop) and the pure decisions it takes, each testable without a kernel: [`accounting`]
+//!   (the load and how it is kept true), [`backoff`] (restart pacing), [`stall`] (when a worker
+//!   has stopped accepting), [`sticky`] (the `sticky` policy's table).
+//! - Talking to it: [`control`] (the control socket's protocol, server and client, and `status
+//!   --watch`), [`metrics`] (Prometheus).
+//! - The workers: [`worker`] (starting one, and the built-in demo worker), [`capabilities`]
+//!   (what the supervisor needs and what workers never get).
 
 pub mod accounting;
 pub mod backoff;
@@ -13,14 +21,11 @@ pub mod capabilities;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod kernel;
 pub mod listeners;
 pub mod logging;
 pub mod metrics;
-pub mod process;
-pub mod program;
-pub mod shared;
 pub mod stall;
 pub mod sticky;
 pub mod supervisor;
-pub mod watch;
 pub mod worker;

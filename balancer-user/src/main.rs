@@ -3,7 +3,7 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::Result;
 use balancer::{
     cli::{Cli, Command, RunArgs},
-    control, listeners, logging, supervisor, watch, worker,
+    control, listeners, logging, supervisor, worker,
 };
 use clap::Parser as _;
 
@@ -41,12 +41,12 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => supervisor::run(options(*args)?),
-        Command::Worker => worker::run(),
+        Command::Worker => worker::builtin::run(),
         Command::Status {
             control,
             watch: true,
             json: false,
-        } => watch::run(&control),
+        } => control::watch::run(&control),
         Command::Status { control, json, .. } => {
             let answer = control::call(&control, "status")?;
             if json {
@@ -139,7 +139,7 @@ fn options(args: RunArgs) -> Result<supervisor::Options> {
         );
     }
     let credentials = match &args.user {
-        Some(user) => Some(balancer::process::Credentials::resolve(
+        Some(user) => Some(balancer::worker::spawn::Credentials::resolve(
             user,
             args.group.as_deref(),
         )?),

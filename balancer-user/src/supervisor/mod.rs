@@ -52,10 +52,10 @@ use crate::{
     accounting::Accounting,
     backoff, capabilities,
     control::{self, Request},
+    kernel::Steering,
     listeners,
     metrics::{self, Ask},
-    process::{self, WorkerCommand},
-    program::Steering,
+    worker::spawn::{self, WorkerCommand},
 };
 use inbox::{Event, Inbox, Input};
 use slot::Slot;
@@ -98,7 +98,7 @@ pub struct Options {
     /// How often the load is compared with what the kernel holds.
     pub reconcile_interval: Duration,
     /// The account workers run as; None: the supervisor's own (minus the BPF capabilities).
-    pub credentials: Option<process::Credentials>,
+    pub credentials: Option<spawn::Credentials>,
 }
 
 pub struct Supervisor {
@@ -216,7 +216,7 @@ impl Supervisor {
             tokio::spawn(metrics::serve(listener, sup.asks.clone()));
         }
         if let Some(log) = sup.steering.take_log() {
-            tokio::spawn(crate::program::forward_log(log));
+            tokio::spawn(crate::kernel::forward_log(log));
         }
         for slot in 0..sup.slots.len() as u32 {
             if let Err(e) = sup.start_worker(slot) {

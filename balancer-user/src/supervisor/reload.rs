@@ -10,7 +10,7 @@ use balancer_common::SlotState;
 use nix::{sys::signal::Signal, unistd::Pid};
 
 use super::{Inbox, Supervisor, STOPPED_MIDWAY};
-use crate::{backoff::Backoff, process::WorkerCommand};
+use crate::{backoff::Backoff, worker::spawn::WorkerCommand};
 
 const LOOK_AGAIN: Duration = Duration::from_millis(10);
 

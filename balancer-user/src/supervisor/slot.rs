@@ -17,8 +17,8 @@ use super::{inbox::Event, readiness, Supervisor};
 use crate::{
     backoff::{self, Backoff, Decision},
     listeners,
-    process::{self, Spawn},
     stall::StallWatch,
+    worker::spawn::{self, Spawn},
 };
 
 /// Restart delays from this long on move a dead worker's queue to live slots instead of
@@ -75,7 +75,7 @@ impl Supervisor {
             s.generation + 1
         );
         let notify = readiness::socket(&notify_name);
-        let child = process::spawn(
+        let child = spawn::spawn(
             &self.command,
             Spawn {
                 slot,

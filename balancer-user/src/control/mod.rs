@@ -5,6 +5,8 @@
 //! read within [`REQUEST_TIMEOUT`]. The answer is one line of JSON. Anything else gets an error
 //! line and the connection is closed; a client can neither crash nor stall the supervisor.
 
+pub mod watch;
+
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, Write as _},

@@ -25,7 +25,7 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 
-use crate::process::LISTEN_FD;
+use crate::worker::spawn::LISTEN_FD;
 
 /// Longest hold `/work` accepts, so that a typo cannot wedge a worker for hours.
 const MAX_WORK_MS: u64 = 60_000;

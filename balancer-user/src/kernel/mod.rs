@@ -1,0 +1,144 @@
+//! The kernel objects: the steering program, the close tracker and their maps, one file each.
+//!
+//! Loading runs the verifier over the program (it proves every path terminates and every map
+//! access is in bounds) and creates the maps. Attaching sets `SO_ATTACH_REUSEPORT_EBPF` on one
+//! listener, which installs the program for the listener's whole `SO_REUSEPORT` group: from then
+//! on the kernel asks it, for each new connection, which listener of the group gets it. The
+//! program stays attached until every socket of the group is closed (or it is detached), whether
+//! or not this process still holds the program's fd. The close tracker is a raw tracepoint:
+//! it stays attached while this process holds its link, and the kernel detaches it at exit.
+//!
+//! [`steering`]: the `SK_REUSEPORT` program, attached to the listeners, and the `CONFIG` it
+//! reads. [`tracker`]: the close tracker. The maps: [`sockets`] (`SOCKETS`, the listeners the
+//! program chooses among), [`slots`] (`SLOTS`, each slot's state, weight and counters),
+//! [`sticky`] (`STICKY`), [`stats`] (`STATS`, the program's own counters), [`log`] (the
+//! program's log records). [`mapped`]: how `SLOTS` and `STICKY` are shared memory.
+
+mod log;
+mod mapped;
+mod slots;
+mod sockets;
+mod stats;
+mod steering;
+mod sticky;
+mod tracker;
+
+use std::os::fd::AsFd;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::{
+    maps::{Array, MapData, PerCpuArray, ReusePortSockArray},
+    programs::{RawTracePoint, SkReuseport},
+    Ebpf, EbpfLoader,
+};
+use balancer_common::{maps as names, policy, Config, Slot};
+
+use crate::capabilities;
+pub use log::{forward_log, ProgramLog};
+pub use mapped::Mapped;
+pub use stats::ProgramStats;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer"));
+
+/// The loaded programs and their maps: everything the supervisor changes in the kernel goes
+/// through it.
+pub struct Steering {
+    // Keeps the program's fd; dropping it does not detach the program (see the module docs).
+    bpf: Ebpf,
+    logger: Option<ProgramLog>,
+    sockets: ReusePortSockArray<MapData>,
+    config: Array<MapData, Config>,
+    stats: PerCpuArray<MapData, u64>,
+    netns: Array<MapData, u64>,
+    pub slots: Mapped<Slot>,
+    sticky: Mapped<u64>,
+}
+
+impl Steering {
+    /// Loads both programs and creates their maps, with room for `flows` connections followed
+    /// at once. Fails with a one-line hint when the process lacks the capability to do so.
+    pub fn load(flows: u32) -> Result<Steering> {
+        let mut bpf = EbpfLoader::new()
+            .map_max_entries(names::FLOWS_MAP, flows)
+            .load(OBJECT)
+            .map_err(|e| {
+                if is_permission_error(&e) {
+                    anyhow!(capabilities::refused())
+                } else {
+                    anyhow!("cannot load the steering program: {e}")
+                }
+            })?;
+        // Must be taken before the program is loaded: it owns the log map the program uses.
+        let logger = aya_log::EbpfLogger::init(&mut bpf)
+            .map_err(|e| anyhow!("cannot set up the program's log records: {e}"))?;
+
+        let program: &mut SkReuseport = bpf
+            .program_mut(names::PROGRAM)
+            .context("the object file has no steering program")?
+            .try_into()?;
+        program
+            .load()
+            .map_err(|e| refused(e, "the steering program"))?;
+
+        // Loaded now, attached by `track`: loading resolves the program's map references,
+        // which needs every map's fd, and some are closed below once mapped into memory.
+        let tracker: &mut RawTracePoint = bpf
+            .program_mut(names::CLOSES_PROGRAM)
+            .context("the object file has no close tracker")?
+            .try_into()?;
+        tracker
+            .load()
+            .map_err(|e| refused(e, "the close tracker"))?;
+
+        let take = |bpf: &mut Ebpf, name: &str| {
+            bpf.take_map(name)
+                .with_context(|| format!("the object file has no map {name}"))
+        };
+        let sockets = ReusePortSockArray::try_from(take(&mut bpf, names::SOCKETS_MAP)?)?;
+        let config = Array::try_from(take(&mut bpf, names::CONFIG_MAP)?)?;
+        let stats = PerCpuArray::try_from(take(&mut bpf, names::STATS_MAP)?)?;
+        let slots_map = match take(&mut bpf, names::SLOTS_MAP)? {
+            aya::maps::Map::Array(m) => m,
+            _ => bail!("map {} is not an array", names::SLOTS_MAP),
+        };
+        let netns = Array::try_from(take(&mut bpf, names::NETNS_MAP)?)?;
+        let sticky_map = match take(&mut bpf, names::STICKY_MAP)? {
+            aya::maps::Map::Array(m) => m,
+            _ => bail!("map {} is not an array", names::STICKY_MAP),
+        };
+        let sticky = Mapped::with_len(sticky_map.fd().as_fd(), policy::STICKY_TABLE as usize)?;
+        drop(sticky_map);
+        let slots = Mapped::new(slots_map.fd().as_fd())?;
+        // The mapping keeps the map alive; the fd is not needed any more.
+        drop(slots_map);
+        Ok(Steering {
+            bpf,
+            logger: Some(logger),
+            sockets,
+            config,
+            stats,
+            netns,
+            slots,
+            sticky,
+        })
+    }
+}
+
+fn run_stats(info: Option<aya::programs::ProgramInfo>) -> (u64, u64) {
+    info.map_or((0, 0), |i| (i.run_time().as_nanos() as u64, i.run_count()))
+}
+
+/// The error for a program the kernel would not load: the capability hint when it is a
+/// permission refusal, the verifier's words otherwise.
+fn refused(e: aya::programs::ProgramError, what: &str) -> anyhow::Error {
+    if e.to_string().contains("Operation not permitted") {
+        anyhow!(capabilities::refused())
+    } else {
+        anyhow!("the kernel refused {what}: {e}")
+    }
+}
+
+fn is_permission_error(e: &aya::EbpfError) -> bool {
+    let s = format!("{e:?}");
+    s.contains("EPERM") || s.contains("Operation not permitted") || s.contains("PermissionDenied")
+}

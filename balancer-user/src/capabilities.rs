@@ -5,6 +5,7 @@
 //! failure deep in the loader into one line that says what to grant.
 
 use anyhow::Result;
+use caps::{CapSet, Capability};
 
 const CAP_SETPCAP: u32 = 8;
 const CAP_PERFMON: u32 = 38;
@@ -23,14 +24,13 @@ pub const BLOCKED: &str = "the kernel refused the bpf() system call although CAP
      seccomp profile or security module blocks it; for podman or docker pass \
      `--security-opt seccomp=unconfined` (or a profile that allows bpf), see docs/deploy.md";
 
-/// The effective capability set of this process, from /proc/self/status.
+/// The effective capability set of this thread, as a mask of capability numbers.
 pub fn effective() -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .ok_or_else(|| anyhow::anyhow!("no CapEff line in /proc/self/status"))?;
-    Ok(u64::from_str_radix(line.trim(), 16)?)
+    Ok(mask(&caps::read(None, CapSet::Effective)?))
+}
+
+fn mask(set: &caps::CapsHashSet) -> u64 {
+    set.iter().map(|c| 1u64 << c.index()).sum()
 }
 
 pub fn has(set: u64, cap: u32) -> bool {
@@ -87,16 +87,18 @@ pub fn require_worker_isolation(workers_as_root: bool) -> Result<()> {
 /// (NET_BIND_SERVICE), read the descriptor tables of workers of another account to reconcile
 /// their loads (SYS_PTRACE; workers of its own account, which hold no capability, need none).
 /// Map and program operations go through the fds it already holds and need no capability.
-const KEEP: [u32; 6] = [
-    5,  /* KILL */
-    6,  /* SETGID */
-    7,  /* SETUID */
-    8,  /* SETPCAP */
-    10, /* NET_BIND_SERVICE */
-    19, /* SYS_PTRACE */
+const KEEP: [Capability; 6] = [
+    Capability::CAP_KILL,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETPCAP,
+    Capability::CAP_NET_BIND_SERVICE,
+    Capability::CAP_SYS_PTRACE,
 ];
 
-/// capget/capset's header and data, version 3 (two data words: capabilities 0-31, 32-63).
+/// capget/capset's header and data, version 3 (two data words: capabilities 0-31, 32-63), by
+/// hand for [`clear_inheritable`]: the caps crate allocates, which a forked child of a
+/// multi-threaded parent must not.
 #[repr(C)]
 struct CapHeader {
     version: u32,
@@ -147,27 +149,17 @@ pub fn clear_inheritable() -> libc::c_long {
     capset(&mut header, &data)
 }
 
-/// Lowers this process's effective and permitted sets to [`KEEP`] (what it has of them).
+/// Lowers this thread's effective and permitted sets to [`KEEP`] (what it has of them) and
+/// empties its inheritable set.
 pub fn drop_to_runtime_set() -> Result<()> {
-    let mut header = CapHeader {
-        version: CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    if capget(&mut header, &mut data) != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    let keep: u64 = KEEP.iter().map(|c| 1u64 << c).sum();
-    let permitted = (data[0].permitted as u64 | (data[1].permitted as u64) << 32) & keep;
-    for (i, d) in data.iter_mut().enumerate() {
-        let word = (permitted >> (32 * i)) as u32;
-        d.effective = word;
-        d.permitted = word;
-        d.inheritable = 0;
-    }
-    if capset(&mut header, &data) != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
+    let keep: caps::CapsHashSet = caps::read(None, CapSet::Permitted)?
+        .into_iter()
+        .filter(|c| KEEP.contains(c))
+        .collect();
+    caps::clear(None, CapSet::Inheritable)?;
+    // Effective first: it must stay within the permitted set at every step.
+    caps::set(None, CapSet::Effective, &keep)?;
+    caps::set(None, CapSet::Permitted, &keep)?;
     Ok(())
 }
 
@@ -195,7 +187,7 @@ mod tests {
         std::thread::spawn(|| {
             let before = thread_set("CapPrm:");
             drop_to_runtime_set().unwrap();
-            let keep: u64 = KEEP.iter().map(|c| 1u64 << c).sum();
+            let keep: u64 = KEEP.iter().map(|c| 1u64 << c.index()).sum();
             assert_eq!(thread_set("CapPrm:"), before & keep);
             assert_eq!(thread_set("CapEff:"), before & keep);
             assert_eq!(thread_set("CapInh:"), 0);

@@ -87,22 +87,15 @@ fn inherited_listener() -> Result<std::net::TcpListener> {
     Ok(listener)
 }
 
-/// Checks LISTEN_FDS and LISTEN_PID as `sd_listen_fds(3)` does.
+/// Checks that fd 3 was passed to this very process (LISTEN_FDS, LISTEN_PID), as
+/// `sd_listen_fds(3)` does.
 fn check_listen_env() -> Result<()> {
-    let fds: u32 = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .context("no LISTEN_FDS: `balancer worker` is started by `balancer run`, which passes it a listener on fd 3")?;
-    if fds < 1 {
-        bail!("LISTEN_FDS={fds}: no listener was passed");
-    }
-    if let Some(pid) = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-    {
-        if pid != std::process::id() {
-            bail!("LISTEN_PID={pid} names another process: the listener is not meant for us");
-        }
+    let mut fds = sd_notify::listen_fds().context("LISTEN_FDS or LISTEN_PID is malformed")?;
+    if fds.next() != Some(LISTEN_FD) {
+        bail!(
+            "no listener passed to this process (LISTEN_FDS and LISTEN_PID): `balancer worker` is \
+             started by `balancer run`, which passes it a listener on fd 3"
+        );
     }
     Ok(())
 }
@@ -129,7 +122,9 @@ pub fn run() -> Result<()> {
     local.block_on(&runtime, serve(listener, Rc::from(slot)))
 }
 
-/// Tells the supervisor this worker serves (systemd's READY=1), if it asked.
+/// Tells the supervisor this worker serves (systemd's READY=1), if it asked. By hand rather than
+/// with sd-notify, which sends only to socket paths: the supervisor's sockets are abstract
+/// (`@name`), as systemd allows.
 fn notify_ready() {
     use std::os::linux::net::SocketAddrExt as _;
     let Ok(path) = std::env::var("NOTIFY_SOCKET") else {

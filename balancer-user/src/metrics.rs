@@ -107,53 +107,62 @@ fn slot(i: u32) -> Labels {
 
 impl prometheus_client::collector::Collector for Snapshot {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_slots(&mut e)?;
+        self.encode_program(&mut e)?;
+        self.encode_process(&mut e)
+    }
+}
+
+impl Snapshot {
+    /// One series per slot: its counters, load, queue, restarts and state.
+    fn encode_slots(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use MetricType::{Counter, Gauge};
         let s = &self.status;
         let slots = || s.slots.iter();
         family(
-            &mut e,
+            e,
             "balancer_slot_connections_assigned",
             "Connections the program sent to the slot.",
             Counter,
             slots().map(|x| (slot(x.slot), ConstCounter::new(x.assigned))),
         )?;
         family(
-            &mut e,
+            e,
             "balancer_slot_connections_closed",
             "Connections of the slot that closed.",
             Counter,
             slots().map(|x| (slot(x.slot), ConstCounter::new(x.closed))),
         )?;
         family(
-            &mut e,
+            e,
             "balancer_load_corrections",
             "Connections the reconciliation added to or removed from the slot's load to match what the kernel holds.",
             Counter,
             slots().map(|x| (slot(x.slot), ConstCounter::new(x.corrections))),
         )?;
         family(
-            &mut e,
+            e,
             "balancer_slot_open_connections",
             "Connections open in the slot's worker processes, at the last reconciliation.",
             Gauge,
             slots().map(|x| (slot(x.slot), ConstGauge::new(x.open as i64))),
         )?;
         family(
-            &mut e,
+            e,
             "balancer_slot_load",
             "Open connections of the slot as the program sees them (assigned, not closed).",
             Gauge,
             slots().map(|x| (slot(x.slot), ConstGauge::new(x.load as i64))),
         )?;
         family(
-            &mut e,
+            e,
             "balancer_slot_accept_queue",
             "Connections waiting in the slot's accept queue.",
             Gauge,
             slots().map(|x| (slot(x.slot), ConstGauge::new(x.queued as i64))),
         )?;
         family(
-            &mut e,
+            e,
             "balancer_slot_state",
             "1 for the slot's current state, 0 for the others.",
             Gauge,
@@ -166,21 +175,21 @@ impl prometheus_client::collector::Collector for Snapshot {
             }),
         )?;
         family(
-            &mut e,
+            e,
             "balancer_slot_restarts",
             "Times the slot's worker was restarted.",
             Counter,
             slots().map(|x| (slot(x.slot), ConstCounter::new(x.restarts))),
         )?;
         family(
-            &mut e,
+            e,
             "balancer_slot_stalls",
             "Times the slot's worker was found stalled (connections queued, none accepted) and taken out of rotation.",
             Counter,
             slots().map(|x| (slot(x.slot), ConstCounter::new(x.stalls))),
         )?;
         family(
-            &mut e,
+            e,
             "balancer_slot_last_exit_code",
             "Exit code of the slot's last worker exit; -1 if none or killed by a signal.",
             Gauge,
@@ -192,7 +201,7 @@ impl prometheus_client::collector::Collector for Snapshot {
             }),
         )?;
         family(
-            &mut e,
+            e,
             "balancer_slot_last_exit_signal",
             "Signal that ended the slot's last worker; 0 if none.",
             Gauge,
@@ -206,7 +215,7 @@ impl prometheus_client::collector::Collector for Snapshot {
         // Info-style series are gauges of value 1 named `_info`, the convention every Prometheus
         // parser reads (the OpenMetrics `info` type is unknown to the classic text format).
         family(
-            &mut e,
+            e,
             "balancer_slot_worker_info",
             "The pid of each slot's running worker.",
             Gauge,
@@ -217,16 +226,23 @@ impl prometheus_client::collector::Collector for Snapshot {
                 ))
             }),
         )?;
+        Ok(())
+    }
+
+    /// The program's own counters.
+    fn encode_program(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let s = &self.status;
         let stat = |k: &str| s.program.get(k).copied().unwrap_or(0);
         family(
-            &mut e,
+            e,
             "balancer_program_selections",
             "Connections the program sent to the slot its policy chose.",
             Counter,
             [(Vec::new(), ConstCounter::new(stat("selected")))],
         )?;
         family(
-            &mut e,
+            e,
             "balancer_program_fallbacks",
             "Connections left to the kernel's hash, by reason.",
             Counter,
@@ -235,73 +251,79 @@ impl prometheus_client::collector::Collector for Snapshot {
                 .map(|r| (vec![("reason", r.to_string())], ConstCounter::new(stat(r)))),
         )?;
         family(
-            &mut e,
+            e,
             "balancer_program_migrations",
             "Queued connections of a closing listener (slot removed or given up) moved to another slot.",
             Counter,
             [(Vec::new(), ConstCounter::new(stat("migrated")))],
         )?;
         family(
-            &mut e,
+            e,
             "balancer_program_followed_segments",
             "Retransmitted SYNs and SYN-cookie ACKs sent to the slot their connection already has, not counted again.",
             Counter,
             [(Vec::new(), ConstCounter::new(stat("followed")))],
         )?;
         family(
-            &mut e,
+            e,
             "balancer_program_non_syn_segments",
             "Segments of no recorded connection (stray ACK, FIN, RST) left to the kernel and counted nowhere.",
             Counter,
             [(Vec::new(), ConstCounter::new(stat("not_a_syn")))],
         )?;
-        family(&mut e, "balancer_program_run_seconds", "Time the kernel spent running the program (counts only while kernel.bpf_stats_enabled=1).", Counter,
+        family(e, "balancer_program_run_seconds", "Time the kernel spent running the program (counts only while kernel.bpf_stats_enabled=1).", Counter,
             [(Vec::new(), ConstCounter::new(stat("run_time_ns") as f64 / 1e9))])?;
         family(
-            &mut e,
+            e,
             "balancer_program_runs",
             "Runs of the program (counts only while kernel.bpf_stats_enabled=1).",
             Counter,
             [(Vec::new(), ConstCounter::new(stat("run_count")))],
         )?;
         family(
-            &mut e,
+            e,
             "balancer_policy_info",
             "The steering policy in force.",
             Gauge,
             [(vec![("policy", s.policy.clone())], ConstGauge::new(1))],
         )?;
         family(
-            &mut e,
+            e,
             "balancer_slots",
             "Worker slots configured.",
             Gauge,
             [(Vec::new(), ConstGauge::new(s.slots.len() as i64))],
         )?;
+        Ok(())
+    }
+
+    /// The supervisor process, as every Prometheus client library reports its own.
+    fn encode_process(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
         let p = &self.process;
         family(
-            &mut e,
+            e,
             "process_cpu_seconds",
             "User and system CPU time of the supervisor.",
             Counter,
             [(Vec::new(), ConstCounter::new(p.cpu_seconds))],
         )?;
         family(
-            &mut e,
+            e,
             "process_resident_memory_bytes",
             "Resident memory of the supervisor.",
             Gauge,
             [(Vec::new(), ConstGauge::new(p.resident_bytes as i64))],
         )?;
         family(
-            &mut e,
+            e,
             "process_open_fds",
             "Open file descriptors of the supervisor.",
             Gauge,
             [(Vec::new(), ConstGauge::new(p.open_fds as i64))],
         )?;
         family(
-            &mut e,
+            e,
             "process_start_time_seconds",
             "Start time of the supervisor, seconds since the epoch.",
             Gauge,

@@ -75,6 +75,24 @@ pub enum Command {
         #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
         control: PathBuf,
     },
+    /// Show the workers' output: the last lines of every slot (or of one), and with --follow
+    /// every new line as it comes.
+    Logs {
+        /// Only this slot's lines.
+        #[arg(long)]
+        slot: Option<u32>,
+        /// How many of the last lines to show first.
+        #[arg(long, short = 'n', default_value_t = 50)]
+        lines: usize,
+        /// Keep printing new lines until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON object per line ({seq, slot, pid, stream, line}).
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
+        control: PathBuf,
+    },
     /// Stop a running balancer gracefully (like Ctrl-C).
     Stop {
         #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
@@ -122,6 +140,18 @@ pub struct RunArgs {
         value_name = "SECONDS"
     )]
     pub reconcile_interval: f64,
+
+    /// Also write each worker slot's output to DIR/slot-N.log (mode 0600), rotated by size.
+    #[arg(long, env = "BALANCER_LOG_DIR", value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+
+    /// Rotate a slot's log file before it grows past this size (bytes, or with K, M or G).
+    #[arg(long, env = "BALANCER_LOG_MAX_SIZE", value_name = "SIZE", default_value = "10M", value_parser = parse_size)]
+    pub log_max_size: u64,
+
+    /// Rotated log files kept per slot (slot-N.log.1 is the newest).
+    #[arg(long, env = "BALANCER_LOG_KEEP", value_name = "N", default_value_t = 5)]
+    pub log_keep: u32,
 
     /// Connections followed at once from SYN to close (the FLOWS table). Beyond it the oldest
     /// record goes and the reconciliation repairs the count.
@@ -212,4 +242,29 @@ pub fn parse_policy(s: &str) -> Result<balancer_common::Policy, String> {
             .collect();
         format!("unknown policy {s:?}: choose one of {}", names.join(", "))
     })
+}
+
+/// A size in bytes: `4096`, `64K`, `10M`, `1G` (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let scale: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "bad size {s:?}: a number of bytes, or with K, M or G (10M)"
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("bad size {s:?}: a number of bytes, or with K, M or G (10M)"))
 }

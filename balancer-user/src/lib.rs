@@ -10,6 +10,7 @@
 //!   stop) and the pure decisions it takes, each testable without a kernel: [`accounting`]
 //!   (the load and how it is kept true), [`backoff`] (restart pacing), [`stall`] (when a worker
 //!   has stopped accepting), [`sticky`] (the `sticky` policy's table).
+//! - The workers' output: [`logs`] (captured line by line, kept, followed, written out).
 //! - Talking to it: [`control`] (the control socket's protocol, server and client, and `status
 //!   --watch`), [`metrics`] (Prometheus).
 //! - The workers: [`worker`] (starting one, and the built-in demo worker), [`capabilities`]
@@ -24,6 +25,7 @@ pub mod control;
 pub mod kernel;
 pub mod listeners;
 pub mod logging;
+pub mod logs;
 pub mod metrics;
 pub mod stall;
 pub mod sticky;

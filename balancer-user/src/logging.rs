@@ -11,6 +11,8 @@ pub fn init(format: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not for a file or a log shipper.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     let _ = if format == "json" {
         builder.json().flatten_event(true).try_init()

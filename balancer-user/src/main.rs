@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         }
     };
     logging::init(&cli.log_format);
-    match dispatch(cli.command) {
+    match dispatch(cli.command, cli.log_format == "json") {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the error and its causes, joined.
@@ -38,9 +38,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Command) -> Result<()> {
+fn dispatch(command: Command, json_logs: bool) -> Result<()> {
     match command {
-        Command::Run(args) => supervisor::run(options(*args)?),
+        Command::Run(args) => supervisor::run(options(*args, json_logs)?),
         Command::Worker => worker::builtin::run(),
         Command::Status {
             control,
@@ -58,6 +58,13 @@ fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Stop { control } => control::call(&control, "stop").map(drop),
+        Command::Logs {
+            slot,
+            lines,
+            follow,
+            json,
+            control,
+        } => control::logs(&control, slot, lines, follow, json),
         Command::Reload { control } => {
             println!("{}", control::call(&control, "reload")?);
             Ok(())
@@ -87,7 +94,7 @@ fn dispatch(command: Command) -> Result<()> {
     }
 }
 
-fn options(args: RunArgs) -> Result<supervisor::Options> {
+fn options(args: RunArgs, json_logs: bool) -> Result<supervisor::Options> {
     let listen = listeners::parse_addr(&args.listen)?;
     let workers = match args.workers {
         Some(n) => n,
@@ -145,7 +152,14 @@ fn options(args: RunArgs) -> Result<supervisor::Options> {
         )?),
         None => None,
     };
+    let logs = balancer::logs::sink::Options {
+        json: json_logs,
+        dir: args.log_dir,
+        max_size: args.log_max_size,
+        keep: args.log_keep,
+    };
     Ok(supervisor::Options {
+        logs,
         credentials,
         listen,
         workers,

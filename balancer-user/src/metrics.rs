@@ -226,6 +226,20 @@ impl Snapshot {
                 ))
             }),
         )?;
+        family(
+            e,
+            "balancer_worker_log_lines",
+            "Lines of output the slot's workers wrote (stdout and stderr).",
+            Counter,
+            slots().map(|x| (slot(x.slot), ConstCounter::new(x.log_lines))),
+        )?;
+        family(
+            e,
+            "balancer_worker_log_lines_dropped",
+            "Lines the log thread had no room for because its output was read too slowly: missing from the supervisor's output and the log files, still in `balancer logs`.",
+            Counter,
+            slots().map(|x| (slot(x.slot), ConstCounter::new(x.log_dropped))),
+        )?;
         Ok(())
     }
 

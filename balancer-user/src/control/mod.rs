@@ -88,11 +88,19 @@ pub enum Request {
     Reload,
     /// Change the number of slots.
     Scale(u32),
+    /// The workers' last lines (of one slot, or all), then with `follow` every new one: answered
+    /// with one JSON [`Line`](crate::logs::Line) per line, not through the supervisor's loop.
+    Logs {
+        slot: Option<u32>,
+        lines: usize,
+        follow: bool,
+    },
 }
 
 /// What the control socket accepts, for error messages.
 const USAGE: &str =
-    "expected `status`, `stop`, `reload`, `scale N`, `policy NAME` or `weight SLOT N`";
+    "expected `status`, `stop`, `reload`, `scale N`, `policy NAME`, `weight SLOT N` \
+     or `logs [slot N] [lines K] [follow]`";
 
 /// Largest weight accepted: keeps weighted keys far from overflow.
 pub const MAX_WEIGHT: u32 = 1_000_000;
@@ -138,12 +146,43 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
                 .ok_or_else(|| format!("bad weight {weight:?}: a number from 1 to {MAX_WEIGHT}"))?;
             Ok(Request::Weight { slot, weight })
         }
+        ["logs", rest @ ..] => parse_logs(rest),
         [] => Err(format!("empty request: {USAGE}")),
         _ => {
             let shown: String = text.trim().chars().take(40).collect();
             Err(format!("unknown request {shown:?}: {USAGE}"))
         }
     }
+}
+
+fn parse_logs(words: &[&str]) -> Result<Request, String> {
+    let (mut slot, mut lines, mut follow) = (None, 50, false);
+    let mut words = words.iter();
+    while let Some(&w) = words.next() {
+        match w {
+            "follow" => follow = true,
+            "slot" | "lines" => {
+                let n: u32 = words
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| format!("`logs {w}` needs a number"))?;
+                if w == "slot" {
+                    slot = Some(n);
+                } else {
+                    lines = n as usize;
+                }
+            }
+            _ => {
+                let shown: String = w.chars().take(40).collect();
+                return Err(format!("unknown `logs` option {shown:?}: {USAGE}"));
+            }
+        }
+    }
+    Ok(Request::Logs {
+        slot,
+        lines,
+        follow,
+    })
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -175,6 +214,16 @@ pub struct SlotStatus {
     pub last_exit_code: Option<i32>,
     /// Signal that killed the last worker, if one did.
     pub last_exit_signal: Option<i32>,
+    /// The last lines the last worker wrote to stderr, if it exited abnormally.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_stderr: Vec<String>,
+    /// Lines of output the slot's workers wrote.
+    #[serde(default)]
+    pub log_lines: u64,
+    /// Lines the log thread had no room for (its output was read too slowly): missing from the
+    /// supervisor's output and the log files, still in `balancer logs`.
+    #[serde(default)]
+    pub log_dropped: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -274,6 +323,96 @@ pub fn call(path: &Path, request: &str) -> Result<String> {
     Ok(answer)
 }
 
+/// `balancer logs`: prints the lines the supervisor sends, as they come (human: prefixed with
+/// slot and pid; `json`: as sent), until it closes the connection or, with `follow`, forever.
+pub fn logs(path: &Path, slot: Option<u32>, lines: usize, follow: bool, json: bool) -> Result<()> {
+    use std::io::IsTerminal as _;
+    let mut stream = std::os::unix::net::UnixStream::connect(path).with_context(|| {
+        format!(
+            "no balancer answers on {}: is it running? (pass --control if it uses another socket)",
+            path.display()
+        )
+    })?;
+    let mut request = format!("logs lines {lines}");
+    if let Some(s) = slot {
+        request.push_str(&format!(" slot {s}"));
+    }
+    if follow {
+        request.push_str(" follow");
+    }
+    writeln!(stream, "{request}")?;
+    let colour = std::io::stdout().is_terminal();
+    let mut out = std::io::stdout().lock();
+    for line in std::io::BufReader::new(stream).lines() {
+        let line = line.context("reading the supervisor's answer")?;
+        if let Some(err) = line.strip_prefix("error: ") {
+            bail!("the supervisor refused `{request}`: {err}");
+        }
+        if json {
+            writeln!(out, "{line}")?;
+            continue;
+        }
+        let l: crate::logs::Line = serde_json::from_str(&line)
+            .with_context(|| format!("unexpected answer line {line:?}"))?;
+        if colour {
+            writeln!(
+                out,
+                "\x1b[{}mslot {} pid {}\x1b[0m | {}",
+                31 + l.slot % 6,
+                l.slot,
+                l.pid,
+                l.line
+            )?;
+        } else {
+            writeln!(out, "slot {} pid {} | {}", l.slot, l.pid, l.line)?;
+        }
+    }
+    Ok(())
+}
+
+/// Serves one `logs` request on `stream`: the tail, then with `follow` each new line until the
+/// client goes away. Slow clients skip what they missed (the count is sent as a line of their
+/// slot's stream, marked).
+pub async fn serve_logs(
+    stream: &mut tokio::net::UnixStream,
+    logs: &crate::logs::Logs,
+    slot: Option<u32>,
+    lines: usize,
+    follow: bool,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    // Subscribed before the tail is read, so that no line falls between the two.
+    let mut new = logs.subscribe();
+    let (tail, upto) = logs.tail(slot, lines);
+    let mut text = String::new();
+    for l in &tail {
+        text.push_str(&serde_json::to_string(&**l).unwrap_or_default());
+        text.push('\n');
+    }
+    if stream.write_all(text.as_bytes()).await.is_err() || !follow {
+        return;
+    }
+    loop {
+        let line = match new.recv().await {
+            Ok(l) if l.seq <= upto || slot.is_some_and(|s| s != l.slot) => continue,
+            Ok(l) => l,
+            Err(RecvError::Lagged(n)) => std::sync::Arc::new(crate::logs::Line {
+                seq: 0,
+                slot: slot.unwrap_or(0),
+                pid: 0,
+                stream: crate::logs::Stream::Stderr,
+                line: format!("[balancer: this reader fell behind and skipped {n} lines]"),
+            }),
+            Err(RecvError::Closed) => return,
+        };
+        let mut text = serde_json::to_string(&*line).unwrap_or_default();
+        text.push('\n');
+        if stream.write_all(text.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A plain table of `status`, for people.
 pub fn render(status: &Status) -> String {
     let mut out = format!(
@@ -298,6 +437,16 @@ pub fn render(status: &Status) -> String {
             s.uptime_seconds.map_or("-".into(), |u| format!("{u:.0}s")),
             s.last_exit.as_deref().unwrap_or("-"),
         ));
+    }
+    for s in status.slots.iter().filter(|s| !s.last_stderr.is_empty()) {
+        out.push_str(&format!(
+            "slot {} last exit ({}), its last stderr lines:\n",
+            s.slot,
+            s.last_exit.as_deref().unwrap_or("-")
+        ));
+        for line in &s.last_stderr {
+            out.push_str(&format!("  | {line}\n"));
+        }
     }
     let program: Vec<String> = status
         .program

@@ -115,6 +115,9 @@ mod tests {
                     last_exit: None,
                     last_exit_code: None,
                     last_exit_signal: None,
+                    last_stderr: Vec::new(),
+                    log_lines: 0,
+                    log_dropped: 0,
                 })
                 .collect(),
         }

@@ -12,6 +12,9 @@ use crate::{
     metrics::{self, Ask},
 };
 
+/// Lines of stderr `status` quotes for a worker that exited abnormally.
+const LAST_STDERR: usize = 5;
+
 impl Supervisor {
     pub(super) fn status(&self) -> Status {
         let stats = self.steering.stats();
@@ -55,6 +58,14 @@ impl Supervisor {
                     last_exit: s.last_exit.clone(),
                     last_exit_code: s.last_status.and_then(|st| st.code()),
                     last_exit_signal: s.last_status.and_then(|st| st.signal()),
+                    last_stderr: match (s.last_status, s.last_pid) {
+                        (Some(st), Some(pid)) if !st.success() => {
+                            self.logs.last_stderr(i, pid.as_raw() as u32, LAST_STDERR)
+                        }
+                        _ => Vec::new(),
+                    },
+                    log_lines: self.logs.counts(i).lines,
+                    log_dropped: self.logs.counts(i).dropped,
                 }
             })
             .collect();

@@ -15,6 +15,7 @@ use tokio::{
 use crate::{
     control::{self, Request},
     listeners,
+    logs::Logs,
     metrics::Ask,
 };
 
@@ -105,6 +106,7 @@ impl Inbox {
 pub async fn accept_control(
     listener: tokio::net::UnixListener,
     events: mpsc::UnboundedSender<Event>,
+    logs: Logs,
 ) {
     loop {
         let mut stream = match listener.accept().await {
@@ -115,8 +117,18 @@ pub async fn accept_control(
             }
         };
         let events = events.clone();
+        let logs = logs.clone();
         tokio::spawn(async move {
             let answer = match control::read_request(&mut stream).await {
+                // Served here: the lines are the log store's, not the loop's to hand out.
+                Ok(Request::Logs {
+                    slot,
+                    lines,
+                    follow,
+                }) => {
+                    control::serve_logs(&mut stream, &logs, slot, lines, follow).await;
+                    return;
+                }
                 Ok(request) => {
                     let (tx, rx) = oneshot::channel();
                     if events.send(Event::Control(request, tx)).is_err() {

@@ -54,6 +54,7 @@ use crate::{
     control::{self, Request},
     kernel::Steering,
     listeners,
+    logs::{self, Logs},
     metrics::{self, Ask},
     worker::spawn::{self, WorkerCommand},
 };
@@ -97,6 +98,8 @@ pub struct Options {
     pub flows: u32,
     /// How often the load is compared with what the kernel holds.
     pub reconcile_interval: Duration,
+    /// Where the workers' output goes besides `balancer logs`.
+    pub logs: crate::logs::sink::Options,
     /// The account workers run as; None: the supervisor's own (minus the BPF capabilities).
     pub credentials: Option<spawn::Credentials>,
 }
@@ -119,6 +122,7 @@ pub struct Supervisor {
     busy: bool,
     /// The supervisor is stopping its workers: it steers nothing and restarts nothing.
     stopping: bool,
+    logs: Logs,
 }
 
 /// What the loop does after an input: most inputs are handled in place, the two operations
@@ -146,24 +150,36 @@ pub fn run(opts: Options) -> Result<()> {
     };
     capabilities::require_worker_isolation(workers_as_root)?;
     control::prepare_directory(&opts.control)?;
+    logs::sink::prepare(&opts.logs)?;
+    let (sink, sink_thread) = logs::sink::start(opts.logs.clone())?;
+    let logs = Logs::new(Some(sink));
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         let (tx, rx) = mpsc::unbounded_channel();
         let (ask_tx, ask_rx) = mpsc::unbounded_channel();
         // Signals are caught from here on, before any worker starts.
         let inbox = Inbox::new(rx, ask_rx, opts.reconcile_interval)?;
-        let mut sup = Supervisor::start(opts, command, tx, ask_tx).await?;
+        let mut sup = Supervisor::start(opts, command, logs, tx, ask_tx).await?;
         sup.serve(inbox).await
-    })
+    });
+    drop(runtime);
+    // Every sender is gone with the runtime: the log thread writes what it holds, then ends.
+    // Bounded, for an output nobody reads.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !sink_thread.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    outcome
 }
 
 impl Supervisor {
     async fn start(
         opts: Options,
         command: WorkerCommand,
+        logs: Logs,
         events: mpsc::UnboundedSender<Event>,
         asks: mpsc::UnboundedSender<Ask>,
     ) -> Result<Supervisor> {
@@ -210,8 +226,13 @@ impl Supervisor {
             stop_requested: false,
             busy: false,
             stopping: false,
+            logs,
         };
-        tokio::spawn(inbox::accept_control(control, sup.events.clone()));
+        tokio::spawn(inbox::accept_control(
+            control,
+            sup.events.clone(),
+            sup.logs.clone(),
+        ));
         if let Some(listener) = metrics {
             tokio::spawn(metrics::serve(listener, sup.asks.clone()));
         }
@@ -332,6 +353,8 @@ impl Supervisor {
     fn on_request(&mut self, request: Request, reply: oneshot::Sender<String>) -> Next {
         let answer = match request {
             Request::Status => serde_json::to_string(&self.status()).unwrap_or_default(),
+            // The control socket serves these from the log store itself.
+            Request::Logs { .. } => "error: `logs` is served by the control socket".into(),
             _ if self.stopping => STOPPING.into(),
             Request::Stop => {
                 self.stop_requested = true;

@@ -76,6 +76,7 @@ impl Supervisor {
             }
             let _ = self.steering.remove(slot);
             self.slots.pop(); // closes the listener
+            self.logs.forget(slot);
             self.steering.set_state(slot, SlotState::Down);
             // Its queue migrated with its counts; whatever it still counted left with it.
             self.accounting.reset(&self.steering.slots, slot);

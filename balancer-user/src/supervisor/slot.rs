@@ -14,6 +14,10 @@ use balancer_common::SlotState;
 use nix::{sys::signal::Signal, unistd::Pid};
 
 use super::{inbox::Event, readiness, Supervisor};
+use crate::logs::{self, Stream};
+
+/// A worker's stdout or stderr, read by [`logs::capture`].
+type Pipe = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
 use crate::{
     backoff::{self, Backoff, Decision},
     listeners,
@@ -34,6 +38,8 @@ pub(super) struct Slot {
     pub(super) restarts: u64,
     pub(super) last_exit: Option<String>,
     pub(super) last_status: Option<ExitStatus>,
+    /// The pid of the worker that exited last, whose stderr `status` may quote.
+    pub(super) last_pid: Option<Pid>,
     pub(super) backoff: Backoff,
     pub(super) given_up: bool,
     pub(super) stall: StallWatch,
@@ -54,6 +60,7 @@ impl Slot {
             restarts: 0,
             last_exit: None,
             last_status: None,
+            last_pid: None,
             backoff: Backoff::new(backoff),
             given_up: false,
             stall: StallWatch::default(),
@@ -89,6 +96,24 @@ impl Supervisor {
                 .id()
                 .context("worker exited before it could be tracked")? as i32,
         );
+        let mut child = child;
+        let pipes = [
+            (
+                Stream::Stdout,
+                child.stdout.take().map(|p| Box::new(p) as Pipe),
+            ),
+            (
+                Stream::Stderr,
+                child.stderr.take().map(|p| Box::new(p) as Pipe),
+            ),
+        ];
+        for (stream, pipe) in pipes {
+            if let Some(pipe) = pipe {
+                let logs = self.logs.clone();
+                let raw = pid.as_raw() as u32;
+                tokio::spawn(logs::capture(logs, slot, raw, stream, pipe));
+            }
+        }
         s.generation += 1;
         s.pid = Some(pid);
         s.started = Some(Instant::now());
@@ -158,7 +183,7 @@ impl Supervisor {
         self.steering.refresh_sticky(self.opts.workers);
         let ran_for = s.started.map_or(Duration::ZERO, |t| t.elapsed());
         let reason = describe(&status);
-        s.pid = None;
+        s.last_pid = s.pid.take();
         s.started = None;
         s.last_exit = Some(reason.clone());
         s.last_status = status.as_ref().ok().copied();

@@ -186,6 +186,10 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
 
     let mut command = std::process::Command::new(&cmd.program);
     command.process_group(0);
+    // Read by the supervisor line by line (crate::logs), never left to fill up.
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     if let Some(c) = spawn.credentials {
         command.uid(c.uid).gid(c.gid);
     }

@@ -19,8 +19,12 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
+pub mod listen;
+pub mod procfs;
 pub mod raw;
+pub mod stats;
 pub mod truth;
+pub mod workload;
 
 /// Moves the calling thread into a new network namespace with loopback up.
 pub fn netns() {

@@ -4,8 +4,6 @@
 //! that the two commands in the README work on a fresh machine.
 
 mod bench;
-mod drift;
-mod peers;
 mod setup;
 
 use std::process::{Command, ExitCode};

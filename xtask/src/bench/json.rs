@@ -1,0 +1,24 @@
+//! benchmarks.json: everything one run measured, through serde.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{alternatives::PeerResult, cost::CostRow, drift::Drift, policies::PolicyRow};
+
+#[derive(Serialize)]
+pub struct Results {
+    pub machine: String,
+    pub date: String,
+    pub selection_cost: Vec<CostRow>,
+    pub peers: Vec<PeerResult>,
+    pub drift: Drift,
+    pub policies: Vec<PolicyRow>,
+}
+
+impl Results {
+    /// Pretty-printed, keys in alphabetical order at every level: the order of every earlier
+    /// benchmarks.json, so that runs compare line by line.
+    pub fn to_json(&self) -> Result<String> {
+        Ok(serde_json::to_string_pretty(&serde_json::to_value(self)?)?)
+    }
+}

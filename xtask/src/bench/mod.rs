@@ -1,0 +1,106 @@
+//! `cargo xtask bench`: measurements, side by side in one run, written to benchmarks.md,
+//! benchmarks.json and two plots.
+//!
+//! The scenarios, in order: the cost of one selection (the kernel's own accounting of the
+//! program, `kernel.bpf_stats_enabled=1`, with 2, 64 and 1024 worker slots, for `least-loaded`
+//! and for `hash`, which returns at once: the fixed cost of running any program), the
+//! distribution of each policy with and without a busy worker, the drift soak, and `balancer`
+//! against the alternatives. Everything runs in a private network namespace on loopback.
+
+mod alternatives;
+mod cost;
+mod drift;
+mod json;
+mod peers;
+mod plot;
+mod policies;
+mod report;
+
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
+
+use anyhow::{Context as _, Result};
+use balancer_tests::{all_up, Balancer};
+
+const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// The balancers of the measurements other than the comparison: `balancer run` with `policy`,
+/// no metrics endpoint and a backlog of 128 unless `extra` names one; returns once every slot
+/// is up.
+fn start(port: u16, workers: u32, policy: &str, extra: &[&str]) -> Balancer {
+    let mut args = vec!["--policy", policy, "--metrics", "off"];
+    if !extra.contains(&"--backlog") {
+        args.extend(["--backlog", "128"]);
+    }
+    args.extend(extra);
+    let addr = localhost(port);
+    // Starting 1024 workers on a busy machine takes far longer than a test's balancer.
+    let b = Balancer::launch(&addr.to_string(), addr, workers, &args, false);
+    b.wait_for(Duration::from_secs(120), "every slot up", all_up);
+    b
+}
+
+fn localhost(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Runs everything and writes benchmarks.md, benchmarks.json and the plots into `out`.
+pub fn run(bin: &Path, root: &Path, quick: bool, out: &Path) -> Result<()> {
+    // Every balancer below comes from the test kit, which starts the binary this names.
+    std::env::set_var("BALANCER_BIN", bin);
+    balancer_tests::netns();
+    let selection_cost = with_bpf_stats(|| cost::measure(quick))?;
+    let policies = policies::measure()?;
+    eprintln!("bench: drift soak");
+    let drift = drift::soak(quick)?;
+    let peers = alternatives::measure(bin, root, quick)?;
+    let results = json::Results {
+        machine: machine(),
+        date: today(),
+        selection_cost,
+        policies,
+        drift,
+        peers,
+    };
+    let md = report::markdown(&results, quick);
+    std::fs::create_dir_all(out)?;
+    plot::draw(&results.peers, out)?;
+    std::fs::write(out.join("benchmarks.md"), &md)?;
+    std::fs::write(out.join("benchmarks.json"), results.to_json()?)?;
+    print!("{md}");
+    Ok(())
+}
+
+/// Runs `f` with the kernel's accounting of BPF programs on, and puts the setting back.
+fn with_bpf_stats<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let old =
+        std::fs::read_to_string(STATS_SYSCTL).context("cannot read kernel.bpf_stats_enabled")?;
+    std::fs::write(STATS_SYSCTL, "1").context("cannot enable kernel.bpf_stats_enabled")?;
+    let result = f();
+    let _ = std::fs::write(STATS_SYSCTL, old.trim());
+    result
+}
+
+/// The machine, as the report names it: cores, CPU model, kernel.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
+}
+
+/// Today's date in UTC, as `date -u` gives it.
+fn today() -> String {
+    let out = Command::new("date").args(["-u", "+%Y-%m-%d"]).output().ok();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}

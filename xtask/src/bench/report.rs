@@ -1,0 +1,167 @@
+//! benchmarks.md: the results of one run as tables, each with what it measured and how.
+
+use std::fmt::Write as _;
+
+use super::{
+    alternatives::PeerResult, cost::CostRow, drift::Drift, json::Results, policies::PolicyRow,
+};
+
+pub fn markdown(r: &Results, quick: bool) -> String {
+    let flag = if quick { " --quick" } else { "" };
+    let mut md = String::new();
+    md.push_str("# Benchmarks\n\n");
+    md.push_str(&format!(
+        "Written by `cargo xtask bench{flag}` on {} (UTC date {}). Machine: {}.\n\n",
+        "a machine of the project's CI kind", r.date, r.machine
+    ));
+    md.push_str(&selection_cost(&r.selection_cost));
+    md.push_str(&policies(&r.policies));
+    md.push_str(&drift(&r.drift));
+    md.push_str(&peers(&r.peers));
+    md.push_str("\n![Latency CDF per peer](bench-latency-cdf.png)\n\n![Per-worker distribution](bench-distribution.png)\n");
+    md.push_str(&format!(
+        "\nReproduce: `cargo xtask bench{flag}` (root; it installs nothing itself: nginx-light, haproxy, \
+         node and matplotlib come from `cargo xtask setup`).\n",
+    ));
+    md
+}
+
+fn selection_cost(rows: &[CostRow]) -> String {
+    let base = |slots: u32| {
+        rows.iter()
+            .find(|r| r.slots == slots && r.policy == "hash")
+            .map_or(1.0, |r| r.ns_per_run)
+    };
+    let mut md = String::from("## Cost of one selection\n\n");
+    md.push_str(
+        "The kernel's own accounting of the program (`kernel.bpf_stats_enabled=1`): run time / run \
+         count over the measured requests, one new connection each, 4 client threads, built-in workers. \
+         `hash` runs the same program, which returns at once: the fixed cost of running a program at \
+         all. At most 32 slots are examined per selection (a random window beyond 32 slots), so the cost \
+         stops growing past 32 slots. A least-loaded selection also records the connection in the flow \
+         table (one LRU hash insert), which the close tracker removes at the close. The close tracker \
+         runs on every TCP state change on the host; its column is its total time divided by the \
+         connections, both ends of each loopback connection included (a remote client's end would not \
+         count). Under `hash` nothing is recorded, so the tracker only filters.\n\n",
+    );
+    md.push_str("| slots | policy | runs | ns per selection | vs `hash` at the same size | close tracker ns per connection (runs) |\n|---:|---|---:|---:|---:|---:|\n");
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0} | {:.2}x | {:.0} ({:.1}) |",
+            r.slots,
+            r.policy,
+            r.runs,
+            r.ns_per_run,
+            r.ns_per_run / base(r.slots),
+            r.tracker_ns_per_connection,
+            r.tracker_runs_per_connection
+        );
+    }
+    md
+}
+
+fn policies(rows: &[PolicyRow]) -> String {
+    let mut md = String::from(
+        "\n## Distribution by policy\n\n\
+         4 built-in workers. *Counts*: 2,000 new connections from 4 concurrent clients, each \
+         connection from one of 64 client addresses (127.0.3.x), per worker, and their coefficient \
+         of variation. *Busy worker*: one worker's event loop is held for 2 s \
+         (`/work?ms=2000` on a keep-alive connection) while 32 clients open new connections; the \
+         share of those connections sent to the held worker, and how many were served in the \
+         1.9 s window (a client stuck behind the held worker opens no more). `weighted` runs with \
+         weights 3,1,1,1.\n\n\
+         | policy | counts per worker | CV | busy worker's share | connections in the window |\n\
+         |---|---|---:|---:|---:|\n",
+    );
+    for p in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {:?} | {:.3} | {:.3} | {} |",
+            p.policy, p.counts, p.cv, p.busy_share, p.during_block
+        );
+    }
+    md
+}
+
+fn drift(d: &Drift) -> String {
+    let faults: Vec<String> = d
+        .faults
+        .iter()
+        .map(|f| format!("{} ×{}", f.fault, f.count))
+        .collect();
+    format!(
+        "\n## Drift soak\n\n\
+         4 built-in workers, least-loaded, backlog 8; 4 clients opening a new connection per \
+         request for {:.0} s while one fault every 1.5 s: {}. Every 100 ms the sum over slots \
+         of |load − kernel| is sampled (kernel: the live accept queue plus the sockets open in \
+         the worker at the last reconciliation, so a sample can lag by up to one 0.5 s \
+         interval). Then traffic stops and the loads must return to the truth.\n\n\
+         | requests answered | failed | max error | p99 error | corrections | back to the truth after quiescence |\n\
+         |---:|---:|---:|---:|---:|---:|\n\
+         | {} | {} | {} | {} | {} | {:.0} ms |\n\n\
+         Failed: requests in flight on a SIGKILLed worker, and burst clients the kernel left \
+         waiting over 20 s on a handshake it dropped under SYN cookies (docs/reliability.md).\n",
+        d.seconds,
+        faults.join(", "),
+        d.requests,
+        d.failed,
+        d.max_error,
+        d.p99_error,
+        d.corrections,
+        d.converge_ms
+    )
+}
+
+fn peers(results: &[PeerResult]) -> String {
+    let best = |f: fn(&PeerResult) -> f64, max: bool| {
+        let values = results.iter().map(f);
+        if max {
+            values.fold(f64::MIN, f64::max)
+        } else {
+            values.fold(f64::MAX, f64::min)
+        }
+    };
+    let mut md = String::new();
+    md.push_str("\n## Against the alternatives\n\n");
+    md.push_str(
+        "4 single-threaded built-in workers behind each peer (the Node pair: 4 Node.js processes of \
+         the same server, `/block` busy loops instead of sleeps, a third of the rate). \
+         *new conn/s*: 16 clients, a new connection per trivial request; *keep-alive/s*: 16 \
+         clients, one connection each. *layer CPU*: CPU time of the balancing layer (nginx, \
+         haproxy, the Node primary, the balancer supervisor; the kernel's time in the program is \
+         in the selection-cost table) per second of wall time. *p50/p99/p99.9/max*: open loop, a \
+         new connection per request at a fixed rate (300/s; 100/s for Node), 95% 1 ms requests \
+         and 5% of 50-200 ms, latency counted from when each request was due. *stuck worker*: one \
+         worker held for 2 s mid-run; its share of the connections due in that window, and the \
+         run's p99. Ratios in brackets are to the best peer of the column.\n\n",
+    );
+    md.push_str("| peer | new conn/s | keep-alive/s | layer CPU | p50 ms | p99 ms | p99.9 ms | max ms | stuck worker's share | p99 with stuck worker | per-worker counts (CV) |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    let b_rps = best(|r| r.new_conn_rps, true);
+    let b_ka = best(|r| r.keepalive_rps, true);
+    let b_p99 = best(|r| r.latency.p99_ms, false);
+    for r in results {
+        let l = &r.latency;
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} ({:.2}x) | {:.0} ({:.2}x) | {:.0}% | {:.1} | {:.1} ({:.1}x) | {:.1} | {:.1} | {:.3} | {:.1} | {:?} ({:.3}) |",
+            r.name,
+            r.new_conn_rps,
+            r.new_conn_rps / b_rps,
+            r.keepalive_rps,
+            r.keepalive_rps / b_ka,
+            r.layer_cpu * 100.0,
+            l.p50_ms,
+            l.p99_ms,
+            l.p99_ms / b_p99,
+            l.p999_ms,
+            l.max_ms,
+            r.stuck_share,
+            r.stuck_p99_ms,
+            r.counts,
+            r.counts_cv,
+        );
+    }
+    md
+}

@@ -4,6 +4,24 @@ use std::{ffi::OsString, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 
+/// Which running balancer a client command talks to.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    /// Control socket of the balancer to talk to. Default: the one --name picks, or the only
+    /// one running.
+    #[arg(long, env = "BALANCER_CONTROL")]
+    pub control: Option<PathBuf>,
+    /// The balancer to talk to, by name or listen port (`balancer ls` lists them).
+    #[arg(long, env = "BALANCER_NAME")]
+    pub name: Option<String>,
+}
+
+impl Target {
+    pub fn path(&self) -> anyhow::Result<PathBuf> {
+        crate::control::find(self.control.clone(), self.name.as_deref())
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "balancer",
@@ -35,9 +53,8 @@ pub enum Command {
     Worker,
     /// Show each worker slot of a running balancer: state, pid, load, queue, restarts.
     Status {
-        /// Control socket of the balancer to ask.
-        #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
-        control: PathBuf,
+        #[command(flatten)]
+        target: Target,
         /// Print the raw JSON answer instead of a table.
         #[arg(long)]
         json: bool,
@@ -50,30 +67,30 @@ pub enum Command {
         /// least-loaded, p2c, round-robin, weighted, sticky or hash.
         #[arg(value_parser = parse_policy)]
         policy: balancer_common::Policy,
-        #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
-        control: PathBuf,
+        #[command(flatten)]
+        target: Target,
     },
     /// Set one slot's weight in a running balancer (used by the weighted policy).
     Weight {
         slot: u32,
         #[arg(value_parser = clap::value_parser!(u32).range(1..=crate::control::MAX_WEIGHT as i64))]
         weight: u32,
-        #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
-        control: PathBuf,
+        #[command(flatten)]
+        target: Target,
     },
     /// Replace every worker of a running balancer, slot by slot, without dropping a connection
     /// (also on SIGHUP). Picks up a new binary of the worker command.
     Reload {
-        #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
-        control: PathBuf,
+        #[command(flatten)]
+        target: Target,
     },
     /// Change the number of workers of a running balancer: new slots start at once, removed
     /// ones drain first.
     Scale {
         #[arg(value_parser = clap::value_parser!(u32).range(1..=balancer_common::MAX_SLOTS as i64))]
         workers: u32,
-        #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
-        control: PathBuf,
+        #[command(flatten)]
+        target: Target,
     },
     /// Show the workers' output: the last lines of every slot (or of one), and with --follow
     /// every new line as it comes.
@@ -90,13 +107,20 @@ pub enum Command {
         /// One JSON object per line ({seq, slot, pid, stream, line}).
         #[arg(long)]
         json: bool,
-        #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
-        control: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the balancers running on this host (their control sockets in the runtime
+    /// directory): name, listen address, workers up, policy, metrics address.
+    Ls {
+        /// One JSON object per balancer, as an array.
+        #[arg(long)]
+        json: bool,
     },
     /// Stop a running balancer gracefully (like Ctrl-C).
     Stop {
-        #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
-        control: PathBuf,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -176,19 +200,23 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub backlog: i32,
 
-    /// Control socket (mode 0600) for `balancer status` and `balancer stop`.
-    #[arg(long, env = "BALANCER_CONTROL", default_value_os_t = crate::control::default_path())]
-    pub control: PathBuf,
+    /// This service's name, which client commands pick it by (`balancer status --name NAME`)
+    /// and `balancer ls` lists. Default: the listen port.
+    #[arg(long, env = "BALANCER_NAME", value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Control socket (mode 0600) for `balancer status`, `stop` and the rest. Default:
+    /// NAME.sock in /run/balancer (root), $XDG_RUNTIME_DIR/balancer or ~/.balancer
+    /// ($BALANCER_RUNTIME_DIR overrides the directory).
+    #[arg(long, env = "BALANCER_CONTROL")]
+    pub control: Option<PathBuf>,
 
     /// Where to serve Prometheus metrics (/metrics) and probes (/healthz, /readyz), or `off`.
-    /// Loopback by default; 9464 rather than 9090 so as not to collide with a local Prometheus.
-    #[arg(
-        long,
-        env = "BALANCER_METRICS",
-        default_value = "127.0.0.1:9464",
-        value_name = "ADDR:PORT|off"
-    )]
-    pub metrics: String,
+    /// Default: 127.0.0.1:9464 (9464 rather than 9090 so as not to collide with a local
+    /// Prometheus), or, when another balancer has it, a free loopback port (`balancer ls`
+    /// shows it).
+    #[arg(long, env = "BALANCER_METRICS", value_name = "ADDR:PORT|off")]
+    pub metrics: Option<String>,
 
     /// Seconds workers get to finish after SIGTERM before they are killed.
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]

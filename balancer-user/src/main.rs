@@ -42,13 +42,22 @@ fn dispatch(command: Command, json_logs: bool) -> Result<()> {
     match command {
         Command::Run(args) => supervisor::run(options(*args, json_logs)?),
         Command::Worker => worker::builtin::run(),
+        Command::Ls { json } => {
+            let services = control::running();
+            if json {
+                println!("{}", serde_json::to_string(&services)?);
+            } else {
+                print!("{}", control::render_services(&services));
+            }
+            Ok(())
+        }
         Command::Status {
-            control,
+            target,
             watch: true,
             json: false,
-        } => control::watch::run(&control),
-        Command::Status { control, json, .. } => {
-            let answer = control::call(&control, "status")?;
+        } => control::watch::run(&target.path()?),
+        Command::Status { target, json, .. } => {
+            let answer = control::call(&target.path()?, "status")?;
             if json {
                 println!("{answer}");
             } else {
@@ -57,38 +66,35 @@ fn dispatch(command: Command, json_logs: bool) -> Result<()> {
             }
             Ok(())
         }
-        Command::Stop { control } => control::call(&control, "stop").map(drop),
+        Command::Stop { target } => control::call(&target.path()?, "stop").map(drop),
         Command::Logs {
             slot,
             lines,
             follow,
             json,
-            control,
-        } => control::logs(&control, slot, lines, follow, json),
-        Command::Reload { control } => {
-            println!("{}", control::call(&control, "reload")?);
+            target,
+        } => control::logs(&target.path()?, slot, lines, follow, json),
+        Command::Reload { target } => {
+            println!("{}", control::call(&target.path()?, "reload")?);
             Ok(())
         }
-        Command::Scale { workers, control } => {
-            println!("{}", control::call(&control, &format!("scale {workers}"))?);
+        Command::Scale { workers, target } => {
+            let path = target.path()?;
+            println!("{}", control::call(&path, &format!("scale {workers}"))?);
             Ok(())
         }
-        Command::Policy { policy, control } => {
-            println!(
-                "{}",
-                control::call(&control, &format!("policy {}", policy.name()))?
-            );
+        Command::Policy { policy, target } => {
+            let request = format!("policy {}", policy.name());
+            println!("{}", control::call(&target.path()?, &request)?);
             Ok(())
         }
         Command::Weight {
             slot,
             weight,
-            control,
+            target,
         } => {
-            println!(
-                "{}",
-                control::call(&control, &format!("weight {slot} {weight}"))?
-            );
+            let request = format!("weight {slot} {weight}");
+            println!("{}", control::call(&target.path()?, &request)?);
             Ok(())
         }
     }
@@ -96,6 +102,11 @@ fn dispatch(command: Command, json_logs: bool) -> Result<()> {
 
 fn options(args: RunArgs, json_logs: bool) -> Result<supervisor::Options> {
     let listen = listeners::parse_addr(&args.listen)?;
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| listen.port().to_string());
+    balancer::control::check_name(&name)?;
     let workers = match args.workers {
         Some(n) => n,
         None => std::thread::available_parallelism()
@@ -166,7 +177,10 @@ fn options(args: RunArgs, json_logs: bool) -> Result<supervisor::Options> {
         policy: args.policy,
         backlog: args.backlog,
         command: (!args.command.is_empty()).then_some(args.command),
-        control: args.control,
+        control: args
+            .control
+            .unwrap_or_else(|| balancer::control::path_for(&name)),
+        name,
         kill_timeout,
         ready_timeout: seconds("ready-timeout", args.ready_timeout)?,
         reload_batch: args.reload_batch,
@@ -180,13 +194,16 @@ fn options(args: RunArgs, json_logs: bool) -> Result<supervisor::Options> {
         } else {
             listeners::Transport::Tcp
         },
-        metrics: match args.metrics.trim() {
-            "off" | "" => None,
-            addr => Some(listeners::parse_addr(addr).map_err(|_| {
-                anyhow::anyhow!(
-                    "bad --metrics {addr:?}: expected ADDR:PORT such as 127.0.0.1:9464, or off"
-                )
-            })?),
+        metrics: match args.metrics.as_deref().map(str::trim) {
+            None => Some(supervisor::Metrics::Default),
+            Some("off" | "") => None,
+            Some(addr) => Some(supervisor::Metrics::At(
+                listeners::parse_addr(addr).map_err(|_| {
+                    anyhow::anyhow!(
+                        "bad --metrics {addr:?}: expected ADDR:PORT such as 127.0.0.1:9464, or off"
+                    )
+                })?,
+            )),
         },
     })
 }

@@ -357,6 +357,10 @@ pub fn render(snapshot: Snapshot) -> String {
 }
 
 /// Binds the endpoint. Port in use is an error here, before any worker starts.
+/// The default metrics port: 9464 rather than 9090, so as not to collide with a local
+/// Prometheus.
+pub const DEFAULT_PORT: u16 = 9464;
+
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await

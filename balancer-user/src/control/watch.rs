@@ -93,6 +93,8 @@ mod tests {
 
     fn status(assigned: [u64; 2], load: [u64; 2]) -> Status {
         Status {
+            name: "8080".into(),
+            metrics: None,
             pid: 1,
             listen: "127.0.0.1:8080".into(),
             policy: "least-loaded".into(),

@@ -70,6 +70,8 @@ impl Supervisor {
             })
             .collect();
         Status {
+            name: self.opts.name.clone(),
+            metrics: self.metrics_addr.map(|a| a.to_string()),
             pid: std::process::id(),
             listen: self.slots[0]
                 .listener

@@ -89,7 +89,9 @@ pub struct Options {
     pub stall_timeout: Option<Duration>,
     pub backoff: backoff::Policy,
     /// Where to serve /metrics, /healthz and /readyz; None for off.
-    pub metrics: Option<SocketAddr>,
+    pub metrics: Option<Metrics>,
+    /// This service's name (`balancer ls`, `--name`).
+    pub name: String,
     /// Per-slot weights for the weighted policy; missing ones are 1.
     pub weights: Vec<u32>,
     /// TCP connections or UDP datagrams.
@@ -123,6 +125,17 @@ pub struct Supervisor {
     /// The supervisor is stopping its workers: it steers nothing and restarts nothing.
     stopping: bool,
     logs: Logs,
+    /// Where /metrics is served, if it is.
+    metrics_addr: Option<SocketAddr>,
+}
+
+/// Where /metrics is served.
+#[derive(Clone, Copy, Debug)]
+pub enum Metrics {
+    /// Given with --metrics: that address or an error.
+    At(SocketAddr),
+    /// The default, 127.0.0.1:9464, or a free loopback port when another balancer has it.
+    Default,
 }
 
 /// What the loop does after an input: most inputs are handled in place, the two operations
@@ -199,7 +212,7 @@ impl Supervisor {
         steering.attach(&group[0])?;
         let control = control::bind(&opts.control)?;
         let metrics = match opts.metrics {
-            Some(addr) => match metrics::bind(addr).await {
+            Some(m) => match bind_metrics(m).await {
                 Ok(l) => Some(l),
                 Err(e) => {
                     let _ = std::fs::remove_file(&opts.control);
@@ -208,6 +221,7 @@ impl Supervisor {
             },
             None => None,
         };
+        let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
 
         let slots = group
             .into_iter()
@@ -227,6 +241,7 @@ impl Supervisor {
             busy: false,
             stopping: false,
             logs,
+            metrics_addr,
         };
         tokio::spawn(inbox::accept_control(
             control,
@@ -368,6 +383,30 @@ impl Supervisor {
         };
         let _ = reply.send(answer);
         Next::Continue
+    }
+}
+
+/// Binds the metrics endpoint: where --metrics says, or by default 127.0.0.1:9464, and a free
+/// loopback port when another balancer of this host already serves there.
+async fn bind_metrics(m: Metrics) -> Result<tokio::net::TcpListener> {
+    match m {
+        Metrics::At(addr) => metrics::bind(addr).await,
+        Metrics::Default => {
+            let addr = SocketAddr::from(([127, 0, 0, 1], metrics::DEFAULT_PORT));
+            match metrics::bind(addr).await {
+                Ok(l) => Ok(l),
+                Err(_) => {
+                    let l = metrics::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+                    log::info!(
+                        "metrics port {} is taken (another balancer?): /metrics is on {} \
+                         (`balancer ls` shows it; --metrics picks one)",
+                        metrics::DEFAULT_PORT,
+                        l.local_addr()?
+                    );
+                    Ok(l)
+                }
+            }
+        }
     }
 }
 

@@ -165,6 +165,26 @@ pub struct RunArgs {
     )]
     pub reconcile_interval: f64,
 
+    /// Replace a worker (the reload way: successor ready first, nothing dropped) once its
+    /// resident memory passes SIZE (bytes, or with K, M or G; read once a second).
+    #[arg(long, env = "BALANCER_MAX_MEMORY", value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+
+    /// Replace a worker once it has been sent N requests (each new connection counts as one:
+    /// exact for clients that close after each request, a lower bound under keep-alive).
+    #[arg(long, env = "BALANCER_MAX_REQUESTS", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_requests: Option<u64>,
+
+    /// Add up to N to each worker's --max-requests, drawn per worker, so that workers started
+    /// together are not all replaced together.
+    #[arg(
+        long,
+        env = "BALANCER_MAX_REQUESTS_JITTER",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub max_requests_jitter: u64,
+
     /// Also write each worker slot's output to DIR/slot-N.log (mode 0600), rotated by size.
     #[arg(long, env = "BALANCER_LOG_DIR", value_name = "DIR")]
     pub log_dir: Option<PathBuf>,

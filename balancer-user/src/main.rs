@@ -169,7 +169,19 @@ fn options(args: RunArgs, json_logs: bool) -> Result<supervisor::Options> {
         max_size: args.log_max_size,
         keep: args.log_keep,
     };
+    if args.max_requests_jitter > 0 && args.max_requests.is_none() {
+        anyhow::bail!(
+            "--max-requests-jitter {} without --max-requests: give --max-requests N too",
+            args.max_requests_jitter
+        );
+    }
+    let recycle = supervisor::Limits {
+        max_memory: args.max_memory,
+        max_requests: args.max_requests,
+        jitter: args.max_requests_jitter,
+    };
     Ok(supervisor::Options {
+        recycle,
         logs,
         credentials,
         listen,

@@ -228,6 +228,24 @@ impl Snapshot {
         )?;
         family(
             e,
+            "balancer_slot_recycles",
+            "Workers of the slot replaced for their memory (--max-memory) or the requests they served (--max-requests).",
+            Counter,
+            slots().flat_map(|x| {
+                [
+                    ("memory", x.recycled_memory),
+                    ("requests", x.recycled_requests),
+                ]
+                .map(|(reason, n)| {
+                    (
+                        vec![("slot", x.slot.to_string()), ("reason", reason.to_string())],
+                        ConstCounter::new(n),
+                    )
+                })
+            }),
+        )?;
+        family(
+            e,
             "balancer_worker_log_lines",
             "Lines of output the slot's workers wrote (stdout and stderr).",
             Counter,

@@ -349,6 +349,15 @@ pub struct SlotStatus {
     /// The last lines the last worker wrote to stderr, if it exited abnormally.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_stderr: Vec<String>,
+    /// Workers of the slot replaced for their memory (`--max-memory`).
+    #[serde(default)]
+    pub recycled_memory: u64,
+    /// Workers of the slot replaced for the requests they served (`--max-requests`).
+    #[serde(default)]
+    pub recycled_requests: u64,
+    /// The worker's resident memory at the last reading (read while `--max-memory` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
     /// Lines of output the slot's workers wrote.
     #[serde(default)]
     pub log_lines: u64,

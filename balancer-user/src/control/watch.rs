@@ -119,6 +119,9 @@ mod tests {
                     last_exit_signal: None,
                     last_stderr: Vec::new(),
                     log_lines: 0,
+                    recycled_memory: 0,
+                    recycled_requests: 0,
+                    memory_bytes: None,
                     log_dropped: 0,
                 })
                 .collect(),

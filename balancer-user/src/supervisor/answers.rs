@@ -64,6 +64,9 @@ impl Supervisor {
                         }
                         _ => Vec::new(),
                     },
+                    recycled_memory: s.recycled_memory,
+                    recycled_requests: s.recycled_requests,
+                    memory_bytes: s.memory,
                     log_lines: self.logs.counts(i).lines,
                     log_dropped: self.logs.counts(i).dropped,
                 }

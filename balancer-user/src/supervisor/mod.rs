@@ -34,6 +34,7 @@
 mod answers;
 mod inbox;
 mod readiness;
+mod recycle;
 mod reload;
 mod scale;
 mod shutdown;
@@ -59,6 +60,8 @@ use crate::{
     worker::spawn::{self, WorkerCommand},
 };
 use inbox::{Event, Inbox, Input};
+pub use recycle::Limits;
+use recycle::Reason;
 use slot::Slot;
 
 /// The answer to a reload or scale that a stop cut short.
@@ -100,6 +103,8 @@ pub struct Options {
     pub flows: u32,
     /// How often the load is compared with what the kernel holds.
     pub reconcile_interval: Duration,
+    /// When a worker is replaced for its memory or the requests it served.
+    pub recycle: Limits,
     /// Where the workers' output goes besides `balancer logs`.
     pub logs: crate::logs::sink::Options,
     /// The account workers run as; None: the supervisor's own (minus the BPF capabilities).
@@ -127,6 +132,8 @@ pub struct Supervisor {
     logs: Logs,
     /// Where /metrics is served, if it is.
     metrics_addr: Option<SocketAddr>,
+    /// When the workers' memory was last read.
+    memory_read: Option<std::time::Instant>,
 }
 
 /// Where /metrics is served.
@@ -144,6 +151,8 @@ enum Next {
     Continue,
     Reload(Option<oneshot::Sender<String>>),
     Scale(u32, oneshot::Sender<String>),
+    /// A worker is due for recycling.
+    Recycle(u32, Reason),
     /// A second interrupt while stopping: kill what is left.
     KillNow,
 }
@@ -242,6 +251,7 @@ impl Supervisor {
             stopping: false,
             logs,
             metrics_addr,
+            memory_read: None,
         };
         tokio::spawn(inbox::accept_control(
             control,
@@ -322,6 +332,11 @@ impl Supervisor {
                         None => log::info!("reload (SIGHUP): {outcome}"),
                     }
                 }
+                Next::Recycle(slot, reason) => {
+                    self.busy = true;
+                    self.recycle(slot, reason, &mut inbox).await;
+                    self.busy = false;
+                }
                 Next::Scale(n, reply) => {
                     self.busy = true;
                     let outcome = self.scale(n, &mut inbox).await;
@@ -359,7 +374,14 @@ impl Supervisor {
                 log::info!("SIGHUP: a reload or scale is already under way")
             }
             Input::Hangup => return Next::Reload(None),
-            Input::StallTick => self.watch_stalls(),
+            Input::StallTick => {
+                self.watch_stalls();
+                if !self.busy && !self.stopping {
+                    if let Some((slot, reason)) = self.due_recycle() {
+                        return Next::Recycle(slot, reason);
+                    }
+                }
+            }
             Input::ReconcileTick => self.reconcile(),
         }
         Next::Continue

@@ -88,71 +88,80 @@ impl Supervisor {
         log::info!("reload: replacing {n} workers, {batch} at a time");
         let all: Vec<u32> = (0..n).collect();
         for chunk in all.chunks(batch) {
-            let mut started = Vec::new();
-            for &slot in chunk {
-                let s = &mut self.slots[slot as usize];
-                s.given_up = false;
-                s.backoff = Backoff::new(self.opts.backoff);
-                let old = s.pid.map(|pid| (pid, s.generation));
-                s.retiring = old;
-                if let Err(e) = self.start_worker(slot) {
-                    self.slots[slot as usize].retiring = None;
-                    return format!("error: slot {slot}: {e:#}; slots before it were reloaded");
-                }
-                started.push((slot, self.slots[slot as usize].generation, old));
-            }
-            let settled = |s: &Supervisor| {
-                started.iter().all(|&(slot, g, _)| {
-                    let x = &s.slots[slot as usize];
-                    x.ready == g || x.generation != g || x.pid.is_none()
-                })
-            };
-            self.pump(
-                inbox,
-                self.opts.ready_timeout + Duration::from_secs(1),
-                settled,
-            )
-            .await;
-            if self.stop_requested {
-                return STOPPED_MIDWAY.into();
-            }
-            let mut failed = None;
-            let mut retire = Vec::new();
-            for &(slot, g, old) in &started {
-                let x = &self.slots[slot as usize];
-                if x.ready == g && x.generation == g && x.pid.is_some() {
-                    retire.push(slot);
-                    continue;
-                }
-                // The new worker died (or never got ready): keep the old one serving.
-                let reason = x
-                    .last_exit
-                    .clone()
-                    .unwrap_or_else(|| "did not get ready".into());
-                if let Some(new) = x.pid.filter(|_| x.generation == g) {
-                    let _ = nix::sys::signal::kill(new, Signal::SIGKILL);
-                }
-                if let Some((pid, generation)) = old {
-                    let x = &mut self.slots[slot as usize];
-                    x.retiring = None;
-                    x.pid = Some(pid);
-                    x.generation = generation;
-                    self.steering.set_state(slot, SlotState::Up);
-                    self.steering.refresh_sticky(self.opts.workers);
-                }
-                failed.get_or_insert(format!(
-                    "error: reload stopped at slot {slot}: the new worker {reason}; the previous worker keeps serving"
-                ));
-            }
-            self.retire(&retire, inbox).await;
-            if self.stop_requested {
-                return STOPPED_MIDWAY.into();
-            }
-            if let Some(e) = failed {
+            if let Err(e) = self.replace(chunk, inbox).await {
                 return e;
             }
         }
         log::info!("reload: done");
         serde_json::json!({ "reloaded": n }).to_string()
+    }
+
+    /// Replaces the workers of `slots` at once: each successor starts on its slot's listener,
+    /// and each previous worker gets SIGTERM once its successor is ready. A successor that dies
+    /// or never gets ready is killed and its previous worker kept: the error says so.
+    pub(super) async fn replace(&mut self, slots: &[u32], inbox: &mut Inbox) -> Result<(), String> {
+        let mut started = Vec::new();
+        for &slot in slots {
+            let s = &mut self.slots[slot as usize];
+            s.given_up = false;
+            s.backoff = Backoff::new(self.opts.backoff);
+            let old = s.pid.map(|pid| (pid, s.generation));
+            s.retiring = old;
+            if let Err(e) = self.start_worker(slot) {
+                self.slots[slot as usize].retiring = None;
+                return Err(format!(
+                    "error: slot {slot}: {e:#}; slots before it were replaced"
+                ));
+            }
+            started.push((slot, self.slots[slot as usize].generation, old));
+        }
+        let settled = |s: &Supervisor| {
+            started.iter().all(|&(slot, g, _)| {
+                let x = &s.slots[slot as usize];
+                x.ready == g || x.generation != g || x.pid.is_none()
+            })
+        };
+        self.pump(
+            inbox,
+            self.opts.ready_timeout + Duration::from_secs(1),
+            settled,
+        )
+        .await;
+        if self.stop_requested {
+            return Err(STOPPED_MIDWAY.into());
+        }
+        let mut failed = None;
+        let mut retire = Vec::new();
+        for &(slot, g, old) in &started {
+            let x = &self.slots[slot as usize];
+            if x.ready == g && x.generation == g && x.pid.is_some() {
+                retire.push(slot);
+                continue;
+            }
+            // The new worker died (or never got ready): keep the old one serving.
+            let reason = x
+                .last_exit
+                .clone()
+                .unwrap_or_else(|| "did not get ready".into());
+            if let Some(new) = x.pid.filter(|_| x.generation == g) {
+                let _ = nix::sys::signal::kill(new, Signal::SIGKILL);
+            }
+            if let Some((pid, generation)) = old {
+                let x = &mut self.slots[slot as usize];
+                x.retiring = None;
+                x.pid = Some(pid);
+                x.generation = generation;
+                self.steering.set_state(slot, SlotState::Up);
+                self.steering.refresh_sticky(self.opts.workers);
+            }
+            failed.get_or_insert(format!(
+                "error: stopped at slot {slot}: the new worker {reason}; the previous worker keeps serving"
+            ));
+        }
+        self.retire(&retire, inbox).await;
+        if self.stop_requested {
+            return Err(STOPPED_MIDWAY.into());
+        }
+        failed.map_or(Ok(()), Err)
     }
 }

@@ -38,6 +38,17 @@ pub(super) struct Slot {
     pub(super) restarts: u64,
     pub(super) last_exit: Option<String>,
     pub(super) last_status: Option<ExitStatus>,
+    /// `assigned` when the current worker started: what it has been sent since is its count
+    /// of requests for recycling.
+    pub(super) assigned_at_start: u64,
+    /// Requests after which the current worker is recycled (`--max-requests` plus its jitter).
+    pub(super) request_budget: Option<u64>,
+    /// The current worker's resident memory at the last reading.
+    pub(super) memory: Option<u64>,
+    pub(super) recycled_memory: u64,
+    pub(super) recycled_requests: u64,
+    /// No recycling before this (after one failed).
+    pub(super) recycle_after: Instant,
     /// The pid of the worker that exited last, whose stderr `status` may quote.
     pub(super) last_pid: Option<Pid>,
     pub(super) backoff: Backoff,
@@ -61,6 +72,12 @@ impl Slot {
             last_exit: None,
             last_status: None,
             last_pid: None,
+            assigned_at_start: 0,
+            request_budget: None,
+            memory: None,
+            recycled_memory: 0,
+            recycled_requests: 0,
+            recycle_after: Instant::now(),
             backoff: Backoff::new(backoff),
             given_up: false,
             stall: StallWatch::default(),
@@ -117,6 +134,10 @@ impl Supervisor {
         s.generation += 1;
         s.pid = Some(pid);
         s.started = Some(Instant::now());
+        s.memory = None;
+        s.assigned_at_start = self.steering.slots.assigned(slot);
+        let seed = (pid.as_raw() as u64) << 32 ^ s.generation ^ std::process::id() as u64;
+        s.request_budget = super::recycle::budget(&self.opts.recycle, seed);
         s.stall.reset();
         // The slot's state is left as it is (down, or up with the worker being replaced): it
         // becomes up when this worker is ready, so a worker that dies at start (a crash loop)

@@ -43,6 +43,8 @@ pub enum SlotState {
     Draining = 2,
     /// Alive, but not accepting: never selected until it accepts again.
     Stalled = 3,
+    /// Failing its health checks: never selected until it passes again.
+    Unhealthy = 4,
 }
 
 impl SlotState {
@@ -51,6 +53,7 @@ impl SlotState {
             1 => SlotState::Up,
             2 => SlotState::Draining,
             3 => SlotState::Stalled,
+            4 => SlotState::Unhealthy,
             _ => SlotState::Down,
         }
     }
@@ -61,6 +64,7 @@ impl SlotState {
             SlotState::Up => "up",
             SlotState::Draining => "draining",
             SlotState::Stalled => "stalled",
+            SlotState::Unhealthy => "unhealthy",
         }
     }
 }
@@ -111,6 +115,10 @@ pub struct Config {
     /// While non-zero, the close tracker learns the network namespace from the socket that
     /// starts listening on this port (host byte order): see `NETNS`.
     pub calibrate_port: u32,
+    /// Non-zero while health checks run: the supervisor records each probe's connection in
+    /// `FLOWS` before it connects, and the program sends it to that slot under every policy
+    /// (the `hash` policy looks it up only then).
+    pub probing: u32,
 }
 
 /// A TCP connection as the steering program sees it in the SYN's headers and the close tracker

@@ -305,14 +305,22 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
         count(stats::FALLBACK_MAP_ERROR);
         return SK_PASS;
     };
+    let mut key = FlowKey::default();
     if config.policy == Policy::Hash as u32 && config.stopping == 0 {
+        // A health probe goes to the slot it checks, whatever the policy.
+        if config.probing != 0
+            && ctx.ip_protocol() == IPPROTO_TCP
+            && tcp_segment(&ctx, &mut key) == SEGMENT_SYN
+            && probe(&ctx, &key)
+        {
+            return SK_PASS;
+        }
         // The kernel's own choice, by request, at the fixed cost of running a program: nothing
         // is followed or counted (a SYN-cookie ACK validates on any listener of the group),
         // and the reconciliation counts what the hash placed.
         count(stats::HASH);
         return SK_PASS;
     }
-    let mut key = FlowKey::default();
     let tcp = ctx.ip_protocol() == IPPROTO_TCP;
     if tcp {
         let segment = tcp_segment(&ctx, &mut key);
@@ -335,6 +343,10 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
         return SK_DROP;
     }
     let Some(index) = choose(config, &key.remote) else {
+        // No slot in rotation: a health probe still reaches the slot it checks.
+        if tcp && config.probing != 0 && probe(&ctx, &key) {
+            return SK_PASS;
+        }
         count(stats::FALLBACK_NO_SLOT);
         return SK_PASS;
     };
@@ -374,6 +386,19 @@ fn follow(ctx: &SkReuseportContext, key: &FlowKey) -> u32 {
         None => count(stats::NOT_A_SYN),
     }
     SK_PASS
+}
+
+/// A health probe's SYN: the supervisor recorded its connection (and counted it) before
+/// connecting. Sends it to that slot; false if it is none.
+#[inline(always)]
+fn probe(ctx: &SkReuseportContext, key: &FlowKey) -> bool {
+    match unsafe { FLOWS.get(key) } {
+        Some(&slot) if SOCKETS.select_reuseport(ctx, slot).is_ok() => {
+            count(stats::FOLLOWED);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// A SYN of a connection already recorded: retransmitted after a full queue dropped the first.

@@ -129,6 +129,18 @@ impl Accounting {
     }
 }
 
+impl Accounting {
+    /// Counts a health probe's connection, recorded by the supervisor before it connects.
+    pub fn probe_opened(&self, slots: &Mapped<Slot>, slot: u32) {
+        adjust(slots, slot, 1);
+    }
+
+    /// Counts its close, when the supervisor removed its record (the close tracker did not).
+    pub fn probe_closed(&self, slots: &Mapped<Slot>, slot: u32) {
+        adjust(slots, slot, -1);
+    }
+}
+
 /// Moves `slot`'s load by `amount` with an atomic add to one of its counters.
 fn adjust(slots: &Mapped<Slot>, slot: u32, amount: i64) {
     if amount > 0 {

@@ -165,6 +165,28 @@ pub struct RunArgs {
     )]
     pub reconcile_interval: f64,
 
+    /// Probe each worker with `GET PATH` through its own listener: a worker that fails leaves
+    /// rotation at once, rejoins after --health-rise passes, and is restarted after
+    /// --health-fall failures in a row. A 2xx or 3xx answer passes.
+    #[arg(long, env = "BALANCER_HEALTH_CHECK", value_name = "PATH")]
+    pub health_check: Option<String>,
+
+    /// Seconds between two probes of a worker.
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    pub health_interval: f64,
+
+    /// Seconds a probe may take before it counts as failed.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    pub health_timeout: f64,
+
+    /// Passed probes in a row that put an unhealthy worker back in rotation.
+    #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub health_rise: u32,
+
+    /// Failed probes in a row that restart a worker.
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub health_fall: u32,
+
     /// Replace a worker (the reload way: successor ready first, nothing dropped) once its
     /// resident memory passes SIZE (bytes, or with K, M or G; read once a second).
     #[arg(long, env = "BALANCER_MAX_MEMORY", value_name = "SIZE", value_parser = parse_size)]

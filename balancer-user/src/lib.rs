@@ -9,7 +9,8 @@
 //! - The supervisor: [`supervisor`] (one event loop over a slot's lifecycle, reload, scale and
 //!   stop) and the pure decisions it takes, each testable without a kernel: [`accounting`]
 //!   (the load and how it is kept true), [`backoff`] (restart pacing), [`stall`] (when a worker
-//!   has stopped accepting), [`sticky`] (the `sticky` policy's table).
+//!   has stopped accepting), [`health`] (what health probes mean), [`sticky`] (the `sticky`
+//!   policy's table).
 //! - The workers' output: [`logs`] (captured line by line, kept, followed, written out).
 //! - Talking to it: [`control`] (the control socket's protocol, server and client, and `status
 //!   --watch`), [`metrics`] (Prometheus).
@@ -22,6 +23,7 @@ pub mod capabilities;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod health;
 pub mod kernel;
 pub mod listeners;
 pub mod logging;

@@ -180,7 +180,40 @@ fn options(args: RunArgs, json_logs: bool) -> Result<supervisor::Options> {
         max_requests: args.max_requests,
         jitter: args.max_requests_jitter,
     };
+    let health = match args.health_check {
+        None => None,
+        Some(path) => {
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                anyhow::bail!(
+                    "--health-check {path:?}: give a request path such as /healthz (starting with /, no spaces)"
+                );
+            }
+            let interval = seconds("health-interval", args.health_interval)?;
+            let timeout = seconds("health-timeout", args.health_timeout)?;
+            if interval < Duration::from_millis(10) {
+                anyhow::bail!(
+                    "--health-interval {}: give at least 0.01 seconds",
+                    args.health_interval
+                );
+            }
+            if timeout.is_zero() || timeout > interval {
+                anyhow::bail!(
+                    "--health-timeout {}: give more than 0 and at most --health-interval ({})",
+                    args.health_timeout,
+                    args.health_interval
+                );
+            }
+            Some(supervisor::Check {
+                path,
+                interval,
+                timeout,
+                rise: args.health_rise,
+                fall: args.health_fall,
+            })
+        }
+    };
     Ok(supervisor::Options {
+        health,
         recycle,
         logs,
         credentials,

@@ -246,6 +246,27 @@ impl Snapshot {
         )?;
         family(
             e,
+            "balancer_slot_health_failures",
+            "Health probes of the slot's workers that failed (--health-check).",
+            Counter,
+            slots().map(|x| (slot(x.slot), ConstCounter::new(x.health_failures))),
+        )?;
+        family(
+            e,
+            "balancer_slot_health_restarts",
+            "Workers of the slot restarted for failing --health-fall probes in a row.",
+            Counter,
+            slots().map(|x| (slot(x.slot), ConstCounter::new(x.health_restarts))),
+        )?;
+        family(
+            e,
+            "balancer_slot_health_probe_seconds",
+            "How long the slot's last health probe took.",
+            Gauge,
+            slots().filter_map(|x| Some((slot(x.slot), ConstGauge::new(x.probe_seconds?)))),
+        )?;
+        family(
+            e,
             "balancer_worker_log_lines",
             "Lines of output the slot's workers wrote (stdout and stderr).",
             Counter,

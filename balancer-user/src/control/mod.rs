@@ -358,6 +358,19 @@ pub struct SlotStatus {
     /// The worker's resident memory at the last reading (read while `--max-memory` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// The worker's health from its probes (`unknown`, `healthy`, `unhealthy`), with
+    /// `--health-check`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// How long the last probe took, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_seconds: Option<f64>,
+    /// Probes of the slot's workers that failed.
+    #[serde(default)]
+    pub health_failures: u64,
+    /// Workers of the slot restarted for failing `--health-fall` probes in a row.
+    #[serde(default)]
+    pub health_restarts: u64,
     /// Lines of output the slot's workers wrote.
     #[serde(default)]
     pub log_lines: u64,

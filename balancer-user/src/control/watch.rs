@@ -122,6 +122,10 @@ mod tests {
                     recycled_memory: 0,
                     recycled_requests: 0,
                     memory_bytes: None,
+                    health: None,
+                    probe_seconds: None,
+                    health_failures: 0,
+                    health_restarts: 0,
                     log_dropped: 0,
                 })
                 .collect(),

@@ -11,9 +11,10 @@
 //! [`steering`]: the `SK_REUSEPORT` program, attached to the listeners, and the `CONFIG` it
 //! reads. [`tracker`]: the close tracker. The maps: [`sockets`] (`SOCKETS`, the listeners the
 //! program chooses among), [`slots`] (`SLOTS`, each slot's state, weight and counters),
-//! [`sticky`] (`STICKY`), [`stats`] (`STATS`, the program's own counters), [`log`] (the
+//! [`flows`] (`FLOWS`, each connection's slot), [`sticky`] (`STICKY`), [`stats`] (`STATS`, the program's own counters), [`log`] (the
 //! program's log records). [`mapped`]: how `SLOTS` and `STICKY` are shared memory.
 
+mod flows;
 mod log;
 mod mapped;
 mod slots;
@@ -34,6 +35,7 @@ use aya::{
 use balancer_common::{maps as names, policy, Config, Slot};
 
 use crate::capabilities;
+pub use flows::key as flow_key;
 pub use log::{forward_log, ProgramLog};
 pub use mapped::Mapped;
 pub use stats::ProgramStats;
@@ -50,6 +52,7 @@ pub struct Steering {
     config: Array<MapData, Config>,
     stats: PerCpuArray<MapData, u64>,
     netns: Array<MapData, u64>,
+    flows: aya::maps::HashMap<MapData, balancer_common::maps::FlowKey, u32>,
     pub slots: Mapped<Slot>,
     sticky: Mapped<u64>,
 }
@@ -102,6 +105,7 @@ impl Steering {
             _ => bail!("map {} is not an array", names::SLOTS_MAP),
         };
         let netns = Array::try_from(take(&mut bpf, names::NETNS_MAP)?)?;
+        let flows = aya::maps::HashMap::try_from(take(&mut bpf, names::FLOWS_MAP)?)?;
         let sticky_map = match take(&mut bpf, names::STICKY_MAP)? {
             aya::maps::Map::Array(m) => m,
             _ => bail!("map {} is not an array", names::STICKY_MAP),
@@ -118,6 +122,7 @@ impl Steering {
             config,
             stats,
             netns,
+            flows,
             slots,
             sticky,
         })

@@ -67,6 +67,14 @@ impl Supervisor {
                     recycled_memory: s.recycled_memory,
                     recycled_requests: s.recycled_requests,
                     memory_bytes: s.memory,
+                    health: self
+                        .opts
+                        .health
+                        .as_ref()
+                        .map(|_| s.health.state.name().to_string()),
+                    probe_seconds: s.probe_latency.map(|d| d.as_secs_f64()),
+                    health_failures: s.health_failures,
+                    health_restarts: s.health_restarts,
                     log_lines: self.logs.counts(i).lines,
                     log_dropped: self.logs.counts(i).dropped,
                 }

@@ -40,6 +40,8 @@ pub enum Event {
     Control(Request, oneshot::Sender<String>),
     /// Connections open in each slot's workers, read on a blocking thread.
     Held(Vec<Option<u64>>),
+    /// A health probe's result.
+    Probe(super::health::Probe),
 }
 
 /// One input, in the order they arrive.
@@ -53,6 +55,8 @@ pub enum Input {
     StallTick,
     /// Time to compare the loads with what the kernel holds.
     ReconcileTick,
+    /// Time to probe the workers' health.
+    HealthTick,
 }
 
 pub struct Inbox {
@@ -63,6 +67,8 @@ pub struct Inbox {
     hup: Signal,
     stalls: Interval,
     reconcile: Interval,
+    /// None without health checks.
+    health: Option<Interval>,
 }
 
 impl Inbox {
@@ -70,6 +76,7 @@ impl Inbox {
         events: mpsc::UnboundedReceiver<Event>,
         asks: mpsc::UnboundedReceiver<Ask>,
         reconcile_every: Duration,
+        health_every: Option<Duration>,
     ) -> Result<Inbox> {
         let mut stalls = interval(STALL_TICK);
         stalls.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -83,6 +90,11 @@ impl Inbox {
             hup: signal(SignalKind::hangup())?,
             stalls,
             reconcile,
+            health: health_every.map(|every| {
+                let mut i = interval(every);
+                i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                i
+            }),
         })
     }
 
@@ -97,6 +109,7 @@ impl Inbox {
             _ = self.hup.recv() => Input::Hangup,
             _ = self.stalls.tick() => Input::StallTick,
             _ = self.reconcile.tick() => Input::ReconcileTick,
+            _ = async { self.health.as_mut()?.tick().await; Some(()) }, if self.health.is_some() => Input::HealthTick,
         }
     }
 }

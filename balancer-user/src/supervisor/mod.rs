@@ -32,6 +32,7 @@
 //! come from a thread that lives as long as the supervisor.
 
 mod answers;
+mod health;
 mod inbox;
 mod readiness;
 mod recycle;
@@ -59,6 +60,7 @@ use crate::{
     metrics::{self, Ask},
     worker::spawn::{self, WorkerCommand},
 };
+pub use health::Check;
 use inbox::{Event, Inbox, Input};
 pub use recycle::Limits;
 use recycle::Reason;
@@ -103,6 +105,8 @@ pub struct Options {
     pub flows: u32,
     /// How often the load is compared with what the kernel holds.
     pub reconcile_interval: Duration,
+    /// Active health checks; None for none.
+    pub health: Option<Check>,
     /// When a worker is replaced for its memory or the requests it served.
     pub recycle: Limits,
     /// Where the workers' output goes besides `balancer logs`.
@@ -183,7 +187,12 @@ pub fn run(opts: Options) -> Result<()> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (ask_tx, ask_rx) = mpsc::unbounded_channel();
         // Signals are caught from here on, before any worker starts.
-        let inbox = Inbox::new(rx, ask_rx, opts.reconcile_interval)?;
+        let inbox = Inbox::new(
+            rx,
+            ask_rx,
+            opts.reconcile_interval,
+            opts.health.as_ref().map(|h| h.interval),
+        )?;
         let mut sup = Supervisor::start(opts, command, logs, tx, ask_tx).await?;
         sup.serve(inbox).await
     });
@@ -218,6 +227,7 @@ impl Supervisor {
         if opts.transport == listeners::Transport::Tcp {
             steering.track(group[0].local_addr()?.port())?;
         }
+        steering.set_probing(opts.health.is_some())?;
         steering.attach(&group[0])?;
         let control = control::bind(&opts.control)?;
         let metrics = match opts.metrics {
@@ -365,6 +375,8 @@ impl Supervisor {
             Input::Event(Event::Restart { slot, generation }) => self.on_restart(slot, generation),
             Input::Event(Event::Ready { slot, generation }) => self.on_ready(slot, generation),
             Input::Event(Event::Held(held)) => self.on_held(held),
+            Input::Event(Event::Probe(probe)) => self.on_probe(probe),
+            Input::HealthTick => self.probe_all(),
             Input::Event(Event::Control(request, reply)) => return self.on_request(request, reply),
             Input::Ask(ask) => self.answer(ask),
             Input::Interrupt if self.stopping => return Next::KillNow,

@@ -47,6 +47,13 @@ pub(super) struct Slot {
     pub(super) memory: Option<u64>,
     pub(super) recycled_memory: u64,
     pub(super) recycled_requests: u64,
+    /// The current worker's health, from its probes.
+    pub(super) health: crate::health::Health,
+    /// A probe of this slot is under way.
+    pub(super) probing: bool,
+    pub(super) probe_latency: Option<Duration>,
+    pub(super) health_failures: u64,
+    pub(super) health_restarts: u64,
     /// No recycling before this (after one failed).
     pub(super) recycle_after: Instant,
     /// The pid of the worker that exited last, whose stderr `status` may quote.
@@ -78,6 +85,11 @@ impl Slot {
             recycled_memory: 0,
             recycled_requests: 0,
             recycle_after: Instant::now(),
+            health: Default::default(),
+            probing: false,
+            probe_latency: None,
+            health_failures: 0,
+            health_restarts: 0,
             backoff: Backoff::new(backoff),
             given_up: false,
             stall: StallWatch::default(),
@@ -135,6 +147,7 @@ impl Supervisor {
         s.pid = Some(pid);
         s.started = Some(Instant::now());
         s.memory = None;
+        s.health = Default::default();
         s.assigned_at_start = self.steering.slots.assigned(slot);
         let seed = (pid.as_raw() as u64) << 32 ^ s.generation ^ std::process::id() as u64;
         s.request_budget = super::recycle::budget(&self.opts.recycle, seed);

@@ -1,0 +1,57 @@
+//! `FLOWS`: an LRU hash, connection (4-tuple) to slot. The steering program records each new
+//! connection at its SYN, follows its later segments with it, and the close tracker removes it
+//! at the close, counting the close in the slot's books: whoever removes a record counts it.
+//!
+//! User space writes it for one thing: a health probe's connection is recorded before the
+//! probe connects, so that the program sends the probe to the slot it checks under every
+//! policy.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context as _, Result};
+use balancer_common::maps::FlowKey;
+
+use super::Steering;
+
+/// The key the program builds from a SYN from `client` to `server`: addresses as in the
+/// packet (IPv4 in the first word), ports as the TCP header's first word.
+pub fn key(client: SocketAddr, server: SocketAddr) -> FlowKey {
+    let words = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+        IpAddr::V6(v6) => {
+            let b = v6.octets();
+            std::array::from_fn(|i| {
+                u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+            })
+        }
+    };
+    let (c, s) = (client.port().to_be_bytes(), server.port().to_be_bytes());
+    FlowKey {
+        remote: words(client.ip()),
+        local: words(server.ip()),
+        ports: u32::from_ne_bytes([c[0], c[1], s[0], s[1]]),
+    }
+}
+
+impl Steering {
+    /// Records `key` as a connection of `slot` (a health probe about to connect).
+    pub fn record_flow(&mut self, key: FlowKey, slot: u32) -> Result<()> {
+        self.flows
+            .insert(key, slot, 0)
+            .context("cannot record a health probe's connection")
+    }
+
+    /// Removes `key`'s record; true if this call removed it (and so must count its close).
+    pub fn forget_flow(&mut self, key: &FlowKey) -> bool {
+        self.flows.remove(key).is_ok()
+    }
+
+    /// Tells the program whether health probes are recorded (see [`Steering::record_flow`]).
+    pub fn set_probing(&mut self, on: bool) -> Result<()> {
+        let mut config = self.config.get(&0, 0).unwrap_or_default();
+        config.probing = on as u32;
+        self.config
+            .set(0, config, 0)
+            .context("cannot write the program's configuration")
+    }
+}

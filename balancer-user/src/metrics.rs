@@ -26,7 +26,7 @@ use crate::control::Status;
 
 /// Slot states exposed as `balancer_slot_state{state=...}`: every slot has one series per state,
 /// 1 for the current one, so that every series exists from the start.
-pub const STATES: [&str; 5] = ["up", "draining", "stalled", "down", "failed"];
+pub const STATES: [&str; 6] = ["up", "draining", "stalled", "unhealthy", "down", "failed"];
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

@@ -121,8 +121,8 @@ fn prometheus_scrapes_what_the_program_counted() {
     assert_eq!(scalar("count(balancer_program_fallbacks_total)"), Some(4.0));
     assert_eq!(
         scalar("count(balancer_slot_state)"),
-        Some(20.0),
-        "5 states x 4 slots"
+        Some(24.0),
+        "6 states x 4 slots"
     );
 
     thread::scope(|s| {

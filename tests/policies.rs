@@ -25,13 +25,72 @@ fn round_robin_is_exact() {
     assert_eq!(sequential(&b, 400), [100, 100, 100, 100]);
 }
 
+/// Keeps `want[i]` keep-alive connections open on slot `i`: opens connections (at most 200),
+/// holding every one, until each slot has its count, then closes the extra ones and waits until
+/// the program's loads show exactly `want`.
+fn hold_loads(b: &Balancer, want: &[usize]) -> Vec<KeepAlive> {
+    let mut held: Vec<Vec<KeepAlive>> = want.iter().map(|_| Vec::new()).collect();
+    for _ in 0..200 {
+        if held.iter().zip(want).all(|(h, &w)| h.len() >= w) {
+            break;
+        }
+        let k = KeepAlive::open(b.addr).unwrap();
+        held[k.slot as usize].push(k);
+    }
+    let mut kept = Vec::new();
+    for (slot, (mut h, &w)) in held.into_iter().zip(want).enumerate() {
+        assert!(
+            h.len() >= w,
+            "slot {slot}: {} of {w} connections in 200",
+            h.len()
+        );
+        kept.extend(h.drain(..w));
+    }
+    let want: Vec<u64> = want.iter().map(|&w| w as u64).collect();
+    b.wait_for(Duration::from_secs(10), "the held loads", |s| {
+        s["slots"].as_array().is_some_and(|slots| {
+            slots
+                .iter()
+                .map(|x| x["load"].as_u64())
+                .eq(want.iter().map(|&w| Some(w)))
+        })
+    });
+    kept
+}
+
+/// Power of two choices draws two distinct slots at random and takes the less loaded. With the
+/// loads held at 0, 2, 4 and 6 (gaps of 2, so that a short connection not yet counted closed
+/// swaps no two slots), each of the 6 pairs is equally likely and its lighter slot wins: slot 0
+/// is in 3 pairs (1/2 of the connections), slot 1 wins 2 (1/3), slot 2 one (1/6), and slot 3,
+/// the heaviest, never.
+///
+/// The kernel hash gives each slot 1/4: slot 3 gets none of 600 with probability 0.75^600 =
+/// 1e-75. Least-loaded sends all 600 to slot 0. The ranges below miss p2c's binomial counts
+/// with probability 7e-7, 2e-6 and 1e-6.
 #[test]
-fn p2c_spreads_idle_connections() {
+fn p2c_takes_the_lighter_of_two_random_workers() {
     netns();
     let b = Balancer::start(8080, 4, &["--policy", "p2c"]);
-    let h = sequential(&b, 800);
-    eprintln!("p2c, 800 sequential connections over 4 workers: {h:?}");
-    assert!(h.iter().all(|&n| (140..=260).contains(&n)), "{h:?}");
+    let held = hold_loads(&b, &[0, 2, 4, 6]);
+    let h = sequential(&b, 600);
+    eprintln!("p2c, loads held at 0, 2, 4, 6, then 600 sequential connections: {h:?}");
+    assert_eq!(
+        h[3], 0,
+        "the heaviest worker is never the lighter of a pair: {h:?}"
+    );
+    assert!(
+        (240..=360).contains(&h[0]),
+        "slot 0 wins 3 pairs of 6, about 300: {h:?}"
+    );
+    assert!(
+        (145..=255).contains(&h[1]),
+        "slot 1 wins 2 pairs of 6, about 200: {h:?}"
+    );
+    assert!(
+        (55..=145).contains(&h[2]),
+        "slot 2 wins 1 pair of 6, about 100: {h:?}"
+    );
+    drop(held);
 }
 
 #[test]

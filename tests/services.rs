@@ -90,6 +90,12 @@ fn two_services_run_side_by_side_and_each_is_picked_by_name_or_port() {
     netns();
     let rt = runtime_dir("two");
     let _web = Service::start(&rt, &["--listen", "127.0.0.1:8080", "--workers", "2"]);
+    // The first to start takes the default metrics port: let it be `web`.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ls(&rt).len() != 1 {
+        assert!(Instant::now() < deadline, "web listed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let _api = Service::start(
         &rt,
         &[

@@ -61,11 +61,9 @@ fn a_busy_worker_gets_far_fewer_connections_than_under_the_kernel_hash() {
     );
 }
 
-#[test]
-fn a_burst_of_64_connects_spreads_over_all_workers() {
-    netns();
-    let b = Balancer::start(8080, 4, &[]);
-    // All 64 connect at the same instant and stay open until every one has connected.
+/// Opens 64 connections at the same instant, holds them all until the last has connected, then
+/// asks each which slot it reached: connections per slot.
+fn burst_of_64(b: &Balancer) -> Vec<usize> {
     let barrier = Arc::new(Barrier::new(64));
     let streams: Vec<_> = thread::scope(|s| {
         let handles: Vec<_> = (0..64)
@@ -83,14 +81,42 @@ fn a_burst_of_64_connects_spreads_over_all_workers() {
         .into_iter()
         .map(|mut s| request_on(&mut s, "/").unwrap())
         .collect();
-    let h = histogram(&replies, 4);
-    eprintln!("burst of 64 over 4 idle workers: {h:?}");
-    for (slot, &n) in h.iter().enumerate() {
-        assert!(
-            (12..=20).contains(&n),
-            "slot {slot} got {n} of a 64-connection burst: {h:?}"
-        );
+    histogram(&replies, 4)
+}
+
+/// Each pure SYN is counted on its slot (an atomic add) before the program returns, so the
+/// next SYN, on either CPU, already sees it, and every connection of a burst stays open until
+/// the burst is over: least-loaded fills the four slots level by level. Two CPUs can race by
+/// one selection (both read the same minimum before either adds); a race early in the burst is
+/// evened out by the selections after it, and only one among the last few could leave a 17
+/// and a 15. Over 1,200 bursts measured on 2 cores, idle and with both cores kept busy, all
+/// came out 16/16/16/16.
+///
+/// Random choice (the kernel's hash of the 4-tuple) lands a burst 16/16/16/16 with probability
+/// 64! / (16!^4 * 4^64) = 0.0019; three bursts in a row: 7e-9.
+#[test]
+fn bursts_of_64_connects_put_exactly_16_on_each_of_4_idle_workers() {
+    const BURSTS: usize = 3;
+    netns();
+    // One reconciliation a minute, that is none after the start: a reading taken mid-burst
+    // weighs the counts against handshakes still in flight, and this test is about the
+    // program's choice alone.
+    let b = Balancer::start(8080, 4, &["--reconcile-interval", "60"]);
+    let mut bursts = Vec::new();
+    for _ in 0..BURSTS {
+        b.wait_for(Duration::from_secs(10), "every slot idle", all_idle);
+        bursts.push(burst_of_64(&b));
     }
+    eprintln!("{BURSTS} bursts of 64 over 4 idle workers: {bursts:?}");
+    assert!(
+        bursts.iter().all(|h| h == &[16, 16, 16, 16]),
+        "each burst must put 16 on each worker: {bursts:?}"
+    );
+    assert_eq!(
+        b.per_slot("assigned"),
+        [16 * BURSTS as u64; 4],
+        "the program counted each connection once, on the slot that answered it"
+    );
 }
 
 #[test]

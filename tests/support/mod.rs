@@ -48,19 +48,24 @@ pub fn netns() {
     );
 }
 
-/// The `balancer` binary under test: `BALANCER_BIN`, or the one next to this test's build.
+/// The `balancer` binary under test: `BALANCER_BIN` if set (a release build, an installed
+/// copy), else the one cargo built for this test run, never whatever a past build left in
+/// target/.
+///
+/// The end-to-end tests are integration tests of the `balancer` package (listed under
+/// `[[test]]` in balancer-user/Cargo.toml): `cargo test` builds the binary before them and
+/// names it in `CARGO_BIN_EXE_balancer` when it runs them.
 pub fn bin() -> PathBuf {
     if let Some(p) = std::env::var_os("BALANCER_BIN") {
         return p.into();
     }
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join("balancer");
-    assert!(
-        p.exists(),
-        "{} not built: run `cargo build -p balancer` or `cargo xtask test`",
-        p.display()
-    );
-    p
+    std::env::var_os("CARGO_BIN_EXE_balancer")
+        .map(PathBuf::from)
+        .expect(
+            "CARGO_BIN_EXE_balancer is not set: run the end-to-end tests through cargo \
+             (`cargo test -p balancer --test NAME`), list a new test file under [[test]] in \
+             balancer-user/Cargo.toml, or name a binary in BALANCER_BIN",
+        )
 }
 
 fn scratch_dir() -> PathBuf {
@@ -510,15 +515,21 @@ pub fn histogram(replies: &[Reply], slots: usize) -> Vec<usize> {
     h
 }
 
-/// What a background load saw.
+/// What a background load saw. Every connection attempt lands in exactly one of `ok`, `failed`
+/// and `refused`, so `ok == attempted` is "nothing was lost or turned away".
 #[derive(Debug, Default, Clone)]
 pub struct Counts {
+    /// Connections tried.
+    pub attempted: u64,
     /// Requests answered with 200.
     pub ok: u64,
     /// Connections that were established and then got no (complete) answer.
     pub failed: u64,
-    /// Connections the kernel refused (no handshake): nothing was accepted, so nothing lost.
+    /// Connections that could not be opened (refused, reset or timed out in the handshake):
+    /// nothing was accepted, so nothing in a worker was lost, but the client was turned away.
     pub refused: u64,
+    /// When the first connection was refused, if one was.
+    pub first_refused_at: Option<Instant>,
     pub first_errors: Vec<String>,
 }
 
@@ -540,10 +551,15 @@ impl Load {
                     let mut n = 0;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < max {
                         n += 1;
+                        c.attempted += 1;
                         let mut stream = match connect(addr) {
                             Ok(s) => s,
-                            Err(_) => {
+                            Err(e) => {
                                 c.refused += 1;
+                                c.first_refused_at.get_or_insert_with(Instant::now);
+                                if c.first_errors.len() < 5 {
+                                    c.first_errors.push(format!("connect: {e}"));
+                                }
                                 std::thread::sleep(Duration::from_millis(5));
                                 continue;
                             }
@@ -573,11 +589,17 @@ impl Load {
         let mut total = Counts::default();
         for h in self.handles {
             let c = h.join().unwrap();
+            total.attempted += c.attempted;
+            total.first_refused_at = match (total.first_refused_at, c.first_refused_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             total.ok += c.ok;
             total.failed += c.failed;
             total.refused += c.refused;
             total.first_errors.extend(c.first_errors);
         }
+        total.first_errors.truncate(5);
         total
     }
 }

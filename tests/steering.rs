@@ -89,34 +89,85 @@ fn burst_of_64(b: &Balancer) -> Vec<usize> {
 /// the burst is over: least-loaded fills the four slots level by level. Two CPUs can race by
 /// one selection (both read the same minimum before either adds); a race early in the burst is
 /// evened out by the selections after it, and only one among the last few could leave a 17
-/// and a 15. Over 1,200 bursts measured on 2 cores, idle and with both cores kept busy, all
-/// came out 16/16/16/16.
+/// and a 15. Measured on 2 cores: none in 1,200 bursts idle or with both cores kept busy, about
+/// one in 600 while a full build and test run shared the machine. So one burst of the three
+/// may be off by one.
 ///
 /// Random choice (the kernel's hash of the 4-tuple) lands a burst 16/16/16/16 with probability
-/// 64! / (16!^4 * 4^64) = 0.0019; three bursts in a row: 7e-9.
+/// 64! / (16!^4 * 4^64) = 0.0019, and within one of 16 on every slot with about 0.02: it passes
+/// this test with probability about 3 * 0.0019^2 * 0.02 = 2e-7.
 #[test]
 fn bursts_of_64_connects_put_exactly_16_on_each_of_4_idle_workers() {
     const BURSTS: usize = 3;
     netns();
-    // One reconciliation a minute, that is none after the start: a reading taken mid-burst
-    // weighs the counts against handshakes still in flight, and this test is about the
-    // program's choice alone.
-    let b = Balancer::start(8080, 4, &["--reconcile-interval", "60"]);
+    let b = Balancer::start(8080, 4, &[]);
     let mut bursts = Vec::new();
     for _ in 0..BURSTS {
         b.wait_for(Duration::from_secs(10), "every slot idle", all_idle);
         bursts.push(burst_of_64(&b));
     }
     eprintln!("{BURSTS} bursts of 64 over 4 idle workers: {bursts:?}");
+    let exact = bursts.iter().filter(|h| *h == &[16, 16, 16, 16]).count();
     assert!(
-        bursts.iter().all(|h| h == &[16, 16, 16, 16]),
+        exact >= BURSTS - 1 && bursts.iter().flatten().all(|n| (15..=17).contains(n)),
         "each burst must put 16 on each worker: {bursts:?}"
     );
+    let mut answered = [0u64; 4];
+    for h in &bursts {
+        for (a, n) in answered.iter_mut().zip(h) {
+            *a += *n as u64;
+        }
+    }
     assert_eq!(
         b.per_slot("assigned"),
-        [16 * BURSTS as u64; 4],
+        answered,
         "the program counted each connection once, on the slot that answered it"
     );
+}
+
+/// The reconciliation reads the kernel while bursts come and go: a reading taken mid-burst must
+/// neither count a connection still in its handshake as drift nor correct a slot whose
+/// counters moved while it was read. Before it left those out, 200 bursts in a row made 6 to
+/// 191 corrections and ended skewed (13/19/19/13) with the books showing load 0 everywhere.
+#[test]
+fn back_to_back_bursts_stay_exact_while_the_reconciliation_reads() {
+    const BURSTS: usize = 200;
+    netns();
+    let b = Balancer::start(8080, 4, &[]);
+    let mut skewed = Vec::new();
+    let mut answered = [0u64; 4];
+    for i in 0..BURSTS {
+        b.wait_for(Duration::from_secs(10), "every slot idle", all_idle);
+        let h = burst_of_64(&b);
+        for (a, n) in answered.iter_mut().zip(&h) {
+            *a += *n as u64;
+        }
+        if h != [16, 16, 16, 16] {
+            skewed.push((i, h));
+        }
+    }
+    b.wait_for(Duration::from_secs(10), "every slot idle", all_idle);
+    let corrections: u64 = b.per_slot("corrections").iter().sum();
+    eprintln!(
+        "{BURSTS} bursts with the reconciliation on: {} skewed, {corrections} corrections",
+        skewed.len()
+    );
+    // Two CPUs may race by one selection (see above), under load now and then: a 17 and a 15.
+    // What a wrong correction does is larger and lasts: 13/19/19/13 burst after burst.
+    assert!(
+        skewed
+            .iter()
+            .all(|(_, h)| h.iter().all(|n| (15..=17).contains(n)))
+            && skewed.len() <= 2,
+        "bursts off 16/16/16/16: {skewed:?}"
+    );
+    assert_eq!(corrections, 0, "nothing drifted, so nothing was corrected");
+    assert_eq!(
+        b.per_slot("assigned"),
+        answered,
+        "each connection counted once, on the slot that answered it"
+    );
+    assert_eq!(b.per_slot("closed"), answered, "and closed once");
 }
 
 #[test]

@@ -13,12 +13,18 @@
 //! in force, a record evicted from a full `FLOWS` table) this module repairs: every `--reconcile-interval` it reads the kernel's truth for
 //! each slot and compares.
 //!
-//! A reading races live selections: a SYN counted but not yet queued, a connection accepted
-//! between the two reads. So a difference is corrected only when two consecutive readings
-//! agree on its sign, and only by the smaller of the two: a transient never survives a second
-//! reading taken an interval later, a real drift does. Corrections are atomic adds to one
-//! counter or the other, never stores, so no concurrent increment by the programs is lost.
-//! This module is the only user-space writer of the counters.
+//! A connection in its handshake is counted (its SYN was) and held by the kernel as a request
+//! socket: the reading counts the young ones (no SYN-ACK retransmitted yet, so under a second
+//! old) on the slot `FLOWS` names, and leaves out the older ones, handshakes a client
+//! abandoned, which are the drift to correct.
+//!
+//! A reading still races live traffic: a connection arriving or closing while it is taken, one
+//! accepted between two of its reads. So a slot whose counters moved while it was read is left
+//! out of that reading; and a difference is corrected only when two consecutive readings agree
+//! on its sign, and only by the smaller of the two: a transient never survives a second
+//! reading, a real drift does. Corrections are atomic adds to one counter or the other, never
+//! stores, so no concurrent increment by the programs is lost. This module is the only
+//! user-space writer of the counters.
 
 use std::collections::HashSet;
 
@@ -36,12 +42,26 @@ pub struct Truth {
     pub queued: u64,
     /// Connections open in the slot's worker processes.
     pub held: u64,
+    /// Connections in their handshake (young request sockets).
+    pub handshaking: u64,
 }
 
 impl Truth {
     pub fn total(self) -> u64 {
-        self.queued + self.held
+        self.queued + self.held + self.handshaking
     }
+}
+
+/// One slot's part of a reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sample {
+    Known(Truth),
+    /// Could not be read (a worker's descriptors): no correction, and the next reading starts
+    /// afresh. Unknown is not zero.
+    Unknown,
+    /// Its counters moved while it was read: this reading says nothing of it, and the
+    /// previous one still stands.
+    Moving,
 }
 
 /// The books of one slot between readings.
@@ -91,18 +111,20 @@ impl Accounting {
         }
     }
 
-    /// Compares each slot's load with `truth` (indexed by slot; None where it could not be
-    /// read) and corrects what two readings agree on. Returns the corrections made, as (slot,
-    /// amount).
-    pub fn reconcile(&mut self, slots: &Mapped<Slot>, truth: &[Option<Truth>]) -> Vec<(u32, i64)> {
+    /// Compares each slot's load with its sample of a reading (indexed by slot) and corrects
+    /// what two readings agree on. Returns the corrections made, as (slot, amount).
+    pub fn reconcile(&mut self, slots: &Mapped<Slot>, truth: &[Sample]) -> Vec<(u32, i64)> {
         self.books.resize_with(truth.len(), Book::default);
         let mut made = Vec::new();
         for (i, (book, t)) in self.books.iter_mut().zip(truth).enumerate() {
             let slot = i as u32;
-            let Some(t) = t else {
-                // Unknown is not zero: no correction, and the next reading starts afresh.
-                book.previous = None;
-                continue;
+            let t = match t {
+                Sample::Known(t) => t,
+                Sample::Unknown => {
+                    book.previous = None;
+                    continue;
+                }
+                Sample::Moving => continue,
             };
             let now = counted(slots, slot) - t.total() as i64;
             book.truth = *t;
@@ -150,17 +172,27 @@ fn adjust(slots: &Mapped<Slot>, slot: u32, amount: i64) {
     }
 }
 
-/// The inodes of this network namespace's TCP sockets on local `port` that a worker may hold
-/// open and the close tracker has not counted closed: ESTABLISHED and CLOSE_WAIT. Asked of
-/// sock_diag with the states as a filter, so the kernel skips every other socket (a busy port
-/// has far more in TIME_WAIT) before anything is copied out.
-pub fn open_sockets(port: u16) -> std::io::Result<HashSet<u64>> {
+/// What sock_diag shows of a port in one dump.
+#[derive(Debug, Default)]
+pub struct Sockets {
+    /// The inodes of accepted sockets a worker may hold open and the close tracker has not
+    /// counted closed: ESTABLISHED and CLOSE_WAIT.
+    pub open: HashSet<u64>,
+    /// Young handshakes (request sockets that have not retransmitted their SYN-ACK), as
+    /// (client, server).
+    pub handshakes: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
+}
+
+/// This network namespace's TCP sockets on local `port` (see [`Sockets`]). Asked of sock_diag
+/// with the states as a filter, so the kernel skips every other socket (a busy port has far
+/// more in TIME_WAIT) before anything is copied out.
+pub fn open_sockets(port: u16) -> std::io::Result<Sockets> {
     use netlink_packet_core::{
         NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
     };
     use netlink_packet_sock_diag::{
         constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-        inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+        inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, Timer},
         SockDiagMessage,
     };
     use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
@@ -168,7 +200,7 @@ pub fn open_sockets(port: u16) -> std::io::Result<HashSet<u64>> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
-    let mut open = HashSet::new();
+    let mut found = Sockets::default();
     for (family, id) in [
         (AF_INET, SocketId::new_v4()),
         (AF_INET6, SocketId::new_v6()),
@@ -181,7 +213,8 @@ pub fn open_sockets(port: u16) -> std::io::Result<HashSet<u64>> {
                 family,
                 protocol: IPPROTO_TCP,
                 extensions: ExtensionFlags::empty(),
-                states: StateFlags::ESTABLISHED | StateFlags::CLOSE_WAIT,
+                // SYN_RECV asks for request sockets too (TCP_NEW_SYN_RECV).
+                states: StateFlags::ESTABLISHED | StateFlags::CLOSE_WAIT | StateFlags::SYN_RECV,
                 socket_id: id,
             })
             .into(),
@@ -199,9 +232,21 @@ pub fn open_sockets(port: u16) -> std::io::Result<HashSet<u64>> {
                     .map_err(|e| std::io::Error::other(format!("sock_diag answer: {e}")))?;
                 match message.payload {
                     NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r))
-                        if r.header.socket_id.source_port == port && r.header.inode != 0 =>
+                        if r.header.socket_id.source_port == port =>
                     {
-                        open.insert(r.header.inode as u64);
+                        let h = &r.header;
+                        if h.state == TCP_SYN_RECV {
+                            let young = !matches!(h.timer, Some(Timer::Retransmit(_, n)) if n > 0);
+                            if young {
+                                let id = &h.socket_id;
+                                found.handshakes.push((
+                                    (id.destination_address, id.destination_port).into(),
+                                    (id.source_address, id.source_port).into(),
+                                ));
+                            }
+                        } else if h.inode != 0 {
+                            found.open.insert(h.inode as u64);
+                        }
                     }
                     NetlinkPayload::Done(_) => break 'dump,
                     // A kernel without IPv6 answers the AF_INET6 dump with an error.
@@ -215,22 +260,40 @@ pub fn open_sockets(port: u16) -> std::io::Result<HashSet<u64>> {
             }
         }
     }
-    Ok(open)
+    Ok(found)
 }
+
+/// TCP_SYN_RECV, as sock_diag reports a request socket.
+const TCP_SYN_RECV: u8 = 3;
 
 /// Connections open in each slot's worker processes (`pids[slot]`: the worker and, during a
 /// reload, its predecessor), for the slots of a group on `port`; None for a slot whose
 /// processes' descriptors (or the port's sockets) could not be read. Reads /proc and sock_diag: meant for a blocking
 /// thread, not the supervisor's event loop.
-pub fn held(port: u16, pids: &[Vec<i32>]) -> Vec<Option<u64>> {
+pub fn held(port: u16, pids: &[Vec<i32>]) -> Reading {
     match open_sockets(port) {
-        Ok(open) => pids.iter().map(|p| held_by(p, &open)).collect(),
+        Ok(sockets) => Reading {
+            held: pids.iter().map(|p| held_by(p, &sockets.open)).collect(),
+            handshakes: sockets.handshakes,
+        },
         Err(e) => {
             // Unknown for every slot: the supervisor says so once.
             log::debug!("cannot list the open connections (sock_diag): {e}");
-            vec![None; pids.len()]
+            Reading {
+                held: vec![None; pids.len()],
+                handshakes: Vec::new(),
+            }
         }
     }
+}
+
+/// What a blocking thread reads for the supervisor.
+#[derive(Debug)]
+pub struct Reading {
+    /// Connections open in each slot's processes; None where they could not be read.
+    pub held: Vec<Option<u64>>,
+    /// Young handshakes on the port, as (client, server), to be matched to slots by `FLOWS`.
+    pub handshakes: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
 }
 
 /// How many of `open` the processes `pids` and their descendants hold, each socket once; None

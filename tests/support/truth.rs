@@ -35,15 +35,20 @@ pub fn converge(b: &Balancer, want: &[u64], within: Duration) -> Converged {
     loop {
         let s = b.status().unwrap();
         let slots = s["slots"].as_array().unwrap();
-        let load: Vec<u64> = slots.iter().map(|x| x["load"].as_u64().unwrap()).collect();
+        // assigned - closed, signed: the program reads a negative load as 0, which would hide
+        // a count that ran below the truth.
+        let load: Vec<i64> = slots
+            .iter()
+            .map(|x| x["assigned"].as_u64().unwrap() as i64 - x["closed"].as_u64().unwrap() as i64)
+            .collect();
         let kernel: Vec<u64> = slots
             .iter()
             .map(|x| x["queued"].as_u64().unwrap() + x["open"].as_u64().unwrap())
             .collect();
         for (l, w) in load.iter().zip(want) {
-            worst = worst.max(l.abs_diff(*w));
+            worst = worst.max(l.abs_diff(*w as i64));
         }
-        if load == want && kernel == want {
+        if load.iter().zip(want).all(|(l, w)| *l == *w as i64) && kernel == want {
             let t = *since.get_or_insert_with(Instant::now);
             if t.elapsed() >= Duration::from_millis(500) {
                 return Converged {

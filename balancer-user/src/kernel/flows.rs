@@ -4,7 +4,7 @@
 //!
 //! User space writes it for one thing: a health probe's connection is recorded before the
 //! probe connects, so that the program sends the probe to the slot it checks under every
-//! policy.
+//! policy. It reads it to tell which slot a connection still in its handshake belongs to.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -39,6 +39,11 @@ impl Steering {
         self.flows
             .insert(key, slot, 0)
             .context("cannot record a health probe's connection")
+    }
+
+    /// The slot `key`'s connection was sent to, if it is recorded.
+    pub fn flow_slot(&self, key: &FlowKey) -> Option<u32> {
+        self.flows.get(key, 0).ok()
     }
 
     /// Removes `key`'s record; true if this call removed it (and so must count its close).

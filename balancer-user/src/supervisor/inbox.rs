@@ -39,7 +39,7 @@ pub enum Event {
     },
     Control(Request, oneshot::Sender<String>),
     /// Connections open in each slot's workers, read on a blocking thread.
-    Held(Vec<Option<u64>>),
+    Held(crate::accounting::Reading),
     /// A health probe's result.
     Probe(super::health::Probe),
 }

@@ -138,6 +138,8 @@ pub struct Supervisor {
     metrics_addr: Option<SocketAddr>,
     /// When the workers' memory was last read.
     memory_read: Option<std::time::Instant>,
+    /// Each slot's (assigned, closed) when the reading under way started.
+    counts_at_reading: Vec<(u64, u64)>,
 }
 
 /// Where /metrics is served.
@@ -262,6 +264,7 @@ impl Supervisor {
             logs,
             metrics_addr,
             memory_read: None,
+            counts_at_reading: Vec::new(),
         };
         tokio::spawn(inbox::accept_control(
             control,

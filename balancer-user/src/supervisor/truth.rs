@@ -1,12 +1,13 @@
 //! Reading what the kernel holds for each slot, for the [accounting](crate::accounting): the
-//! workers' open connections are read on a blocking thread (it walks /proc and asks sock_diag),
-//! the accept queues next to the answer on the event loop, and the accounting corrects what two
+//! workers' open connections and the port's handshakes are read on a blocking thread (it walks
+//! /proc and asks sock_diag), the accept queues next to the answer on the event loop, where the
+//! handshakes are matched to their slots through `FLOWS`; the accounting corrects what two
 //! readings agree on.
 
 use super::{inbox::Event, Supervisor};
 use crate::{
-    accounting::{self, Truth},
-    listeners,
+    accounting::{self, Reading, Sample, Truth},
+    kernel, listeners,
 };
 
 impl Supervisor {
@@ -23,7 +24,7 @@ impl Supervisor {
         if self.opts.transport == listeners::Transport::Udp {
             // A datagram is no connection: a UDP slot holds nothing and the program counts
             // nothing for it, so the books are checked against zero.
-            let truth = vec![Some(Truth::default()); self.slots.len()];
+            let truth = vec![Sample::Known(Truth::default()); self.slots.len()];
             self.accounting.reconcile(&self.steering.slots, &truth);
             return;
         }
@@ -39,37 +40,70 @@ impl Supervisor {
             })
             .collect();
         self.reading_truth = true;
+        // The counters as the reading starts: a slot whose counters move before it ends was
+        // read while connections came or went, and is left out of this reading.
+        self.counts_at_reading = self.counters();
         let events = self.events.clone();
         tokio::task::spawn_blocking(move || {
-            let held = accounting::held(port, &pids);
-            let _ = events.send(Event::Held(held));
+            let reading = accounting::held(port, &pids);
+            let _ = events.send(Event::Held(reading));
         });
+    }
+
+    /// Each slot's (assigned, closed).
+    fn counters(&self) -> Vec<(u64, u64)> {
+        (0..self.slots.len() as u32)
+            .map(|i| {
+                (
+                    self.steering.slots.assigned(i),
+                    self.steering.slots.closed(i),
+                )
+            })
+            .collect()
     }
 
     /// Completes a reading: the accept queues are read now, next to the workers' sockets, and
     /// the accounting corrects what two readings agree on.
-    pub(super) fn on_held(&mut self, held: Vec<Option<u64>>) {
+    pub(super) fn on_held(&mut self, reading: Reading) {
         self.reading_truth = false;
         // A scale in between changed the slots: this reading no longer fits them.
-        if held.len() != self.slots.len() || self.stopping {
+        if reading.held.len() != self.slots.len() || self.stopping {
             return;
         }
-        if held.iter().any(Option::is_none) && !self.warned_unreadable {
+        if reading.held.iter().any(Option::is_none) && !self.warned_unreadable {
             self.warned_unreadable = true;
             log::warn!(
                 "cannot read which connections the workers hold (workers of another user need \
                  CAP_SYS_PTRACE for the supervisor): their loads are not reconciled"
             );
         }
-        let truth: Vec<Option<Truth>> = self
+        let mut handshaking = vec![0u64; self.slots.len()];
+        for (client, server) in reading.handshakes {
+            if let Some(slot) = self.steering.flow_slot(&kernel::flow_key(client, server)) {
+                if let Some(n) = handshaking.get_mut(slot as usize) {
+                    *n += 1;
+                }
+            }
+        }
+        let queued: Vec<Option<u64>> = self
             .slots
             .iter()
-            .zip(held)
-            .map(|(s, held)| {
-                Some(Truth {
-                    queued: s.listener.queued().ok()? as u64,
-                    held: held?,
-                })
+            .map(|s| s.listener.queued().ok().map(u64::from))
+            .collect();
+        let after = self.counters();
+        let truth: Vec<Sample> = (0..self.slots.len())
+            .map(|i| {
+                if self.counts_at_reading.get(i) != after.get(i) {
+                    return Sample::Moving;
+                }
+                match (queued[i], reading.held[i]) {
+                    (Some(queued), Some(held)) => Sample::Known(Truth {
+                        queued,
+                        held,
+                        handshaking: handshaking[i],
+                    }),
+                    _ => Sample::Unknown,
+                }
             })
             .collect();
         self.accounting.reconcile(&self.steering.slots, &truth);

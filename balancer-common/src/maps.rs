@@ -168,7 +168,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Slot>(), 64);
         assert_eq!(core::mem::offset_of!(Slot, assigned), 8);
         assert_eq!(core::mem::offset_of!(Slot, closed), 16);
-        assert_eq!(core::mem::size_of::<Config>(), 20);
+        assert_eq!(core::mem::size_of::<Config>(), 24);
         assert_eq!(core::mem::size_of::<FlowKey>(), 36);
     }
 

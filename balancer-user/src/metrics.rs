@@ -58,29 +58,18 @@ impl Process {
     /// Reads /proc/self. Fields that cannot be read stay 0.
     pub fn read() -> Process {
         let mut p = Process::default();
-        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
-        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-            // Fields after the command name, which is in parentheses and may hold spaces.
-            if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-                // utime, stime are fields 14, 15; starttime 22; rss 24 (1-based, from /proc(5)).
-                p.cpu_seconds = (num(11) + num(12)) / tick;
-                p.resident_bytes = num(21) as u64 * page;
-                let boot = std::fs::read_to_string("/proc/stat")
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())
-                    })
-                    .unwrap_or(0.0);
-                p.start_time_seconds = boot + num(19) / tick;
+        let Ok(me) = procfs::process::Process::myself() else {
+            return p;
+        };
+        if let Ok(stat) = me.stat() {
+            let tick = procfs::ticks_per_second() as f64;
+            p.cpu_seconds = (stat.utime + stat.stime) as f64 / tick;
+            p.resident_bytes = stat.rss * procfs::page_size();
+            if let Ok(boot) = procfs::boot_time_secs() {
+                p.start_time_seconds = boot as f64 + stat.starttime as f64 / tick;
             }
         }
-        p.open_fds = std::fs::read_dir("/proc/self/fd")
-            .map(|d| d.count() as u64)
-            .unwrap_or(0);
+        p.open_fds = me.fd_count().map_or(0, |n| n as u64);
         p
     }
 }

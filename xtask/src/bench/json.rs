@@ -3,7 +3,9 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{alternatives::PeerResult, cost::CostRow, drift::Drift, policies::PolicyRow};
+use super::{
+    alternatives::PeerResult, cost::CostRow, drift::Drift, output::Output, policies::PolicyRow,
+};
 
 #[derive(Serialize)]
 pub struct Results {
@@ -12,6 +14,7 @@ pub struct Results {
     pub selection_cost: Vec<CostRow>,
     pub peers: Vec<PeerResult>,
     pub drift: Drift,
+    pub output: Output,
     pub policies: Vec<PolicyRow>,
 }
 

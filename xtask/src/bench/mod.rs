@@ -4,13 +4,14 @@
 //! The scenarios, in order: the cost of one selection (the kernel's own accounting of the
 //! program, `kernel.bpf_stats_enabled=1`, with 2, 64 and 1024 worker slots, for `least-loaded`
 //! and for `hash`, which returns at once: the fixed cost of running any program), the
-//! distribution of each policy with and without a busy worker, the drift soak, and `balancer`
-//! against the alternatives. Everything runs in a private network namespace on loopback.
+//! distribution of each policy with and without a busy worker, the drift soak, the workers'
+//! output through the supervisor, and `balancer` against the alternatives. Everything runs in a private network namespace on loopback.
 
 mod alternatives;
 mod cost;
 mod drift;
 mod json;
+mod output;
 mod peers;
 mod plot;
 mod policies;
@@ -52,6 +53,7 @@ pub fn run(bin: &Path, root: &Path, quick: bool, out: &Path) -> Result<()> {
     let policies = policies::measure()?;
     eprintln!("bench: drift soak");
     let drift = drift::soak(quick)?;
+    let output = output::measure(quick)?;
     let peers = alternatives::measure(bin, root, quick)?;
     let results = json::Results {
         machine: machine(),
@@ -59,6 +61,7 @@ pub fn run(bin: &Path, root: &Path, quick: bool, out: &Path) -> Result<()> {
         selection_cost,
         policies,
         drift,
+        output,
         peers,
     };
     let md = report::markdown(&results, quick);

@@ -17,11 +17,54 @@ pub fn markdown(r: &Results, quick: bool) -> String {
     md.push_str(&selection_cost(&r.selection_cost));
     md.push_str(&policies(&r.policies));
     md.push_str(&drift(&r.drift));
+    md.push_str(&output(&r.output));
     md.push_str(&peers(&r.peers));
     md.push_str("\n![Latency CDF per peer](bench-latency-cdf.png)\n\n![Per-worker distribution](bench-distribution.png)\n");
     md.push_str(&format!(
         "\nReproduce: `cargo xtask bench{flag}` (root; it installs nothing itself: nginx-light, haproxy, \
          node and matplotlib come from `cargo xtask setup`).\n",
+    ));
+    md
+}
+
+fn output(o: &super::output::Output) -> String {
+    let rate = |s: f64| o.lines as f64 / s / 1e6;
+    let mut md = String::from(
+        "## Worker output
+
+",
+    );
+    md.push_str(&format!(
+        "One worker writes {} lines of {} bytes as fast as `yes | head` can: into /dev/null directly \
+         (the limit, no supervisor), through a supervisor whose own output goes to /dev/null (a reader \
+         that keeps up), and through one whose stdout is a pipe nobody reads (a stalled log shipper). \
+         Time from the start signal to the worker's last write; the supervisor captures every line \
+         in all cases (`balancer logs` has them), and drops from its own output only what its log \
+         thread's queue cannot hold.\n\n",
+        o.lines, o.line_bytes
+    ));
+    md.push_str("| path | seconds | million lines/s | lines dropped from the output |\n|---|---:|---:|---:|\n");
+    md.push_str(&format!(
+        "| direct to /dev/null (limit) | {:.3} | {:.2} | - |\n",
+        o.direct_seconds,
+        rate(o.direct_seconds)
+    ));
+    md.push_str(&format!(
+        "| through the supervisor, output read | {:.3} ({:.3} until all captured) | {:.2} | {} |\n",
+        o.read_seconds,
+        o.read_captured_seconds,
+        rate(o.read_captured_seconds),
+        o.read_dropped
+    ));
+    md.push_str(&format!(
+        "| through the supervisor, output never read | {:.3} | {:.2} | {} |\n\n",
+        o.unread_seconds,
+        rate(o.unread_seconds),
+        o.unread_dropped
+    ));
+    md.push_str(&format!(
+        "Supervisor CPU per line captured and written out: {:.0} ns.\n\n",
+        o.supervisor_ns_per_line
     ));
     md
 }

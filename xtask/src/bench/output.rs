@@ -1,0 +1,173 @@
+//! Worker output: how fast a worker can write lines through the supervisor, what each line
+//! costs the supervisor, and what an output nobody reads costs the worker.
+//!
+//! One worker writes `lines` lines of 100 bytes as fast as `yes | head` can, three ways: into
+//! /dev/null directly (the limit: no supervisor at all), through a supervisor whose own output
+//! goes to /dev/null (a reader that keeps up), and through one whose stdout is a pipe nobody
+//! reads (a stalled log shipper). The worker starts writing when the test creates a file, and
+//! creates another when it is done.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use balancer_tests::{bin, procfs, Balancer};
+use serde::Serialize;
+
+/// 99 characters and a newline.
+const LINE: &str = "worker output line, 100 bytes with its newline, the length of a typical application log line .....";
+
+#[derive(Serialize)]
+pub struct Output {
+    pub lines: u64,
+    pub line_bytes: usize,
+    /// The same writer into /dev/null: the limit.
+    pub direct_seconds: f64,
+    /// Through a supervisor whose output is read at once.
+    pub read_seconds: f64,
+    /// Until the supervisor had captured every line.
+    pub read_captured_seconds: f64,
+    pub read_dropped: u64,
+    /// Supervisor CPU time per line captured and written.
+    pub supervisor_ns_per_line: f64,
+    /// Through a supervisor whose stdout nobody reads.
+    pub unread_seconds: f64,
+    pub unread_dropped: u64,
+}
+
+fn script(dir: &Path, lines: u64) -> String {
+    format!(
+        "while [ ! -e {go} ]; do sleep 0.01; done; yes '{LINE}' | head -n {lines}; touch {done}; exec sleep 600",
+        go = dir.join("go").display(),
+        done = dir.join("done").display(),
+    )
+}
+
+fn wait_for(path: &Path, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    while !path.exists() {
+        if Instant::now() > deadline {
+            bail!("{} did not appear within {within:?}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+fn fresh(dir: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).context("bench scratch directory")
+}
+
+pub fn measure(quick: bool) -> Result<Output> {
+    eprintln!("bench: worker output");
+    let lines: u64 = if quick { 200_000 } else { 1_000_000 };
+    let dir = std::env::temp_dir().join(format!("balancer-bench-output-{}", std::process::id()));
+
+    let begin = Instant::now();
+    let status = Command::new("sh")
+        .args(["-c", &format!("yes '{LINE}' | head -n {lines} > /dev/null")])
+        .status()?;
+    anyhow::ensure!(status.success(), "yes | head failed");
+    let direct_seconds = begin.elapsed().as_secs_f64();
+
+    // A reader that keeps up: the kit's balancer sends the supervisor's stdout to /dev/null.
+    fresh(&dir)?;
+    let b = Balancer::start(
+        8090,
+        1,
+        &[
+            "--metrics",
+            "off",
+            "--ready-timeout",
+            "0.1",
+            "--",
+            "sh",
+            "-c",
+            &script(&dir, lines),
+        ],
+    );
+    let sup = b.status()?["pid"].as_i64().context("supervisor pid")? as i32;
+    let cpu_before = procfs::cpu_seconds(&[sup]);
+    let begin = Instant::now();
+    std::fs::write(dir.join("go"), "")?;
+    wait_for(&dir.join("done"), Duration::from_secs(120))?;
+    let read_seconds = begin.elapsed().as_secs_f64();
+    let s = b.wait_for(Duration::from_secs(120), "every line captured", |s| {
+        s["slots"][0]["log_lines"].as_u64() == Some(lines)
+    });
+    let read_captured_seconds = begin.elapsed().as_secs_f64();
+    let supervisor_ns_per_line = (procfs::cpu_seconds(&[sup]) - cpu_before) * 1e9 / lines as f64;
+    let read_dropped = s["slots"][0]["log_dropped"].as_u64().unwrap_or(0);
+    drop(b);
+
+    // Nobody reads the supervisor's stdout.
+    fresh(&dir)?;
+    let (unread_seconds, unread_dropped) = unread(&dir, lines)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Output {
+        lines,
+        line_bytes: LINE.len() + 1,
+        direct_seconds,
+        read_seconds,
+        read_captured_seconds,
+        read_dropped,
+        supervisor_ns_per_line,
+        unread_seconds,
+        unread_dropped,
+    })
+}
+
+fn unread(dir: &Path, lines: u64) -> Result<(f64, u64)> {
+    let control = dir.join("control.sock");
+    let mut child = Command::new(bin())
+        .args(["run", "--listen", "127.0.0.1:8091", "--workers", "1"])
+        .args(["--metrics", "off", "--ready-timeout", "0.1", "--control"])
+        .arg(&control)
+        .args(["--", "sh", "-c", &script(dir, lines)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // Held, never read.
+    let _stdout = child.stdout.take();
+    let status = |control: &Path| -> Option<serde_json::Value> {
+        let out = Command::new(bin())
+            .args(["status", "--json", "--control"])
+            .arg(control)
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let result = (|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while status(&control).is_none() {
+            if Instant::now() > deadline {
+                bail!("the balancer with an unread stdout did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let begin = Instant::now();
+        std::fs::write(dir.join("go"), "")?;
+        wait_for(&dir.join("done"), Duration::from_secs(120))?;
+        let seconds = begin.elapsed().as_secs_f64();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let s = status(&control).context("status")?;
+            if s["slots"][0]["log_lines"].as_u64() == Some(lines) {
+                return Ok((seconds, s["slots"][0]["log_dropped"].as_u64().unwrap_or(0)));
+            }
+            if Instant::now() > deadline {
+                bail!("not every line was captured: {s}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })();
+    // SAFETY: a plain kill(2) of the child this function started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    result
+}

@@ -113,13 +113,6 @@ fn options(args: RunArgs, json_logs: bool) -> Result<supervisor::Options> {
             .map(|n| n.get() as u32)
             .unwrap_or(1),
     };
-    let seconds = |flag: &str, v: f64| -> Result<Duration> {
-        if v.is_finite() && (0.0..1e9).contains(&v) {
-            Ok(Duration::from_secs_f64(v))
-        } else {
-            anyhow::bail!("--{flag} {v}: give a number of seconds, 0 or more")
-        }
-    };
     let kill_timeout = seconds("kill-timeout", args.kill_timeout)?;
     let backoff = balancer::backoff::Policy {
         initial: seconds("restart-delay", args.restart_delay)?,
@@ -163,54 +156,13 @@ fn options(args: RunArgs, json_logs: bool) -> Result<supervisor::Options> {
         )?),
         None => None,
     };
+    let recycle = recycling(&args)?;
+    let health = health_check(&args)?;
     let logs = balancer::logs::sink::Options {
         json: json_logs,
         dir: args.log_dir,
         max_size: args.log_max_size,
         keep: args.log_keep,
-    };
-    if args.max_requests_jitter > 0 && args.max_requests.is_none() {
-        anyhow::bail!(
-            "--max-requests-jitter {} without --max-requests: give --max-requests N too",
-            args.max_requests_jitter
-        );
-    }
-    let recycle = supervisor::Limits {
-        max_memory: args.max_memory,
-        max_requests: args.max_requests,
-        jitter: args.max_requests_jitter,
-    };
-    let health = match args.health_check {
-        None => None,
-        Some(path) => {
-            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                anyhow::bail!(
-                    "--health-check {path:?}: give a request path such as /healthz (starting with /, no spaces)"
-                );
-            }
-            let interval = seconds("health-interval", args.health_interval)?;
-            let timeout = seconds("health-timeout", args.health_timeout)?;
-            if interval < Duration::from_millis(10) {
-                anyhow::bail!(
-                    "--health-interval {}: give at least 0.01 seconds",
-                    args.health_interval
-                );
-            }
-            if timeout.is_zero() || timeout > interval {
-                anyhow::bail!(
-                    "--health-timeout {}: give more than 0 and at most --health-interval ({})",
-                    args.health_timeout,
-                    args.health_interval
-                );
-            }
-            Some(supervisor::Check {
-                path,
-                interval,
-                timeout,
-                rise: args.health_rise,
-                fall: args.health_fall,
-            })
-        }
     };
     Ok(supervisor::Options {
         health,
@@ -251,4 +203,61 @@ fn options(args: RunArgs, json_logs: bool) -> Result<supervisor::Options> {
             )),
         },
     })
+}
+
+fn seconds(flag: &str, v: f64) -> Result<Duration> {
+    if v.is_finite() && (0.0..1e9).contains(&v) {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        anyhow::bail!("--{flag} {v}: give a number of seconds, 0 or more")
+    }
+}
+
+/// `--max-memory`, `--max-requests` and its jitter.
+fn recycling(args: &RunArgs) -> Result<supervisor::Limits> {
+    if args.max_requests_jitter > 0 && args.max_requests.is_none() {
+        anyhow::bail!(
+            "--max-requests-jitter {} without --max-requests: give --max-requests N too",
+            args.max_requests_jitter
+        );
+    }
+    Ok(supervisor::Limits {
+        max_memory: args.max_memory,
+        max_requests: args.max_requests,
+        jitter: args.max_requests_jitter,
+    })
+}
+
+/// `--health-check` and its interval, timeout and thresholds; None without a path.
+fn health_check(args: &RunArgs) -> Result<Option<supervisor::Check>> {
+    let Some(path) = args.health_check.clone() else {
+        return Ok(None);
+    };
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        anyhow::bail!(
+            "--health-check {path:?}: give a request path such as /healthz (starting with /, no spaces)"
+        );
+    }
+    let interval = seconds("health-interval", args.health_interval)?;
+    let timeout = seconds("health-timeout", args.health_timeout)?;
+    if interval < Duration::from_millis(10) {
+        anyhow::bail!(
+            "--health-interval {}: give at least 0.01 seconds",
+            args.health_interval
+        );
+    }
+    if timeout.is_zero() || timeout > interval {
+        anyhow::bail!(
+            "--health-timeout {}: give more than 0 and at most --health-interval ({})",
+            args.health_timeout,
+            args.health_interval
+        );
+    }
+    Ok(Some(supervisor::Check {
+        path,
+        interval,
+        timeout,
+        rise: args.health_rise,
+        fall: args.health_fall,
+    }))
 }

@@ -97,13 +97,14 @@ fn slot(i: u32) -> Labels {
 impl prometheus_client::collector::Collector for Snapshot {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         self.encode_slots(&mut e)?;
+        self.encode_workers(&mut e)?;
         self.encode_program(&mut e)?;
         self.encode_process(&mut e)
     }
 }
 
 impl Snapshot {
-    /// One series per slot: its counters, load, queue, restarts and state.
+    /// One series per slot about its connections: counters, load, queue and state.
     fn encode_slots(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use MetricType::{Counter, Gauge};
         let s = &self.status;
@@ -163,6 +164,15 @@ impl Snapshot {
                 })
             }),
         )?;
+        Ok(())
+    }
+
+    /// One series per slot about its workers: restarts, stalls, exits, recycling, health and
+    /// output.
+    fn encode_workers(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let s = &self.status;
+        let slots = || s.slots.iter();
         family(
             e,
             "balancer_slot_restarts",

@@ -1,0 +1,130 @@
+//! The answer to `status`: every slot's state, load, queue and counters, as JSON for tools and
+//! as a table for people.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SlotStatus {
+    pub slot: u32,
+    pub state: String,
+    pub pid: Option<u32>,
+    /// Connections assigned and not yet closed.
+    pub load: u64,
+    /// Connections the program sent to this slot (plus upward corrections).
+    pub assigned: u64,
+    /// Connections of this slot that closed (plus downward corrections).
+    pub closed: u64,
+    /// Connections waiting in the slot's accept queue.
+    pub queued: u32,
+    /// Connections open in the slot's worker processes, at the last reconciliation.
+    #[serde(default)]
+    pub open: u64,
+    /// Connections the reconciliation added to or removed from the load, in total.
+    #[serde(default)]
+    pub corrections: u64,
+    pub restarts: u64,
+    /// Times the slot's worker was found stalled.
+    #[serde(default)]
+    pub stalls: u64,
+    pub uptime_seconds: Option<f64>,
+    pub last_exit: Option<String>,
+    /// Exit code of the last worker exit, if it exited (rather than was killed).
+    pub last_exit_code: Option<i32>,
+    /// Signal that killed the last worker, if one did.
+    pub last_exit_signal: Option<i32>,
+    /// The last lines the last worker wrote to stderr, if it exited abnormally.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_stderr: Vec<String>,
+    /// Workers of the slot replaced for their memory (`--max-memory`).
+    #[serde(default)]
+    pub recycled_memory: u64,
+    /// Workers of the slot replaced for the requests they served (`--max-requests`).
+    #[serde(default)]
+    pub recycled_requests: u64,
+    /// The worker's resident memory at the last reading (read while `--max-memory` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// The worker's health from its probes (`unknown`, `healthy`, `unhealthy`), with
+    /// `--health-check`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// How long the last probe took, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_seconds: Option<f64>,
+    /// Probes of the slot's workers that failed.
+    #[serde(default)]
+    pub health_failures: u64,
+    /// Workers of the slot restarted for failing `--health-fall` probes in a row.
+    #[serde(default)]
+    pub health_restarts: u64,
+    /// Lines of output the slot's workers wrote.
+    #[serde(default)]
+    pub log_lines: u64,
+    /// Lines the log thread had no room for (its output was read too slowly): missing from the
+    /// supervisor's output and the log files, still in `balancer logs`.
+    #[serde(default)]
+    pub log_dropped: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// The service's name (`--name`, or its listen port).
+    #[serde(default)]
+    pub name: String,
+    /// Where /metrics is served, if it is.
+    #[serde(default)]
+    pub metrics: Option<String>,
+    pub pid: u32,
+    pub listen: String,
+    pub policy: String,
+    pub command: String,
+    pub slots: Vec<SlotStatus>,
+    /// The program's counters by name: selected, no_slot_up, ...
+    pub program: BTreeMap<String, u64>,
+}
+
+/// A plain table of `status`, for people.
+pub fn render(status: &Status) -> String {
+    let mut out = format!(
+        "balancer pid {} on {}, policy {}, worker `{}`\n",
+        status.pid, status.listen, status.policy, status.command
+    );
+    out.push_str(
+        "SLOT  STATE     PID      LOAD  QUEUED  OPEN  ASSIGNED  CORRECTED  RESTARTS  UPTIME   LAST EXIT\n",
+    );
+    for s in &status.slots {
+        out.push_str(&format!(
+            "{:<5} {:<9} {:<8} {:>4}  {:>6}  {:>4}  {:>8}  {:>9}  {:>8}  {:<8} {}\n",
+            s.slot,
+            s.state,
+            s.pid.map_or("-".into(), |p| p.to_string()),
+            s.load,
+            s.queued,
+            s.open,
+            s.assigned,
+            s.corrections,
+            s.restarts,
+            s.uptime_seconds.map_or("-".into(), |u| format!("{u:.0}s")),
+            s.last_exit.as_deref().unwrap_or("-"),
+        ));
+    }
+    for s in status.slots.iter().filter(|s| !s.last_stderr.is_empty()) {
+        out.push_str(&format!(
+            "slot {} last exit ({}), its last stderr lines:\n",
+            s.slot,
+            s.last_exit.as_deref().unwrap_or("-")
+        ));
+        for line in &s.last_stderr {
+            out.push_str(&format!("  | {line}\n"));
+        }
+    }
+    let program: Vec<String> = status
+        .program
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    out.push_str(&format!("program: {}\n", program.join(" ")));
+    out
+}

@@ -10,34 +10,13 @@ use std::{
 use balancer_tests::*;
 use serde_json::Value;
 
-/// A Python worker whose /healthz answers 500 while `DIR/sick-<slot>` exists; / answers as the
-/// built-in worker does.
+/// A Python worker whose /healthz answers 500 while `DIR/sick-<slot>` exists.
 fn worker(dir: &Path) -> String {
-    format!(
-        r#"
-import http.server, os, signal, socket, sys, threading
-SLOT = os.environ["BALANCER_SLOT"]
-SICK = os.path.join({dir:?}, "sick-" + SLOT)
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        code = 500 if self.path == "/healthz" and os.path.exists(SICK) else 200
-        body = f"slot={{SLOT}} pid={{os.getpid()}}\n".encode()
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-class S(http.server.ThreadingHTTPServer):
-    def server_bind(self): pass
-    def server_activate(self): pass
-s = S(("", 0), H, bind_and_activate=False)
-s.socket = socket.socket(fileno=3)
-signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=s.shutdown).start())
-s.serve_forever()
-"#
+    python_worker(
+        "pass",
+        &format!(
+            "500 if self.path == '/healthz' and os.path.exists(os.path.join({dir:?}, 'sick-' + SLOT)) else 200"
+        ),
     )
 }
 

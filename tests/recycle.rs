@@ -86,31 +86,14 @@ fn workers_are_recycled_after_their_requests_and_no_request_fails() {
     assert!(metrics.contains("\"recycled_requests\""));
 }
 
-/// A Python worker that keeps 4 MiB of every request it serves, and stops cleanly on SIGTERM
-/// (after the request in hand).
-const LEAKY: &str = r#"
-import http.server, os, signal, socket, sys, threading
-leak = []
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        leak.append(b"x" * (4 << 20))
-        body = f"slot={os.environ['BALANCER_SLOT']} pid={os.getpid()}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-class S(http.server.HTTPServer):
-    def server_bind(self): pass
-    def server_activate(self): pass
-s = S(("", 0), H, bind_and_activate=False)
-s.socket = socket.socket(fileno=3)
-signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=s.shutdown).start())
-s.serve_forever()
-"#;
+/// A Python worker that keeps 4 MiB of every request it serves, in a list that lives as long
+/// as the process.
+fn leaky() -> String {
+    python_worker(
+        "H.leak = getattr(H, 'leak', []); H.leak.append(b'x' * (4 << 20))",
+        "200",
+    )
+}
 
 #[test]
 fn a_worker_that_outgrows_max_memory_is_recycled_and_no_request_fails() {
@@ -118,7 +101,7 @@ fn a_worker_that_outgrows_max_memory_is_recycled_and_no_request_fails() {
     let b = Balancer::start(
         8080,
         2,
-        &["--max-memory", "64M", "--", "python3", "-c", LEAKY],
+        &["--max-memory", "64M", "--", "python3", "-c", &leaky()],
     );
     // Sequential, so that each worker grows by 4 MiB a request; ~15 requests take one past
     // 64 MiB.

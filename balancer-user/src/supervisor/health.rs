@@ -168,14 +168,18 @@ async fn ask(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: balancer-health-check\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
+    // The whole answer, to its end (the request asked for `Connection: close`): a probe that
+    // hung up after the status line would make the worker's write of the body fail.
     let mut head = Vec::new();
-    let mut buf = [0u8; 512];
-    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
+    let mut buf = [0u8; 4096];
+    loop {
         let n = stream.read(&mut buf).await?;
         if n == 0 {
             break;
         }
-        head.extend_from_slice(&buf[..n]);
+        if head.len() < 4096 {
+            head.extend_from_slice(&buf[..n]);
+        }
     }
     let line = String::from_utf8_lossy(&head);
     line.split_whitespace()

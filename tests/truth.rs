@@ -178,6 +178,69 @@ fn abandoned_handshakes_are_corrected_from_the_kernel() {
     balance_recovers(&b);
 }
 
+/// A handshake the kernel drops leaves its record in `FLOWS` (no state change reports a
+/// request socket's end). A new connection that later reuses the 4-tuple (a client reusing its
+/// port, common on loopback) carries another initial sequence number: it must be counted as the
+/// new connection it is, not followed uncounted as a retransmission of the old SYN, which would
+/// leave its close one below the truth.
+#[test]
+fn a_new_connection_on_the_4_tuple_of_a_dropped_handshake_is_counted() {
+    netns();
+    let b = Balancer::start(8080, 2, &[]);
+    let client = Ipv4Addr::new(127, 0, 0, 3);
+    // 20 SYNs whose SYN-ACKs meet no socket: the kernel drops each handshake at once.
+    send_raw(20, client, 30_000, |_| SYN);
+    b.wait_for(Duration::from_secs(5), "20 SYNs counted", |s| {
+        s["program"]["selected"].as_u64() >= Some(20)
+    });
+    settle(&b, &[0, 0], "20 dropped handshakes");
+    // Real connections from the same addresses and ports.
+    for i in 0..20u16 {
+        let fd = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReuseAddr, &true).unwrap();
+        let from = SocketAddrV4::new(client, 30_000 + i);
+        nix::sys::socket::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &nix::sys::socket::SockaddrIn::from(from),
+        )
+        .unwrap();
+        nix::sys::socket::connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &nix::sys::socket::SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080)),
+        )
+        .unwrap();
+        let mut stream = std::net::TcpStream::from(fd);
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(request_on(&mut stream, "/").unwrap().status, 200);
+    }
+    assert_eq!(
+        program(&b, "stale_flow"),
+        20,
+        "each new connection replaced its stale record"
+    );
+    // Every connection counted once and closed once: the books end at exactly 0, by the
+    // kernel's events alone for the real connections.
+    settle(&b, &[0, 0], "20 connections on stale records");
+    assert_eq!(
+        corrections(&b),
+        20,
+        "the reconciliation took off the 20 dropped handshakes and nothing else"
+    );
+    let s = b.status().unwrap();
+    let assigned: u64 = b.per_slot("assigned").iter().sum();
+    let closed: u64 = b.per_slot("closed").iter().sum();
+    assert_eq!(assigned, closed, "{s}");
+    balance_recovers(&b);
+}
+
 #[test]
 fn client_resets_leave_no_drift() {
     netns();

@@ -135,6 +135,24 @@ pub struct FlowKey {
     pub ports: u32,
 }
 
+/// What `FLOWS` holds for a connection: its slot and how it was recorded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub slot: u32,
+    /// The SYN's sequence number (its initial sequence number, in network byte order): a SYN
+    /// that carries it again is a retransmission, one with another is a new connection on a
+    /// stale record.
+    pub seq: u32,
+    /// [`FLOW_SYN`] or [`FLOW_PROBE`].
+    pub kind: u32,
+}
+
+/// Recorded by the program at the connection's SYN.
+pub const FLOW_SYN: u32 = 0;
+/// Recorded by the supervisor before a health probe connects: its SYN is not known yet.
+pub const FLOW_PROBE: u32 = 1;
+
 /// Index of the round-robin ticket counter in `COUNTERS`.
 pub const ROUND_ROBIN_TICKET: u32 = 0;
 
@@ -157,6 +175,7 @@ mod pod {
     unsafe impl aya::Pod for super::Slot {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::Flow {}
 }
 
 #[cfg(test)]
@@ -170,6 +189,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(Slot, closed), 16);
         assert_eq!(core::mem::size_of::<Config>(), 24);
         assert_eq!(core::mem::size_of::<FlowKey>(), 36);
+        assert_eq!(core::mem::size_of::<Flow>(), 12);
     }
 
     #[test]

@@ -21,8 +21,11 @@ pub const FOLLOWED: u32 = 7;
 /// A segment that opens no connection (ACK, FIN, RST of no known connection): left to the
 /// kernel, counted nowhere.
 pub const NOT_A_SYN: u32 = 8;
+/// A SYN on the 4-tuple of a recorded connection that ended unseen (a handshake the kernel
+/// dropped, a client that gave up): a new connection, its record replaced and counted anew.
+pub const STALE_FLOW: u32 = 9;
 
-pub const COUNT: u32 = 9;
+pub const COUNT: u32 = 10;
 
 /// Names used in metrics and status output, indexed like the counters.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -35,6 +38,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "refused_stopping",
     "followed",
     "not_a_syn",
+    "stale_flow",
 ];
 
 /// The counters that are fallbacks to the kernel's hash.

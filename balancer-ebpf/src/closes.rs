@@ -133,7 +133,7 @@ pub fn closes(ctx: RawTracePointContext) -> i32 {
         local,
         ports: head.dport as u32 | (local_port.to_be() as u32) << 16,
     };
-    let Some(&slot) = (unsafe { FLOWS.get(key) }) else {
+    let Some(slot) = (unsafe { FLOWS.get(key) }).map(|f| f.slot) else {
         return 0;
     };
     // Removed first: of the transitions that follow (FIN_WAIT1, then CLOSE), only the one

@@ -42,7 +42,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use balancer_common::{
-    maps::{load, FlowKey, FLOWS_DEFAULT, ROUND_ROBIN_TICKET},
+    maps::{load, Flow, FlowKey, FLOWS_DEFAULT, FLOW_PROBE, FLOW_SYN, ROUND_ROBIN_TICKET},
     policy, stats, Config, Policy, Slot, SlotState, MAX_SLOTS,
 };
 
@@ -67,7 +67,7 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
 /// the oldest record goes (its close is then not counted; the reconciliation repairs that).
 /// The supervisor may resize it before loading.
 #[map]
-static FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(FLOWS_DEFAULT, 0);
+static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(FLOWS_DEFAULT, 0);
 
 /// Counters shared by all CPUs: the round-robin ticket.
 #[map]
@@ -140,10 +140,14 @@ fn migrate(ctx: &SkReuseportContext, migrating: &aya_ebpf::programs::SockContext
     }
     let key = closes::flow_of(migrating.sock);
     let previous = unsafe { FLOWS.get(key) }.copied();
-    if previous != Some(index) && FLOWS.insert(key, index, 0).is_ok() {
+    let moved = Flow {
+        slot: index,
+        ..previous.unwrap_or_default()
+    };
+    if previous.map(|p| p.slot) != Some(index) && FLOWS.insert(key, moved, 0).is_ok() {
         add(index, false);
         if let Some(old) = previous {
-            add(old, true);
+            add(old.slot, true);
         }
     }
     count(stats::MIGRATED);
@@ -217,7 +221,7 @@ const SEGMENT_OTHER: u32 = 2;
 /// Fills `key` with the connection a TCP segment belongs to; tells whether the segment is a
 /// pure SYN (`SEGMENT_SYN`), another segment, or unreadable.
 #[inline(always)]
-fn tcp_segment(ctx: &SkReuseportContext, key: &mut FlowKey) -> u32 {
+fn tcp_segment(ctx: &SkReuseportContext, key: &mut FlowKey, seq: &mut u32) -> u32 {
     if !addresses(ctx, key) {
         return SEGMENT_INVALID;
     }
@@ -229,6 +233,7 @@ fn tcp_segment(ctx: &SkReuseportContext, key: &mut FlowKey) -> u32 {
     }
     let flags = unsafe { *((data + 13) as *const u8) };
     key.ports = unsafe { *(data as *const u32) };
+    *seq = unsafe { *((data + 4) as *const u32) };
     if flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAGS_NOT_OPENING == 0 {
         SEGMENT_SYN
     } else {
@@ -306,11 +311,12 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
         return SK_PASS;
     };
     let mut key = FlowKey::default();
+    let mut seq = 0u32;
     if config.policy == Policy::Hash as u32 && config.stopping == 0 {
         // A health probe goes to the slot it checks, whatever the policy.
         if config.probing != 0
             && ctx.ip_protocol() == IPPROTO_TCP
-            && tcp_segment(&ctx, &mut key) == SEGMENT_SYN
+            && tcp_segment(&ctx, &mut key, &mut seq) == SEGMENT_SYN
             && probe(&ctx, &key)
         {
             return SK_PASS;
@@ -323,7 +329,7 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
     }
     let tcp = ctx.ip_protocol() == IPPROTO_TCP;
     if tcp {
-        let segment = tcp_segment(&ctx, &mut key);
+        let segment = tcp_segment(&ctx, &mut key, &mut seq);
         if segment == SEGMENT_INVALID {
             count(stats::FALLBACK_MAP_ERROR);
             return SK_PASS;
@@ -352,8 +358,13 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
     };
     // A SYN: recorded with BPF_NOEXIST, which also tells a new connection from a retransmitted
     // SYN in one map operation instead of a lookup and then an insert (each a few hundred ns).
-    if tcp && FLOWS.insert(key, index, BPF_NOEXIST as u64).is_err() {
-        return resent_syn(&ctx, &key, index);
+    let flow = Flow {
+        slot: index,
+        seq,
+        kind: FLOW_SYN,
+    };
+    if tcp && FLOWS.insert(key, flow, BPF_NOEXIST as u64).is_err() {
+        return recorded_syn(&ctx, &key, flow);
     }
     if let Err(err) = SOCKETS.select_reuseport(&ctx, index) {
         // The supervisor marks a slot up only after its socket is in SOCKETS, so this is rare
@@ -381,7 +392,7 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
 #[inline(always)]
 fn follow(ctx: &SkReuseportContext, key: &FlowKey) -> u32 {
     match unsafe { FLOWS.get(key) } {
-        Some(&slot) if SOCKETS.select_reuseport(ctx, slot).is_ok() => count(stats::FOLLOWED),
+        Some(f) if SOCKETS.select_reuseport(ctx, f.slot).is_ok() => count(stats::FOLLOWED),
         Some(_) => count(stats::FALLBACK_SELECT_FAILED),
         None => count(stats::NOT_A_SYN),
     }
@@ -393,7 +404,7 @@ fn follow(ctx: &SkReuseportContext, key: &FlowKey) -> u32 {
 #[inline(always)]
 fn probe(ctx: &SkReuseportContext, key: &FlowKey) -> bool {
     match unsafe { FLOWS.get(key) } {
-        Some(&slot) if SOCKETS.select_reuseport(ctx, slot).is_ok() => {
+        Some(f) if f.kind == FLOW_PROBE && SOCKETS.select_reuseport(ctx, f.slot).is_ok() => {
             count(stats::FOLLOWED);
             true
         }
@@ -401,26 +412,39 @@ fn probe(ctx: &SkReuseportContext, key: &FlowKey) -> bool {
     }
 }
 
-/// A SYN of a connection already recorded: retransmitted after a full queue dropped the first.
-/// It goes to the slot already chosen, with no new count; if that slot has no listener any
-/// more, to `index`, and the count moves with it.
+/// A SYN whose 4-tuple is recorded already. With the recorded sequence number (or on a health
+/// probe's record) it is the same connection's SYN again, retransmitted after a full queue
+/// dropped the first: it goes to the slot already chosen with no new count, or, if that slot
+/// has no listener any more, to the new choice, and the count moves with it. With another
+/// sequence number it is a new connection on the 4-tuple of one that ended unseen (a handshake
+/// the kernel dropped, which no state change reports): the stale record is replaced and the
+/// connection counted on the new choice; the reconciliation keeps the books of the old one.
 #[inline(always)]
-fn resent_syn(ctx: &SkReuseportContext, key: &FlowKey, index: u32) -> u32 {
-    let Some(&slot) = (unsafe { FLOWS.get(key) }) else {
+fn recorded_syn(ctx: &SkReuseportContext, key: &FlowKey, new: Flow) -> u32 {
+    let Some(old) = (unsafe { FLOWS.get(key) }).copied() else {
         count(stats::FALLBACK_MAP_ERROR);
         return SK_PASS;
     };
-    if SOCKETS.select_reuseport(ctx, slot).is_ok() {
+    let same = old.kind == FLOW_PROBE || old.seq == new.seq;
+    if same && SOCKETS.select_reuseport(ctx, old.slot).is_ok() {
         count(stats::FOLLOWED);
         return SK_PASS;
     }
-    if SOCKETS.select_reuseport(ctx, index).is_err() || FLOWS.insert(key, index, 0).is_err() {
+    let moved = Flow {
+        kind: old.kind,
+        ..new
+    };
+    if SOCKETS.select_reuseport(ctx, new.slot).is_err() || FLOWS.insert(key, moved, 0).is_err() {
         count(stats::FALLBACK_SELECT_FAILED);
         return SK_PASS;
     }
-    add(slot, true);
-    add(index, false);
-    count(stats::SELECTED);
+    if same {
+        add(old.slot, true);
+        count(stats::SELECTED);
+    } else {
+        count(stats::STALE_FLOW);
+    }
+    add(new.slot, false);
     SK_PASS
 }
 

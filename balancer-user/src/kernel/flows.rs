@@ -9,7 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context as _, Result};
-use balancer_common::maps::FlowKey;
+use balancer_common::maps::{Flow, FlowKey, FLOW_PROBE};
 
 use super::Steering;
 
@@ -36,14 +36,19 @@ pub fn key(client: SocketAddr, server: SocketAddr) -> FlowKey {
 impl Steering {
     /// Records `key` as a connection of `slot` (a health probe about to connect).
     pub fn record_flow(&mut self, key: FlowKey, slot: u32) -> Result<()> {
+        let flow = Flow {
+            slot,
+            seq: 0,
+            kind: FLOW_PROBE,
+        };
         self.flows
-            .insert(key, slot, 0)
+            .insert(key, flow, 0)
             .context("cannot record a health probe's connection")
     }
 
     /// The slot `key`'s connection was sent to, if it is recorded.
     pub fn flow_slot(&self, key: &FlowKey) -> Option<u32> {
-        self.flows.get(key, 0).ok()
+        self.flows.get(key, 0).ok().map(|f| f.slot)
     }
 
     /// Removes `key`'s record; true if this call removed it (and so must count its close).

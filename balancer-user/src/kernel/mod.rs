@@ -52,7 +52,7 @@ pub struct Steering {
     config: Array<MapData, Config>,
     stats: PerCpuArray<MapData, u64>,
     netns: Array<MapData, u64>,
-    flows: aya::maps::HashMap<MapData, balancer_common::maps::FlowKey, u32>,
+    flows: aya::maps::HashMap<MapData, balancer_common::maps::FlowKey, balancer_common::maps::Flow>,
     pub slots: Mapped<Slot>,
     sticky: Mapped<u64>,
 }

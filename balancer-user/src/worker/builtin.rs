@@ -90,6 +90,16 @@ fn inherited_listener() -> Result<std::net::TcpListener> {
 /// Checks that fd 3 was passed to this very process (LISTEN_FDS, LISTEN_PID), as
 /// `sd_listen_fds(3)` does.
 fn check_listen_env() -> Result<()> {
+    // A launcher that cannot know the pid before the exec leaves LISTEN_PID out: fd 3 is then
+    // taken on LISTEN_FDS alone. When LISTEN_PID is set, it must name this process.
+    let fds_only = std::env::var_os("LISTEN_PID").is_none()
+        && std::env::var("LISTEN_FDS")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_some_and(|n| n >= 1);
+    if fds_only {
+        return Ok(());
+    }
     let mut fds = sd_notify::listen_fds().context("LISTEN_FDS or LISTEN_PID is malformed")?;
     if fds.next() != Some(LISTEN_FD) {
         bail!(

@@ -11,7 +11,7 @@
 
 use std::{
     fs::File,
-    io::{IsTerminal as _, Write as _},
+    io::{BufWriter, IsTerminal as _, Write as _},
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     sync::{
@@ -24,6 +24,9 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{Line, Stream, SINK_QUEUE};
+
+/// Bytes gathered per output before a write.
+const BATCH: usize = 64 * 1024;
 
 /// Where and how the sink writes.
 #[derive(Clone, Debug)]
@@ -81,40 +84,54 @@ pub fn start(opts: Options) -> Result<(SyncSender<Arc<Line>>, JoinHandle<()>)> {
 fn run(opts: Options, rx: Receiver<Arc<Line>>) {
     let colour = std::io::stderr().is_terminal();
     let mut files: Vec<Option<Rotating>> = Vec::new();
+    // Whole lines only, written together when the queue runs dry or a buffer fills: one write
+    // per batch rather than per line, and lines of different workers never interleave mid-line.
+    let mut out = BufWriter::with_capacity(BATCH, std::io::stdout());
+    let mut err = BufWriter::with_capacity(BATCH, std::io::stderr());
     let mut text = String::new();
-    for line in rx {
-        text.clear();
-        if opts.json {
-            json(&line, &mut text);
-        } else {
-            human(&line, colour, &mut text);
-        }
-        // One write per line: lines of different workers never interleave mid-line.
-        let _ = match line.stream {
-            Stream::Stdout => std::io::stdout().lock().write_all(text.as_bytes()),
-            Stream::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
-        };
-        if let Some(dir) = &opts.dir {
-            let i = line.slot as usize;
-            if files.len() <= i {
-                files.resize_with(i + 1, || None);
-            }
-            let file = files[i].get_or_insert_with(|| {
-                Rotating::new(
-                    dir.join(format!("slot-{}.log", line.slot)),
-                    opts.max_size,
-                    opts.keep,
-                )
-            });
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(line) = next {
             text.clear();
-            timestamp(&mut text);
-            let stream = match line.stream {
-                Stream::Stdout => "stdout",
-                Stream::Stderr => "stderr",
+            if opts.json {
+                json(&line, &mut text);
+            } else {
+                human(&line, colour, &mut text);
+            }
+            let _ = match line.stream {
+                Stream::Stdout => out.write_all(text.as_bytes()),
+                Stream::Stderr => err.write_all(text.as_bytes()),
             };
-            text.push_str(&format!(" {} {stream} {}\n", line.pid, line.line));
-            if let Err(e) = file.write(text.as_bytes()) {
-                log::warn!("slot {}: cannot write its log file: {e}", line.slot);
+            if let Some(dir) = &opts.dir {
+                let i = line.slot as usize;
+                if files.len() <= i {
+                    files.resize_with(i + 1, || None);
+                }
+                let file = files[i].get_or_insert_with(|| {
+                    Rotating::new(
+                        dir.join(format!("slot-{}.log", line.slot)),
+                        opts.max_size,
+                        opts.keep,
+                    )
+                });
+                text.clear();
+                timestamp(&mut text);
+                let stream = match line.stream {
+                    Stream::Stdout => "stdout",
+                    Stream::Stderr => "stderr",
+                };
+                text.push_str(&format!(" {} {stream} {}\n", line.pid, line.line));
+                if let Err(e) = file.write(text.as_bytes()) {
+                    log::warn!("slot {}: cannot write its log file: {e}", line.slot);
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        let _ = out.flush();
+        let _ = err.flush();
+        for file in files.iter_mut().flatten() {
+            if let Err(e) = file.flush() {
+                log::warn!("cannot write a log file: {e}");
             }
         }
     }
@@ -164,7 +181,7 @@ pub struct Rotating {
     path: PathBuf,
     max: u64,
     keep: u32,
-    file: Option<File>,
+    file: Option<BufWriter<File>>,
     size: u64,
 }
 
@@ -183,7 +200,7 @@ impl Rotating {
         if self.file.is_none() {
             let file = open(&self.path)?;
             self.size = file.metadata()?.len();
-            self.file = Some(file);
+            self.file = Some(BufWriter::with_capacity(BATCH, file));
         }
         if self.size > 0 && self.size + bytes.len() as u64 > self.max {
             self.rotate()?;
@@ -194,9 +211,16 @@ impl Rotating {
         Ok(())
     }
 
+    /// Writes out what is buffered.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), |f| f.flush())
+    }
+
     /// `slot-N.log.(k-1)` → `.k`, ..., `slot-N.log` → `.1`, the oldest dropped.
     fn rotate(&mut self) -> std::io::Result<()> {
-        self.file = None;
+        if let Some(mut f) = self.file.take() {
+            f.flush()?;
+        }
         let numbered = |k: u32| PathBuf::from(format!("{}.{k}", self.path.display()));
         if self.keep == 0 {
             std::fs::remove_file(&self.path)?;
@@ -209,7 +233,7 @@ impl Rotating {
             }
             std::fs::rename(&self.path, numbered(1))?;
         }
-        self.file = Some(open(&self.path)?);
+        self.file = Some(BufWriter::with_capacity(BATCH, open(&self.path)?));
         self.size = 0;
         Ok(())
     }
@@ -239,6 +263,7 @@ mod tests {
             f.write(&line).unwrap();
             f.write(b"\n").unwrap();
         }
+        f.flush().unwrap();
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

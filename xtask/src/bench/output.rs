@@ -17,7 +17,7 @@ use anyhow::{bail, Context as _, Result};
 use balancer_tests::{bin, procfs, Balancer};
 use serde::Serialize;
 
-/// 99 characters and a newline.
+/// 98 characters; with its newline, 99 bytes.
 const LINE: &str = "worker output line, 100 bytes with its newline, the length of a typical application log line .....";
 
 #[derive(Serialize)]

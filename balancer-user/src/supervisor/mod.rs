@@ -10,8 +10,8 @@
 //! hears every input through it:
 //!
 //! - **serving**: the ordinary state. A `reload` or `scale` request (or SIGHUP) starts that
-//!   operation; SIGINT, SIGTERM or `stop` stops.
-//! - **busy**: a [`reload`] or [`scale`] is under way. It waits for its workers through
+//!   operation, and so does a worker due for [`recycle`]-ing; SIGINT, SIGTERM or `stop` stops.
+//! - **busy**: a [`reload`], [`scale`] or recycle is under way. It waits for its workers through
 //!   [`Supervisor::pump`], which goes on handling inputs: a worker that dies is restarted,
 //!   `status` answers, and a signal or `stop` cuts the operation short (systemd's stop timeout
 //!   never has to wait for a reload). Requests that would start another operation are refused
@@ -22,10 +22,11 @@
 //! # Rooms
 //!
 //! [`slot`]: one slot's lifecycle (start, ready, exit, backoff, restart). [`readiness`]: the
-//! READY=1 protocol. [`reload`] and [`scale`]: the two operations that replace or add and remove
-//! workers. [`truth`]: reading what the kernel holds, for the [accounting](crate::accounting).
-//! [`stalls`]: taking a worker that stopped accepting out of rotation. [`answers`]: status,
-//! metrics, policy and weight. [`shutdown`]: the ordered stop.
+//! READY=1 protocol. [`reload`] and [`scale`]: the operations that replace or add and remove
+//! workers; [`recycle`]: replacing one for its memory or its requests. [`health`]: probing each
+//! worker through its own listener. [`truth`]: reading what the kernel holds, for the
+//! [accounting](crate::accounting). [`stalls`]: taking a worker that stopped accepting out of
+//! rotation. [`answers`]: status, metrics, policy and weight. [`shutdown`]: the ordered stop.
 //!
 //! It runs on a single thread. Besides being all it needs, this matters for correctness: a
 //! child's `PR_SET_PDEATHSIG` fires when the *thread* that forked it exits, so every fork must

@@ -19,10 +19,10 @@
 //! abandoned, which are the drift to correct.
 //!
 //! A reading still races live traffic: a connection arriving or closing while it is taken, one
-//! accepted between two of its reads. So a slot whose counters moved while it was read is left
-//! out of that reading; and a difference is corrected only when two consecutive readings agree
-//! on its sign, and only by the smaller of the two: a transient never survives a second
-//! reading, a real drift does. Corrections are atomic adds to one counter or the other, never
+//! accepted between two of its reads. So a difference counts only beyond the connections that
+//! came or went while the slot was read (its counters' movement), and is corrected only when
+//! two consecutive readings agree on its sign, and only by the smaller of the two: a transient
+//! never survives a second reading, a real drift does. Corrections are atomic adds to one counter or the other, never
 //! stores, so no concurrent increment by the programs is lost. This module is the only
 //! user-space writer of the counters.
 
@@ -55,13 +55,24 @@ impl Truth {
 /// One slot's part of a reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sample {
-    Known(Truth),
+    /// What the kernel held, and the slack: how many connections came or went (the slot's
+    /// counters moved by) while it was read, each of which the reading may have caught on
+    /// either side.
+    Known(Truth, u64),
     /// Could not be read (a worker's descriptors): no correction, and the next reading starts
     /// afresh. Unknown is not zero.
     Unknown,
-    /// Its counters moved while it was read: this reading says nothing of it, and the
-    /// previous one still stands.
-    Moving,
+}
+
+/// The part of a difference (`load - truth`) that no connection coming or going during the
+/// reading can explain: the difference less `slack`, toward zero. Pure.
+pub fn beyond_slack(difference: i64, slack: u64) -> i64 {
+    let slack = slack.min(i64::MAX as u64) as i64;
+    if difference > 0 {
+        (difference - slack).max(0)
+    } else {
+        (difference + slack).min(0)
+    }
 }
 
 /// The books of one slot between readings.
@@ -118,15 +129,14 @@ impl Accounting {
         let mut made = Vec::new();
         for (i, (book, t)) in self.books.iter_mut().zip(truth).enumerate() {
             let slot = i as u32;
-            let t = match t {
-                Sample::Known(t) => t,
+            let (t, slack) = match t {
+                Sample::Known(t, slack) => (t, *slack),
                 Sample::Unknown => {
                     book.previous = None;
                     continue;
                 }
-                Sample::Moving => continue,
             };
-            let now = counted(slots, slot) - t.total() as i64;
+            let now = beyond_slack(counted(slots, slot) - t.total() as i64, slack);
             book.truth = *t;
             let amount = correction(book.previous, now);
             if amount == 0 {
@@ -356,6 +366,17 @@ mod tests {
         assert_eq!(correction(Some(7), 2), -2);
         assert_eq!(correction(Some(-4), -1), 1, "too low: add what both saw");
         assert_eq!(correction(Some(-1), -6), 1);
+    }
+
+    #[test]
+    fn traffic_during_a_reading_explains_that_much_of_a_difference() {
+        use super::beyond_slack;
+        assert_eq!(beyond_slack(5, 0), 5);
+        assert_eq!(beyond_slack(5, 2), 3);
+        assert_eq!(beyond_slack(2, 5), 0, "all of it may be traffic");
+        assert_eq!(beyond_slack(-7, 3), -4);
+        assert_eq!(beyond_slack(-1, 1), 0);
+        assert_eq!(beyond_slack(50, u64::MAX), 0);
     }
 
     #[test]

@@ -24,7 +24,7 @@ impl Supervisor {
         if self.opts.transport == listeners::Transport::Udp {
             // A datagram is no connection: a UDP slot holds nothing and the program counts
             // nothing for it, so the books are checked against zero.
-            let truth = vec![Sample::Known(Truth::default()); self.slots.len()];
+            let truth = vec![Sample::Known(Truth::default(), 0); self.slots.len()];
             self.accounting.reconcile(&self.steering.slots, &truth);
             return;
         }
@@ -40,8 +40,8 @@ impl Supervisor {
             })
             .collect();
         self.reading_truth = true;
-        // The counters as the reading starts: a slot whose counters move before it ends was
-        // read while connections came or went, and is left out of this reading.
+        // The counters as the reading starts: what they move by before it ends is traffic the
+        // reading may have caught on either side.
         self.counts_at_reading = self.counters();
         let events = self.events.clone();
         tokio::task::spawn_blocking(move || {
@@ -93,15 +93,19 @@ impl Supervisor {
         let after = self.counters();
         let truth: Vec<Sample> = (0..self.slots.len())
             .map(|i| {
-                if self.counts_at_reading.get(i) != after.get(i) {
-                    return Sample::Moving;
-                }
+                let slack = match (self.counts_at_reading.get(i), after.get(i)) {
+                    (Some(b), Some(a)) => a.0.abs_diff(b.0) + a.1.abs_diff(b.1),
+                    _ => return Sample::Unknown,
+                };
                 match (queued[i], reading.held[i]) {
-                    (Some(queued), Some(held)) => Sample::Known(Truth {
-                        queued,
-                        held,
-                        handshaking: handshaking[i],
-                    }),
+                    (Some(queued), Some(held)) => Sample::Known(
+                        Truth {
+                            queued,
+                            held,
+                            handshaking: handshaking[i],
+                        },
+                        slack,
+                    ),
                     _ => Sample::Unknown,
                 }
             })

@@ -21,6 +21,10 @@ pub struct SlotStatus {
     /// Connections open in the slot's worker processes, at the last reconciliation.
     #[serde(default)]
     pub open: u64,
+    /// Connections in their handshake at the last reconciliation (young request sockets):
+    /// counted in the load, held by the kernel, not yet in a queue.
+    #[serde(default)]
+    pub handshaking: u64,
     /// Connections the reconciliation added to or removed from the load, in total.
     #[serde(default)]
     pub corrections: u64,

@@ -108,6 +108,7 @@ mod tests {
                     load: load[i],
                     assigned: assigned[i],
                     open: 0,
+                    handshaking: 0,
                     corrections: 0,
                     closed: 0,
                     queued: 0,

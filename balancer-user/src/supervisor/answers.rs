@@ -50,6 +50,7 @@ impl Supervisor {
                     assigned: self.steering.slots.assigned(i),
                     closed: self.steering.slots.closed(i),
                     open: book.truth.held,
+                    handshaking: book.truth.handshaking,
                     corrections: book.corrections,
                     queued: s.listener.queued().unwrap_or(0),
                     restarts: s.restarts,

@@ -47,7 +47,9 @@ fn error(status: &serde_json::Value) -> u64 {
             .iter()
             .map(|x| {
                 let load = x["load"].as_u64().unwrap_or(0);
-                let kernel = x["queued"].as_u64().unwrap_or(0) + x["open"].as_u64().unwrap_or(0);
+                let kernel = x["queued"].as_u64().unwrap_or(0)
+                    + x["open"].as_u64().unwrap_or(0)
+                    + x["handshaking"].as_u64().unwrap_or(0);
                 load.abs_diff(kernel)
             })
             .sum()

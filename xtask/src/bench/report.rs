@@ -137,9 +137,10 @@ fn drift(d: &Drift) -> String {
         "\n## Drift soak\n\n\
          4 built-in workers, least-loaded, backlog 8; 4 clients opening a new connection per \
          request for {:.0} s while one fault every 1.5 s: {}. Every 100 ms the sum over slots \
-         of |load − kernel| is sampled (kernel: the live accept queue plus the sockets open in \
-         the worker at the last reconciliation, so a sample can lag by up to one 0.5 s \
-         interval). Then traffic stops and the loads must return to the truth.\n\n\
+         of |load − kernel| is sampled (kernel: the live accept queue plus, at the last \
+         reconciliation, the sockets open in the worker and the young handshakes, so a sample \
+         can lag by up to one 0.5 s interval; an abandoned handshake counts as held until its \
+         first SYN-ACK retransmission, a second after its SYN). Then traffic stops and the loads must return to the truth.\n\n\
          | requests answered | failed | max error | p99 error | corrections | back to the truth after quiescence |\n\
          |---:|---:|---:|---:|---:|---:|\n\
          | {} | {} | {} | {} | {} | {:.0} ms |\n\n\

@@ -13,19 +13,6 @@ fn run(args: &[&str]) -> Output {
     Command::new(bin()).arg("run").args(args).output().unwrap()
 }
 
-/// Asserts a failed run with exactly one line on stderr containing `needle`.
-fn fails_with(out: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {err}"
-    );
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
-    assert!(lines[0].starts_with("balancer: error: "), "{err}");
-    assert!(lines[0].contains(needle), "expected {needle:?} in: {err}");
-}
-
 #[test]
 fn bad_flags() {
     netns();

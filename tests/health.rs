@@ -163,9 +163,6 @@ fn bad_health_options_are_refused_in_one_line() {
             .args(&args)
             .output()
             .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} accepted");
-        assert!(err.contains(says), "{args:?}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        fails_with(&out, says);
     }
 }

@@ -246,26 +246,17 @@ fn a_reader_that_never_reads_neither_blocks_the_worker_nor_loses_the_tail() {
     netns();
     let dir = temp_dir("flood");
     std::fs::create_dir_all(&dir).unwrap();
-    let control = dir.join("control.sock");
     let done = dir.join("done");
     let script = format!(
         r#"seq 1 200000 | sed 's/^/flood line /'; touch {}; exec sleep 60"#,
         done.display()
     );
-    let mut child = Command::new(bin())
-        .args(["run", "--listen", "127.0.0.1:8080", "--workers", "1"])
-        .args(["--metrics", "off", "--ready-timeout", "0.1"])
-        .arg("--control")
-        .arg(&control)
-        .args(["--", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Held, never read.
-    let _stdout = child.stdout.take().unwrap();
     let started = Instant::now();
+    let mut b = Balancer::start_with_unread_stdout(
+        8080,
+        1,
+        &["--ready-timeout", "0.1", "--", "sh", "-c", &script],
+    );
     while !done.exists() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
@@ -274,46 +265,27 @@ fn a_reader_that_never_reads_neither_blocks_the_worker_nor_loses_the_tail() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let wrote_in = started.elapsed();
-    let status = |control: &PathBuf| -> Value {
-        let out = Command::new(bin())
-            .args(["status", "--json", "--control"])
-            .arg(control)
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let s = loop {
-        let s = status(&control);
-        if s["slots"][0]["log_lines"] == 200_000 || Instant::now() > deadline {
-            break s;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let s = b.wait_for(Duration::from_secs(10), "every line captured", |s| {
+        s["slots"][0]["log_lines"] == 200_000
+    });
     let slot = &s["slots"][0];
     eprintln!(
         "flood: 200,000 lines written in {wrote_in:?}, {} dropped from the unread output",
         slot["log_dropped"]
     );
-    assert_eq!(slot["log_lines"], 200_000, "every line captured");
     let dropped = slot["log_dropped"].as_u64().unwrap();
     // A 64 KiB pipe and the log thread's queue hold far less than 200,000 lines.
     assert!(dropped > 100_000, "dropped {dropped}");
-    let out = Command::new(bin())
-        .args(["logs", "-n", "1", "--control"])
-        .arg(&control)
-        .output()
-        .unwrap();
-    let last = String::from_utf8_lossy(&out.stdout);
-    assert!(last.ends_with("| flood line 200000\n"), "{last:?}");
+    let last = ctl(&b, &["logs", "-n", "1"]);
+    assert!(last.ends_with("| flood line 200000"), "{last:?}");
     let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(b.child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
     let deadline = Instant::now() + Duration::from_secs(15);
-    while child.try_wait().unwrap().is_none() {
+    while b.child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
-            let _ = child.kill();
+            let _ = b.child.kill();
             panic!("the supervisor did not stop with its output unread");
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -349,10 +321,7 @@ fn bad_log_options_are_refused_before_anything_starts() {
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} was accepted");
-        assert!(err.contains(says), "{args:?}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        fails_with(&out, says);
         assert!(!control.exists(), "{args:?} left a control socket");
     }
     std::fs::remove_dir_all(&dir).unwrap();

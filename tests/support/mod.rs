@@ -112,6 +112,21 @@ impl Balancer {
         Balancer::launch_under(&[], listen, addr, workers, extra, all_up)
     }
 
+    /// Like [`Balancer::start`], with the supervisor's stdout a pipe that nobody reads (a
+    /// stalled log shipper): the pipe stays open, full, for as long as the balancer lives.
+    pub fn start_with_unread_stdout(port: u16, workers: u32, extra: &[&str]) -> Balancer {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        Balancer::spawn(
+            &[],
+            &addr.to_string(),
+            addr,
+            workers,
+            extra,
+            true,
+            Stdio::piped(),
+        )
+    }
+
     /// Like [`Balancer::launch`], with `balancer` started through `prefix` (e.g.
     /// `ip netns exec NAME`).
     pub fn launch_under(
@@ -121,6 +136,18 @@ impl Balancer {
         workers: u32,
         extra: &[&str],
         all_up: bool,
+    ) -> Balancer {
+        Balancer::spawn(prefix, listen, addr, workers, extra, all_up, Stdio::null())
+    }
+
+    fn spawn(
+        prefix: &[&str],
+        listen: &str,
+        addr: SocketAddr,
+        workers: u32,
+        extra: &[&str],
+        all_up: bool,
+        stdout: Stdio,
     ) -> Balancer {
         let dir = scratch_dir();
         let control = dir.join("control.sock");
@@ -139,7 +166,7 @@ impl Balancer {
             .arg(&control)
             .args(extra)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("cannot start balancer");
@@ -676,4 +703,18 @@ signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=s.shutdown).sta
 s.serve_forever()
 "#
     )
+}
+
+/// Asserts a failed `balancer` run with exactly one line on stderr, `balancer: error: ...`,
+/// containing `needle`.
+pub fn fails_with(out: &std::process::Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    assert!(lines[0].starts_with("balancer: error: "), "{err}");
+    assert!(lines[0].contains(needle), "expected {needle:?} in: {err}");
 }

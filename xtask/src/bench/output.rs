@@ -9,12 +9,12 @@
 
 use std::{
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
-use balancer_tests::{bin, procfs, Balancer};
+use balancer_tests::{procfs, Balancer};
 use serde::Serialize;
 
 /// 98 characters; with its newline, 99 bytes.
@@ -122,52 +122,26 @@ pub fn measure(quick: bool) -> Result<Output> {
 }
 
 fn unread(dir: &Path, lines: u64) -> Result<(f64, u64)> {
-    let control = dir.join("control.sock");
-    let mut child = Command::new(bin())
-        .args(["run", "--listen", "127.0.0.1:8091", "--workers", "1"])
-        .args(["--metrics", "off", "--ready-timeout", "0.1", "--control"])
-        .arg(&control)
-        .args(["--", "sh", "-c", &script(dir, lines)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    // Held, never read.
-    let _stdout = child.stdout.take();
-    let status = |control: &Path| -> Option<serde_json::Value> {
-        let out = Command::new(bin())
-            .args(["status", "--json", "--control"])
-            .arg(control)
-            .output()
-            .ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    };
-    let result = (|| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while status(&control).is_none() {
-            if Instant::now() > deadline {
-                bail!("the balancer with an unread stdout did not start");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let begin = Instant::now();
-        std::fs::write(dir.join("go"), "")?;
-        wait_for(&dir.join("done"), Duration::from_secs(120))?;
-        let seconds = begin.elapsed().as_secs_f64();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let s = status(&control).context("status")?;
-            if s["slots"][0]["log_lines"].as_u64() == Some(lines) {
-                return Ok((seconds, s["slots"][0]["log_dropped"].as_u64().unwrap_or(0)));
-            }
-            if Instant::now() > deadline {
-                bail!("not every line was captured: {s}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })();
-    // SAFETY: a plain kill(2) of the child this function started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
-    result
+    let b = Balancer::start_with_unread_stdout(
+        8091,
+        1,
+        &[
+            "--metrics",
+            "off",
+            "--ready-timeout",
+            "0.1",
+            "--",
+            "sh",
+            "-c",
+            &script(dir, lines),
+        ],
+    );
+    let begin = Instant::now();
+    std::fs::write(dir.join("go"), "")?;
+    wait_for(&dir.join("done"), Duration::from_secs(120))?;
+    let seconds = begin.elapsed().as_secs_f64();
+    let s = b.wait_for(Duration::from_secs(120), "every line captured", |s| {
+        s["slots"][0]["log_lines"].as_u64() == Some(lines)
+    });
+    Ok((seconds, s["slots"][0]["log_dropped"].as_u64().unwrap_or(0)))
 }

@@ -26,7 +26,7 @@ mod tracker;
 
 use std::os::fd::AsFd;
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{Array, MapData, PerCpuArray, ReusePortSockArray},
     programs::{RawTracePoint, SkReuseport},
@@ -100,16 +100,15 @@ impl Steering {
         let sockets = ReusePortSockArray::try_from(take(&mut bpf, names::SOCKETS_MAP)?)?;
         let config = Array::try_from(take(&mut bpf, names::CONFIG_MAP)?)?;
         let stats = PerCpuArray::try_from(take(&mut bpf, names::STATS_MAP)?)?;
-        let slots_map = match take(&mut bpf, names::SLOTS_MAP)? {
-            aya::maps::Map::Array(m) => m,
-            _ => bail!("map {} is not an array", names::SLOTS_MAP),
+        // Mapped into memory below, so taken as the raw map rather than a typed one.
+        let take_array = |bpf: &mut Ebpf, name: &str| match take(bpf, name)? {
+            aya::maps::Map::Array(m) => Ok(m),
+            _ => Err(anyhow!("map {name} is not an array")),
         };
+        let slots_map = take_array(&mut bpf, names::SLOTS_MAP)?;
         let netns = Array::try_from(take(&mut bpf, names::NETNS_MAP)?)?;
         let flows = aya::maps::HashMap::try_from(take(&mut bpf, names::FLOWS_MAP)?)?;
-        let sticky_map = match take(&mut bpf, names::STICKY_MAP)? {
-            aya::maps::Map::Array(m) => m,
-            _ => bail!("map {} is not an array", names::STICKY_MAP),
-        };
+        let sticky_map = take_array(&mut bpf, names::STICKY_MAP)?;
         let sticky = Mapped::with_len(sticky_map.fd().as_fd(), policy::STICKY_TABLE as usize)?;
         drop(sticky_map);
         let slots = Mapped::new(slots_map.fd().as_fd())?;

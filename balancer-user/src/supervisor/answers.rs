@@ -37,6 +37,7 @@ impl Supervisor {
             .map(|(i, s)| {
                 let i = i as u32;
                 let book = self.accounting.book(i);
+                let logs = self.logs.counts(i);
                 let state = if s.given_up {
                     "failed"
                 } else {
@@ -76,8 +77,8 @@ impl Supervisor {
                     probe_seconds: s.probe_latency.map(|d| d.as_secs_f64()),
                     health_failures: s.health_failures,
                     health_restarts: s.health_restarts,
-                    log_lines: self.logs.counts(i).lines,
-                    log_dropped: self.logs.counts(i).dropped,
+                    log_lines: logs.lines,
+                    log_dropped: logs.dropped,
                 }
             })
             .collect();

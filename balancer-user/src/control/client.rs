@@ -67,6 +67,7 @@ pub fn logs(path: &Path, slot: Option<u32>, lines: usize, follow: bool, json: bo
     writeln!(stream, "{request}")?;
     let colour = std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
+    let mut text = String::new();
     for line in std::io::BufReader::new(stream).lines() {
         let line = line.context("reading the supervisor's answer")?;
         if let Some(err) = line.strip_prefix("error: ") {
@@ -78,18 +79,9 @@ pub fn logs(path: &Path, slot: Option<u32>, lines: usize, follow: bool, json: bo
         }
         let l: crate::logs::Line = serde_json::from_str(&line)
             .with_context(|| format!("unexpected answer line {line:?}"))?;
-        if colour {
-            writeln!(
-                out,
-                "\x1b[{}mslot {} pid {}\x1b[0m | {}",
-                31 + l.slot % 6,
-                l.slot,
-                l.pid,
-                l.line
-            )?;
-        } else {
-            writeln!(out, "slot {} pid {} | {}", l.slot, l.pid, l.line)?;
-        }
+        text.clear();
+        crate::logs::sink::human(&l, colour, &mut text);
+        out.write_all(text.as_bytes())?;
     }
     Ok(())
 }

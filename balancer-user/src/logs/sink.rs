@@ -137,8 +137,9 @@ fn run(opts: Options, rx: Receiver<Arc<Line>>) {
     }
 }
 
-/// `slot 2 pid 4711 | text`, the slot coloured on a terminal (six colours, by slot).
-fn human(line: &Line, colour: bool, out: &mut String) {
+/// `slot 2 pid 4711 | text`, the slot coloured on a terminal (six colours, by slot): the
+/// supervisor's output and `balancer logs` alike.
+pub fn human(line: &Line, colour: bool, out: &mut String) {
     if colour {
         let c = 31 + line.slot % 6;
         out.push_str(&format!(

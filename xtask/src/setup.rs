@@ -24,13 +24,18 @@ const BUILD_PACKAGES: &[&str] = &[
     "libxml2-dev",
 ];
 /// What the tests and the benchmark use, installed only for them: a real Prometheus, podman
-/// for the image test, systemd-analyze for the unit, the benchmark's peers (nginx, HAProxy),
-/// Node.js for the examples.
+/// for the image and `kube play` tests (catatonit, a recommends that `--no-install-recommends`
+/// leaves out, is what podman builds its pod infra image from without a registry; the CNI
+/// plugins, one of two network stacks that would satisfy podman, are the one the tests run
+/// with), systemd-analyze for the unit, the benchmark's peers (nginx, HAProxy), Node.js for the
+/// examples.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "prometheus",
     "podman",
     "runc",
+    "catatonit",
+    "containernetworking-plugins",
     "systemd",
     "nginx-light",
     "haproxy",

@@ -18,11 +18,17 @@ fn sequential(b: &Balancer, n: usize) -> Vec<usize> {
     histogram(&replies, b.per_slot("assigned").len())
 }
 
+/// Each CPU keeps its own ticket (a shared one is a line every CPU writes on every selection),
+/// so each CPU's share cycles exactly and the totals differ by at most one per CPU.
 #[test]
-fn round_robin_is_exact() {
+fn round_robin_cycles_exactly_on_each_cpu() {
     netns();
     let b = Balancer::start(8080, 4, &["--policy", "round-robin"]);
-    assert_eq!(sequential(&b, 400), [100, 100, 100, 100]);
+    let counts = sequential(&b, 400);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let (min, max) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
+    assert_eq!(counts.iter().sum::<usize>(), 400);
+    assert!(max - min <= cpus, "{counts:?} on {cpus} CPUs");
 }
 
 /// Keeps `want[i]` keep-alive connections open on slot `i`: opens connections (at most 200),

@@ -24,7 +24,9 @@ pub const CONFIG_MAP: &str = "CONFIG";
 pub const STATS_MAP: &str = "STATS";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const FLOWS_MAP: &str = "FLOWS";
-pub const NETNS_MAP: &str = "NETNS";
+pub const OWNERS_MAP: &str = "OWNERS";
+pub const TICKETS_MAP: &str = "TICKETS";
+pub const LISTENERS_MAP: &str = "LISTENERS";
 pub const STICKY_MAP: &str = "STICKY";
 pub const PROGRAM: &str = "balancer";
 pub const CLOSES_PROGRAM: &str = "closes";
@@ -107,14 +109,16 @@ pub struct Config {
     pub slots: u32,
     /// A [`crate::Policy`] as `u32`.
     pub policy: u32,
-    /// The port the slots serve, in host byte order (the close tracker ignores other ports).
+    /// The port the slots serve, in host byte order: the close tracker names a reset
+    /// connection by it (the kernel has zeroed the socket's own port by then).
     pub port: u32,
     /// Non-zero while the supervisor stops: new connections are refused (RST) instead of
     /// being queued on listeners that are about to close.
     pub stopping: u32,
-    /// While non-zero, the close tracker learns the network namespace from the socket that
-    /// starts listening on this port (host byte order): see `NETNS`.
-    pub calibrate_port: u32,
+    /// A slot holding this many connections or more may be dropping SYNs (its accept queue
+    /// could be full): a SYN sent there is recorded in `FLOWS`, so that its retransmission is
+    /// not counted twice. Half the listeners' backlog.
+    pub crowded: u32,
     /// Non-zero while health checks run: the supervisor records each probe's connection in
     /// `FLOWS` before it connects, and the program sends it to that slot under every policy
     /// (the `hash` policy looks it up only then).
@@ -153,8 +157,28 @@ pub const FLOW_SYN: u32 = 0;
 /// Recorded by the supervisor before a health probe connects: its SYN is not known yet.
 pub const FLOW_PROBE: u32 = 1;
 
-/// Index of the round-robin ticket counter in `COUNTERS`.
-pub const ROUND_ROBIN_TICKET: u32 = 0;
+/// Index in `COUNTERS` of the time (`bpf_ktime_get_coarse_ns`) until which `FLOWS` may hold
+/// records: the program and the close tracker look there only before it.
+pub const RECORDING_UNTIL: u32 = 0;
+
+/// How long `FLOWS` is looked at after the last record was written: longer than a client
+/// retransmits a SYN (Linux's default 6 retries take 127 s) and than a SYN-cookie handshake
+/// takes to complete.
+pub const RECORDING_WINDOW_NS: u64 = 150_000_000_000;
+
+/// What `OWNERS` holds for each listener, and what every connection the listener accepts
+/// inherits: the map is created with `BPF_F_CLONE`, so the kernel copies a listener's value
+/// to each new connection socket it creates.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// The listener's slot.
+    pub slot: u32,
+    /// Non-zero when the steering program counted the connection in the slot's `assigned`
+    /// (under every policy but `hash`): its close is then counted in `closed`, once (the close
+    /// tracker clears the flag on the connection's own copy).
+    pub counted: u32,
+}
 
 /// The load of a slot from its two counters. Wrapping subtraction then a sign check: a reading
 /// taken between a close and the matching assignment on another CPU (or just after a downward
@@ -176,6 +200,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::Owner {}
 }
 
 #[cfg(test)]

@@ -16,7 +16,8 @@ pub enum Policy {
     /// Power of two random choices: the less loaded of two random slots. Constant cost at any
     /// group size, and no herding onto one idle slot when many selections race.
     P2c = 2,
-    /// Each slot in turn, from one counter shared by all CPUs (exact order, not per CPU).
+    /// Each slot in turn. Each CPU keeps its own ticket: every CPU's share cycles exactly, and
+    /// the totals differ by at most one per CPU.
     RoundRobin = 3,
     /// Least loaded relative to each slot's weight; idle slots share in proportion to weight.
     Weighted = 4,
@@ -110,6 +111,7 @@ pub struct Scan {
     count: u32,
     best: u32,
     weighted: u32,
+    stop_at_idle: u32,
     seed: u64,
     best_key: u64,
 }
@@ -136,9 +138,24 @@ impl Scan {
             count,
             best: u32::MAX,
             weighted: 0,
+            stop_at_idle: 0,
             seed,
             best_key: u64::MAX,
         }
+    }
+
+    /// Least-loaded that stops at the first idle slot from a random start: an idle slot is as
+    /// good as any other (no slot has less than nothing), so a lightly loaded group costs one
+    /// or two candidates instead of all of them. Among idle slots the choice is not exactly
+    /// uniform: one that follows a run of busy slots is reached from more starts.
+    #[inline(always)]
+    pub const fn first_idle(slots: u32, seed: u64) -> Scan {
+        let mut scan = Scan::new(slots, seed);
+        if scan.slots > 1 {
+            scan.start = reduce((seed >> 32) as u32, scan.slots);
+        }
+        scan.stop_at_idle = 1;
+        scan
     }
 
     /// Like [`Scan::new`], comparing load relative to weight (see [`Scan::offer`]).
@@ -191,8 +208,10 @@ impl Scan {
     /// load units). When all slots are idle, the smallest of independent `E_i / w_i` falls on
     /// slot `i` with probability `w_i / sum(w)`: traffic splits in proportion to weight; under
     /// load the ratio load/weight dominates, as in weighted least-connections.
+    ///
+    /// True when the scan is over: an idle slot under [`Scan::first_idle`].
     #[inline(always)]
-    pub fn offer(&mut self, slot: u32, load: u64, weight: u32) {
+    pub fn offer(&mut self, slot: u32, load: u64, weight: u32) -> bool {
         let random = mix(self.seed, slot);
         let key = if self.weighted != 0 {
             let load = if load > WEIGHTED_LOAD_CAP {
@@ -210,6 +229,7 @@ impl Scan {
             self.best_key = key;
             self.best = slot;
         }
+        self.stop_at_idle != 0 && load == 0
     }
 
     /// The chosen slot, if any candidate was selectable.
@@ -274,11 +294,13 @@ pub fn least_loaded(
     seed: u64,
     mut load_of: impl FnMut(u32) -> Option<u64>,
 ) -> Option<u32> {
-    let mut scan = Scan::new(slots, seed);
+    let mut scan = Scan::first_idle(slots, seed);
     for i in 0..scan.count() {
         let slot = scan.slot(i);
         if let Some(load) = load_of(slot) {
-            scan.offer(slot, load, 1);
+            if scan.offer(slot, load, 1) {
+                break;
+            }
         }
     }
     scan.best()
@@ -382,17 +404,47 @@ mod tests {
             let mut seen = 0;
             let s = least_loaded(n, seed, |_| {
                 seen += 1;
-                Some(0)
+                Some(1)
             })
             .unwrap();
             assert_eq!(seen, SCAN_LIMIT, "cost must not grow with the group");
             hits[s as usize] += 1;
+            let mut seen = 0;
+            least_loaded(n, seed, |_| {
+                seen += 1;
+                Some(0)
+            });
+            assert_eq!(seen, 1, "an idle slot ends the scan");
         }
         let min = *hits.iter().min().unwrap();
         assert!(
             min > 10,
             "every slot is reachable: least hit {min} of 50 expected"
         );
+    }
+
+    #[test]
+    fn the_scan_stops_at_the_first_idle_slot_and_reaches_every_idle_slot() {
+        // Slots 2 and 5 are idle; the rest hold work. Every selection must take an idle one,
+        // after reading no more slots than it takes to reach one from its random start.
+        let loads = [3u64, 1, 0, 2, 4, 0, 1, 1];
+        let mut rng = Rng(11);
+        let mut hits = [0u32; 8];
+        for _ in 0..10_000 {
+            let mut seen = 0;
+            let s = least_loaded(8, rng.next(), |s| {
+                seen += 1;
+                Some(loads[s as usize])
+            })
+            .unwrap();
+            assert!(s == 2 || s == 5, "chose busy slot {s}");
+            assert!(seen <= 5, "read {seen} slots to reach an idle one");
+            hits[s as usize] += 1;
+        }
+        // Of the 8 starts, 5 reach slot 2 first (6, 7 wrap round to 0, 1, 2) and 3 reach
+        // slot 5: the bias the docs name, and no more.
+        assert!((5_950..6_550).contains(&hits[2]), "{hits:?}");
+        assert!((3_450..4_050).contains(&hits[5]), "{hits:?}");
     }
 
     #[test]

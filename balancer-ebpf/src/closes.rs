@@ -1,37 +1,65 @@
-//! The close tracker: a raw tracepoint program on `inet_sock_set_state`, which the kernel runs
+//! The close tracker: a BTF tracepoint program on `inet_sock_set_state`, which the kernel runs
 //! on every TCP state change of every socket on the host, in every network namespace. It needs
 //! no cgroup (CAP_BPF and CAP_PERFMON, which the steering program already needs), so it works
 //! on a plain host, under `ip netns exec`, `unshare -n` and in containers alike.
 //!
-//! When the server side of a recorded connection closes (it enters FIN_WAIT1 or LAST_ACK, or
-//! CLOSE on a reset or an abort) the tracker removes the connection from `FLOWS` and adds one to
-//! its slot's `closed`. CLOSE_WAIT (the client closed first) is not a close: the worker may still
-//! be writing.
+//! It tells the balancer's connections from every other socket on the host by `OWNERS`, a
+//! socket storage map: the supervisor stores each listener's slot on the listener, and the
+//! kernel copies the value to every connection socket the listener creates (`BPF_F_CLONE`). A
+//! socket without one is not ours; that lookup is a pointer walk on the socket, no hashing,
+//! and nothing is written per connection when it opens.
 //!
-//! Raw tracepoint arguments are the kernel's own: a `struct sock *` and two states, with no
-//! field offsets resolved at load time. The tracker reads `struct sock_common`'s head (the
-//! addresses, ports and family, in place since Linux 2.6) and three fields behind it (the
-//! network namespace at 48 and the IPv6 addresses at 56 and 72, on 64-bit kernels built with
-//! network namespaces and IPv6), with `bpf_probe_read_kernel`. Events of other namespaces are
-//! told apart by the namespace pointer, learned from the supervisor's calibration listener.
+//! When the server side of a connection closes (it enters FIN_WAIT1 or LAST_ACK, or CLOSE on a
+//! reset or an abort) the tracker adds one to its slot's `closed`, and clears the connection's
+//! own `counted` flag so that no later transition counts it again. CLOSE_WAIT (the client
+//! closed first) is not a close: the worker may still be writing.
+//!
+//! `FLOWS` holds the few connections whose slot is not their listener's (moved off a closing
+//! listener) or that were counted some other way (health probes, SYNs recorded while a slot was
+//! crowded). The tracker looks there only while the program says records may exist
+//! (`RECORDING_UNTIL`) or health checks run; a record names the slot to count and is removed.
 
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::{
+    intrinsics::{atomic_xadd, AtomicOrdering},
+    ptr,
+};
 
 use aya_ebpf::{
-    bindings::bpf_sock,
-    helpers::bpf_probe_read_kernel,
-    macros::{map, raw_tracepoint},
-    maps::Array,
-    programs::RawTracePointContext,
+    bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, bpf_sock, BPF_F_CLONE, BPF_F_NO_PREALLOC},
+    cty::c_void,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_sk_storage_get},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
 };
-use balancer_common::maps::FlowKey;
+use balancer_common::maps::{FlowKey, Owner};
 
-use crate::{CONFIG, FLOWS, SLOTS};
+use crate::{recording, CONFIG, FLOWS, SLOTS};
 
-/// The network namespace (its `struct net` address) the balancer's sockets live in, learned
-/// when the supervisor's calibration socket starts listening; 0 until then.
-#[map]
-static NETNS: Array<u64> = Array::with_max_entries(1, 0);
+/// The layout of a BTF map definition (what libbpf's `__uint`/`__type` macros declare): the
+/// loader reads each property from the type of its field. aya-ebpf's own `SkStorage` fixes the
+/// flags without `BPF_F_CLONE`, which is the point of this map.
+#[repr(C)]
+pub struct Owners {
+    r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const Owner,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize],
+}
+
+// SAFETY: the fields are never read; the loader replaces the definition with a map.
+unsafe impl Sync for Owners {}
+
+/// Listener (and, by inheritance, connection) -> its slot; see the module docs.
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "OWNERS")]
+pub static OWNERS: Owners = Owners {
+    r#type: ptr::null(),
+    key: ptr::null(),
+    value: ptr::null(),
+    max_entries: ptr::null(),
+    map_flags: ptr::null(),
+};
 
 const AF_INET6: u16 = 10;
 // TCP states, from include/net/tcp_states.h.
@@ -39,11 +67,11 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
-const TCP_LISTEN: i32 = 10;
 const TCP_CLOSE_WAIT: i32 = 8;
 const TCP_LAST_ACK: i32 = 9;
 
-const SKC_NET: usize = 48;
+// `struct sock_common`: the head below has been in place since Linux 2.6; the IPv6 addresses
+// follow the network namespace pointer on 64-bit kernels built with network namespaces.
 const SKC_V6_DADDR: usize = 56;
 
 /// The first 20 bytes of `struct sock_common`.
@@ -62,13 +90,13 @@ struct Head {
     _bits: u8,
 }
 
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn closes(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn closes(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate). The state test
-    // comes first: it discards most events before any memory is read.
+    // comes first: it discards most events before anything else is read.
     let new: i32 = ctx.arg(2);
     let wanted = match new {
-        TCP_FIN_WAIT1 | TCP_LAST_ACK | TCP_LISTEN => true,
+        TCP_FIN_WAIT1 | TCP_LAST_ACK => true,
         // A socket that closed the ordinary way was counted when it left ESTABLISHED or
         // CLOSE_WAIT; CLOSE only matters straight from those (a reset, an abort).
         TCP_CLOSE => matches!(
@@ -80,72 +108,64 @@ pub fn closes(ctx: RawTracePointContext) -> i32 {
     if !wanted {
         return 0;
     }
+    let sk: *mut c_void = ctx.arg(0);
+    // No F_CREATE: only sockets that inherited a value from one of our listeners have one.
+    let owner = unsafe {
+        bpf_sk_storage_get(
+            (&raw const OWNERS).cast_mut().cast(),
+            sk,
+            ptr::null_mut(),
+            0,
+        )
+    } as *mut Owner;
+    if owner.is_null() {
+        return 0;
+    }
+    // The socket is locked through a state change: no other CPU runs this for it meanwhile.
+    let mut slot = unsafe {
+        let counted = (*owner).counted != 0;
+        (*owner).counted = 0;
+        counted.then_some((*owner).slot)
+    };
     let Some(config) = CONFIG.get(0) else {
         return 0;
     };
-    if new == TCP_LISTEN && config.calibrate_port == 0 {
-        return 0;
-    }
-    let sk: *const u8 = ctx.arg(0);
-    let Ok(head) = (unsafe { bpf_probe_read_kernel(sk as *const Head) }) else {
-        return 0;
-    };
-    if new == TCP_LISTEN {
-        if head.num as u32 == config.calibrate_port {
-            if let (Ok(net), Some(n)) = (
-                unsafe { bpf_probe_read_kernel(sk.add(SKC_NET) as *const u64) },
-                NETNS.get_ptr_mut(0),
-            ) {
-                unsafe { *n = net };
+    // The precise clock: tracing programs may not read the coarse one, which the program uses
+    // to write the deadline (both are CLOCK_MONOTONIC; they differ by at most a tick).
+    if config.probing != 0 || recording(unsafe { bpf_ktime_get_ns() }) {
+        if let Some(key) = flow_of_socket(sk as *const u8, config.port) {
+            if let Some(f) = unsafe { FLOWS.get(key) }.copied() {
+                if FLOWS.remove(key).is_ok() {
+                    slot = Some(f.slot);
+                }
             }
         }
-        return 0;
     }
+    if let Some(s) = slot.and_then(|slot| SLOTS.get_ptr_mut(slot)) {
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*s).closed, 1) };
+    }
+    0
+}
+
+/// The connection `sk` belongs to, named as the steering program named it from the SYN.
+#[inline(always)]
+fn flow_of_socket(sk: *const u8, port: u32) -> Option<FlowKey> {
+    let head = unsafe { bpf_probe_read_kernel(sk as *const Head) }.ok()?;
     // Entering CLOSE, a socket has already given its port back (`inet_put_port` zeroes
-    // `skc_num` before the state changes): a reset connection arrives here with port 0. Its
-    // record, keyed by the whole 4-tuple, still tells whether it is one of ours.
-    let local_port = if head.num == 0 && new == TCP_CLOSE {
-        config.port as u16
-    } else {
-        head.num
-    };
-    if local_port as u32 != config.port {
-        return 0;
-    }
-    let Ok(net) = (unsafe { bpf_probe_read_kernel(sk.add(SKC_NET) as *const u64) }) else {
-        return 0;
-    };
-    if NETNS.get(0).is_none_or(|&n| n == 0 || n != net) {
-        return 0;
-    }
+    // `skc_num` before the state changes): a reset connection arrives here with port 0.
+    let local_port = if head.num == 0 { port as u16 } else { head.num };
     let (remote, local) = if head.family == AF_INET6 {
-        let Ok(v6) =
-            (unsafe { bpf_probe_read_kernel(sk.add(SKC_V6_DADDR) as *const [[u32; 4]; 2]) })
-        else {
-            return 0;
-        };
+        let v6 =
+            unsafe { bpf_probe_read_kernel(sk.add(SKC_V6_DADDR) as *const [[u32; 4]; 2]) }.ok()?;
         (unmap_v4(v6[0]), unmap_v4(v6[1]))
     } else {
         ([head.daddr, 0, 0, 0], [head.rcv_saddr, 0, 0, 0])
     };
-    let key = FlowKey {
+    Some(FlowKey {
         remote,
         local,
         ports: head.dport as u32 | (local_port.to_be() as u32) << 16,
-    };
-    let Some(slot) = (unsafe { FLOWS.get(key) }).map(|f| f.slot) else {
-        return 0;
-    };
-    // Removed first: of the transitions that follow (FIN_WAIT1, then CLOSE), only the one
-    // that removes the record counts.
-    if FLOWS.remove(key).is_ok() {
-        if let Some(s) = SLOTS.get_ptr_mut(slot) {
-            unsafe {
-                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*s).closed, 1)
-            };
-        }
-    }
-    0
+    })
 }
 
 /// The connection a queued socket of a closing listener belongs to (`bpf_sock` of the request

@@ -4,12 +4,18 @@
 //! ACK/FIN/RST) and for every datagram of a UDP group. It names the listener, that is the worker
 //! slot, that gets the segment.
 //!
-//! A connection is counted once, at its first pure SYN: the program records the connection
-//! (`FLOWS`, by 4-tuple) with the slot the policy chose and adds to that slot's `assigned`
-//! before returning, so the next connection, on any CPU, already sees it. A later segment of a
-//! recorded connection goes to the same slot and counts nothing; a segment that opens nothing
-//! passes uncounted. The close tracker (`closes.rs`) adds to the slot's `closed` when the
-//! connection ends, and removes the record.
+//! A connection is counted once, at its first pure SYN: the program adds to the chosen slot's
+//! `assigned` before returning, so the next connection, on any CPU, already sees it. Nothing
+//! else is written per connection: the close tracker (`closes.rs`) finds the slot of a closing
+//! connection on the socket itself (`OWNERS`, inherited from its listener), and adds to its
+//! `closed`.
+//!
+//! Only a SYN the kernel may drop needs a record: one sent to a crowded slot (a full accept
+//! queue drops it, and the client's retransmission must not be counted again). Such a SYN is
+//! recorded in `FLOWS` by 4-tuple, and for a while after (`RECORDING_UNTIL`) every SYN is
+//! checked against the records: a retransmission goes to its slot uncounted, and the last ACK
+//! of a SYN-cookie handshake follows its SYN. Outside that window a segment that is not a SYN
+//! passes uncounted without a lookup.
 //!
 //! It fails open: whenever it cannot choose it returns `SK_PASS` with no selection and the
 //! kernel's own hash picks a listener (the supervisor's reconciliation counts what it placed).
@@ -35,14 +41,20 @@ use aya_ebpf::{
         BPF_F_MMAPABLE, BPF_NOEXIST,
     },
     cty::c_void,
-    helpers::{bpf_get_prandom_u32, bpf_loop, bpf_skb_load_bytes_relative},
+    helpers::{
+        bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_get_socket_cookie,
+        bpf_ktime_get_coarse_ns, bpf_loop, bpf_skb_load_bytes_relative,
+    },
     macros::{map, sk_reuseport},
     maps::{Array, LruHashMap, PerCpuArray, ReusePortSockArray},
     programs::SkReuseportContext,
 };
 use aya_log_ebpf::warn;
 use balancer_common::{
-    maps::{load, Flow, FlowKey, FLOWS_DEFAULT, FLOW_PROBE, FLOW_SYN, ROUND_ROBIN_TICKET},
+    maps::{
+        load, Flow, FlowKey, FLOWS_DEFAULT, FLOW_PROBE, FLOW_SYN, RECORDING_UNTIL,
+        RECORDING_WINDOW_NS,
+    },
     policy, stats, Config, Policy, Slot, SlotState, MAX_SLOTS,
 };
 
@@ -63,15 +75,25 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
 
-/// A connection -> the slot it was sent to, from its first SYN until it closes. LRU: when full,
-/// the oldest record goes (its close is then not counted; the reconciliation repairs that).
-/// The supervisor may resize it before loading.
+/// A connection -> the slot it was sent to, for the few connections that need a record: SYNs
+/// sent to a crowded slot, connections moved off a closing listener, health probes. LRU: when
+/// full, the oldest record goes. The supervisor may resize it before loading.
 #[map]
 static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(FLOWS_DEFAULT, 0);
 
-/// Counters shared by all CPUs: the round-robin ticket.
+/// Values shared by all CPUs, written rarely: `RECORDING_UNTIL`.
 #[map]
 static COUNTERS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// A listener's socket cookie -> its slot, written by the supervisor: tells the migrate path
+/// which slot a closing listener's connections were counted on. LRU: listeners come and go.
+#[map]
+static LISTENERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4 * MAX_SLOTS, 0);
+
+/// Each CPU's round-robin ticket: a shared one would be a cache line every CPU writes on every
+/// selection.
+#[map]
+static TICKETS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Sticky table: index (from the client address) -> slot, rebuilt by the supervisor with
 /// consistent hashing whenever the set of up slots changes. u64 values: an array map lays its
@@ -121,9 +143,45 @@ fn least_loaded(mut scan: policy::Scan) -> Option<u32> {
     scan.best()
 }
 
+/// Whether `FLOWS` may hold records the program or the close tracker must honour at `now`
+/// (monotonic ns): a record was written less than `RECORDING_WINDOW_NS` before.
+#[inline(always)]
+pub(crate) fn recording(now: u64) -> bool {
+    COUNTERS
+        .get(RECORDING_UNTIL)
+        .is_some_and(|&until| now < until)
+}
+
+/// `recording` for the program, by the coarse clock: a tick's precision is plenty for a window
+/// of minutes, at a fraction of the precise clock's cost.
+#[inline(always)]
+fn recording_now() -> bool {
+    recording(unsafe { bpf_ktime_get_coarse_ns() })
+}
+
+/// Opens (or extends) the window in which `FLOWS` is honoured.
+#[inline(always)]
+fn start_recording() {
+    if let Some(until) = COUNTERS.get_ptr_mut(RECORDING_UNTIL) {
+        let deadline = unsafe { bpf_ktime_get_coarse_ns() } + RECORDING_WINDOW_NS;
+        // Written at most once a millisecond: under a flood of crowded SYNs every CPU would
+        // otherwise write this shared line on every SYN.
+        unsafe {
+            if read_volatile(until) + 1_000_000 < deadline {
+                *until = deadline;
+            }
+        }
+    }
+}
+
 /// A queued connection (established, or still in its handshake) of a closing listener: send it
 /// to the least-loaded live slot and move its count there; if nothing is live, let the kernel's
 /// hash choose among the remaining listeners.
+///
+/// The count comes off the closing listener's slot (`LISTENERS`, by the listener's cookie) or
+/// the slot a record names. An established connection keeps its old listener's slot in
+/// `OWNERS`, so its move is recorded in `FLOWS` for the close tracker; a handshake in progress
+/// needs no record: its socket will be created by the new listener and inherit its slot.
 fn migrate(ctx: &SkReuseportContext, migrating: &aya_ebpf::programs::SockContext) -> u32 {
     let Some(config) = CONFIG.get(0) else {
         count(stats::FALLBACK_MAP_ERROR);
@@ -138,19 +196,36 @@ fn migrate(ctx: &SkReuseportContext, migrating: &aya_ebpf::programs::SockContext
         count(stats::FALLBACK_SELECT_FAILED);
         return SK_PASS;
     }
+    count(stats::MIGRATED);
+    if config.policy == Policy::Hash as u32 {
+        // Nothing was counted for it.
+        return SK_PASS;
+    }
     let key = closes::flow_of(migrating.sock);
     let previous = unsafe { FLOWS.get(key) }.copied();
-    let moved = Flow {
-        slot: index,
-        ..previous.unwrap_or_default()
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sk().sock.cast()) };
+    let from = match previous {
+        Some(p) => Some(p.slot),
+        None => unsafe { LISTENERS.get(&cookie) }.copied(),
     };
-    if previous.map(|p| p.slot) != Some(index) && FLOWS.insert(key, moved, 0).is_ok() {
-        add(index, false);
-        if let Some(old) = previous {
-            add(old.slot, true);
-        }
+    if from == Some(index) {
+        return SK_PASS;
     }
-    count(stats::MIGRATED);
+    let established = unsafe { (*migrating.sock).state } == TCP_ESTABLISHED;
+    if established || previous.is_some() {
+        let moved = Flow {
+            slot: index,
+            ..previous.unwrap_or_default()
+        };
+        if FLOWS.insert(&key, &moved, 0).is_err() {
+            return SK_PASS;
+        }
+        start_recording();
+    }
+    add(index, false);
+    if let Some(old) = from {
+        add(old, true);
+    }
     SK_PASS
 }
 
@@ -161,7 +236,16 @@ fn is_up(slot: u32) -> bool {
         .is_some_and(|s| unsafe { read_volatile(&(*s).state) } == SlotState::Up as u32)
 }
 
+/// A slot's load (0 for an index out of range).
+#[inline(always)]
+fn load_of(slot: u32) -> u64 {
+    SLOTS.get_ptr(slot).map_or(0, |s| unsafe {
+        load(read_volatile(&(*s).assigned), read_volatile(&(*s).closed))
+    })
+}
+
 const IPPROTO_TCP: u32 = 6;
+const TCP_ESTABLISHED: u32 = 1;
 const TCP_FLAG_SYN: u8 = 0x02;
 /// ACK, RST and FIN: a SYN carrying any of them opens no connection.
 const TCP_FLAGS_NOT_OPENING: u8 = 0x10 | 0x04 | 0x01;
@@ -218,13 +302,11 @@ const SEGMENT_INVALID: u32 = 0;
 const SEGMENT_SYN: u32 = 1;
 const SEGMENT_OTHER: u32 = 2;
 
-/// Fills `key` with the connection a TCP segment belongs to; tells whether the segment is a
-/// pure SYN (`SEGMENT_SYN`), another segment, or unreadable.
+/// Reads a TCP segment's ports into `key` and its sequence number into `seq` (the addresses
+/// only when a record is looked up: see [`addresses`]); tells whether the segment is a pure SYN
+/// (`SEGMENT_SYN`), another segment, or unreadable.
 #[inline(always)]
 fn tcp_segment(ctx: &SkReuseportContext, key: &mut FlowKey, seq: &mut u32) -> u32 {
-    if !addresses(ctx, key) {
-        return SEGMENT_INVALID;
-    }
     // `data` starts at the TCP header: ports in its first word, flags at byte 13. The bounds
     // check against data_end is what lets the verifier accept the reads.
     let data = ctx.data();
@@ -255,7 +337,8 @@ extern "C" fn consider(i: u64, scan: *mut c_void) -> i64 {
     unsafe {
         if read_volatile(&(*s).state) == SlotState::Up as u32 {
             let load = load(read_volatile(&(*s).assigned), read_volatile(&(*s).closed));
-            scan.offer(slot, load, read_volatile(&(*s).weight));
+            // 1 ends the loop.
+            return scan.offer(slot, load, read_volatile(&(*s).weight)) as i64;
         }
     }
     0 // continue the loop
@@ -270,11 +353,11 @@ fn choose(config: &Config, remote: &[u32; 4]) -> Option<u32> {
     let policy = config.policy;
     // Policies that name one slot directly; if it is not up, least-loaded chooses instead.
     let direct = if policy == Policy::RoundRobin as u32 {
-        COUNTERS.get_ptr_mut(ROUND_ROBIN_TICKET).and_then(|t| {
-            // SeqCst, not Relaxed: LLVM lowers a relaxed add to the legacy BPF XADD, which
-            // returns nothing, even when the old value is used; SeqCst gives atomic_fetch_add.
-            let ticket = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(t, 1) };
-            policy::round_robin(ticket, slots)
+        TICKETS.get_ptr_mut(0).and_then(|t| unsafe {
+            // Per CPU: no other CPU touches this ticket. Each CPU starts the cycle at its own
+            // offset, so that CPUs starting together do not all pick slot 0 first.
+            *t += 1;
+            policy::round_robin(*t + bpf_get_smp_processor_id() as u64, slots)
         })
     } else if policy == Policy::Sticky as u32 {
         STICKY
@@ -290,7 +373,7 @@ fn choose(config: &Config, remote: &[u32; 4]) -> Option<u32> {
         } else if policy == Policy::Weighted as u32 {
             policy::Scan::weighted(slots, seed)
         } else {
-            policy::Scan::new(slots, seed)
+            policy::Scan::first_idle(slots, seed)
         }),
     }
 }
@@ -317,6 +400,7 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
         if config.probing != 0
             && ctx.ip_protocol() == IPPROTO_TCP
             && tcp_segment(&ctx, &mut key, &mut seq) == SEGMENT_SYN
+            && addresses(&ctx, &mut key)
             && probe(&ctx, &key)
         {
             return SK_PASS;
@@ -328,17 +412,31 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
         return SK_PASS;
     }
     let tcp = ctx.ip_protocol() == IPPROTO_TCP;
+    // Whether this segment is checked against `FLOWS`: while records may exist, or a health
+    // probe (recorded before it connects) may be on its way.
+    let mut lookup = false;
     if tcp {
         let segment = tcp_segment(&ctx, &mut key, &mut seq);
         if segment == SEGMENT_INVALID {
             count(stats::FALLBACK_MAP_ERROR);
             return SK_PASS;
         }
-        if segment != SEGMENT_SYN {
-            return follow(&ctx, &key);
+        lookup = config.probing != 0 || recording_now();
+        if lookup && !addresses(&ctx, &mut key) {
+            count(stats::FALLBACK_MAP_ERROR);
+            return SK_PASS;
         }
-    } else if config.policy == Policy::Sticky as u32 && !addresses(&ctx, &mut key) {
-        // A datagram: steered one by one, nothing to follow or count; sticky needs its source.
+        if segment != SEGMENT_SYN {
+            if lookup {
+                return follow(&ctx, &key);
+            }
+            count(stats::NOT_A_SYN);
+            return SK_PASS;
+        }
+    }
+    // Sticky needs the client's address; a datagram is steered one by one, nothing to follow
+    // or count.
+    if config.policy == Policy::Sticky as u32 && !lookup && !addresses(&ctx, &mut key) {
         count(stats::FALLBACK_MAP_ERROR);
         return SK_PASS;
     }
@@ -350,21 +448,31 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
     }
     let Some(index) = choose(config, &key.remote) else {
         // No slot in rotation: a health probe still reaches the slot it checks.
-        if tcp && config.probing != 0 && probe(&ctx, &key) {
+        if lookup && probe(&ctx, &key) {
             return SK_PASS;
         }
         count(stats::FALLBACK_NO_SLOT);
         return SK_PASS;
     };
-    // A SYN: recorded with BPF_NOEXIST, which also tells a new connection from a retransmitted
-    // SYN in one map operation instead of a lookup and then an insert (each a few hundred ns).
+    // A SYN is recorded when the kernel may drop it (the slot is crowded), and checked against
+    // the records while they may exist: BPF_NOEXIST tells a new connection from a recorded one
+    // in one map operation instead of a lookup and then an insert.
     let flow = Flow {
         slot: index,
         seq,
         kind: FLOW_SYN,
     };
-    if tcp && FLOWS.insert(key, flow, BPF_NOEXIST as u64).is_err() {
+    let crowded = tcp && load_of(index) >= config.crowded as u64;
+    if crowded && !lookup && !addresses(&ctx, &mut key) {
+        count(stats::FALLBACK_MAP_ERROR);
+        return SK_PASS;
+    }
+    let recorded = (crowded || lookup) && FLOWS.insert(&key, &flow, BPF_NOEXIST as u64).is_ok();
+    if (crowded || lookup) && !recorded {
         return recorded_syn(&ctx, &key, flow);
+    }
+    if crowded {
+        start_recording();
     }
     if let Err(err) = SOCKETS.select_reuseport(&ctx, index) {
         // The supervisor marks a slot up only after its socket is in SOCKETS, so this is rare
@@ -373,8 +481,8 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
             &ctx,
             "slot {} has no usable socket ({}): kernel hash used", index, err
         );
-        if tcp {
-            let _ = FLOWS.remove(key);
+        if recorded {
+            let _ = FLOWS.remove(&key);
         }
         count(stats::FALLBACK_SELECT_FAILED);
         return SK_PASS;
@@ -434,10 +542,11 @@ fn recorded_syn(ctx: &SkReuseportContext, key: &FlowKey, new: Flow) -> u32 {
         kind: old.kind,
         ..new
     };
-    if SOCKETS.select_reuseport(ctx, new.slot).is_err() || FLOWS.insert(key, moved, 0).is_err() {
+    if SOCKETS.select_reuseport(ctx, new.slot).is_err() || FLOWS.insert(key, &moved, 0).is_err() {
         count(stats::FALLBACK_SELECT_FAILED);
         return SK_PASS;
     }
+    start_recording();
     if same {
         add(old.slot, true);
         count(stats::SELECTED);

@@ -242,3 +242,13 @@ mod tests {
         }
     }
 }
+
+/// The accept queue length the kernel gives a listener asked for `backlog`: it caps the request
+/// at `net.core.somaxconn` (of the current network namespace).
+pub fn effective_backlog(backlog: i32) -> u32 {
+    let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(4096);
+    (backlog.max(0) as u32).min(cap)
+}

@@ -5,18 +5,22 @@
 //! listener, which installs the program for the listener's whole `SO_REUSEPORT` group: from then
 //! on the kernel asks it, for each new connection, which listener of the group gets it. The
 //! program stays attached until every socket of the group is closed (or it is detached), whether
-//! or not this process still holds the program's fd. The close tracker is a raw tracepoint:
-//! it stays attached while this process holds its link, and the kernel detaches it at exit.
+//! or not this process still holds the program's fd. The close tracker is a BTF tracepoint
+//! (the kernel's type information, /sys/kernel/btf/vmlinux, describes its arguments): it stays
+//! attached while this process holds its link, and the kernel detaches it at exit.
 //!
 //! [`steering`]: the `SK_REUSEPORT` program, attached to the listeners, and the `CONFIG` it
 //! reads. [`tracker`]: the close tracker. The maps: [`sockets`] (`SOCKETS`, the listeners the
 //! program chooses among), [`slots`] (`SLOTS`, each slot's state, weight and counters),
-//! [`flows`] (`FLOWS`, each connection's slot), [`sticky`] (`STICKY`), [`stats`] (`STATS`, the program's own counters), [`log`] (the
-//! program's log records). [`mapped`]: how `SLOTS` and `STICKY` are shared memory.
+//! [`owners`] (`OWNERS` and `LISTENERS`, each listener's slot, on the socket and by cookie),
+//! [`flows`] (`FLOWS`, the few connections with a record), [`sticky`] (`STICKY`), [`stats`]
+//! (`STATS`, the program's own counters), [`log`] (the program's log records). [`mapped`]: how
+//! `SLOTS` and `STICKY` are shared memory.
 
 mod flows;
 mod log;
 mod mapped;
+mod owners;
 mod slots;
 mod sockets;
 mod stats;
@@ -28,9 +32,9 @@ use std::os::fd::AsFd;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{Array, MapData, PerCpuArray, ReusePortSockArray},
-    programs::{RawTracePoint, SkReuseport},
-    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, ReusePortSockArray, SkStorage},
+    programs::{BtfTracePoint, SkReuseport},
+    Btf, Ebpf, EbpfLoader,
 };
 use balancer_common::{maps as names, policy, Config, Slot};
 
@@ -51,7 +55,8 @@ pub struct Steering {
     sockets: ReusePortSockArray<MapData>,
     config: Array<MapData, Config>,
     stats: PerCpuArray<MapData, u64>,
-    netns: Array<MapData, u64>,
+    owners: SkStorage<MapData, balancer_common::maps::Owner>,
+    listeners: aya::maps::HashMap<MapData, u64, u32>,
     flows: aya::maps::HashMap<MapData, balancer_common::maps::FlowKey, balancer_common::maps::Flow>,
     pub slots: Mapped<Slot>,
     sticky: Mapped<u64>,
@@ -85,12 +90,19 @@ impl Steering {
 
         // Loaded now, attached by `track`: loading resolves the program's map references,
         // which needs every map's fd, and some are closed below once mapped into memory.
-        let tracker: &mut RawTracePoint = bpf
+        let btf = Btf::from_sys_fs().map_err(|e| {
+            anyhow!(
+                "cannot read the kernel's type information (/sys/kernel/btf/vmlinux: {e}): \
+                 the close tracker needs a kernel built with CONFIG_DEBUG_INFO_BTF=y, as every \
+                 major distribution's is"
+            )
+        })?;
+        let tracker: &mut BtfTracePoint = bpf
             .program_mut(names::CLOSES_PROGRAM)
             .context("the object file has no close tracker")?
             .try_into()?;
         tracker
-            .load()
+            .load(names::CLOSES_TRACEPOINT, &btf)
             .map_err(|e| refused(e, "the close tracker"))?;
 
         let take = |bpf: &mut Ebpf, name: &str| {
@@ -106,7 +118,8 @@ impl Steering {
             _ => Err(anyhow!("map {name} is not an array")),
         };
         let slots_map = take_array(&mut bpf, names::SLOTS_MAP)?;
-        let netns = Array::try_from(take(&mut bpf, names::NETNS_MAP)?)?;
+        let owners = SkStorage::try_from(take(&mut bpf, names::OWNERS_MAP)?)?;
+        let listeners = aya::maps::HashMap::try_from(take(&mut bpf, names::LISTENERS_MAP)?)?;
         let flows = aya::maps::HashMap::try_from(take(&mut bpf, names::FLOWS_MAP)?)?;
         let sticky_map = take_array(&mut bpf, names::STICKY_MAP)?;
         let sticky = Mapped::with_len(sticky_map.fd().as_fd(), policy::STICKY_TABLE as usize)?;
@@ -120,7 +133,8 @@ impl Steering {
             sockets,
             config,
             stats,
-            netns,
+            owners,
+            listeners,
             flows,
             slots,
             sticky,

@@ -2,15 +2,17 @@
 //! index into it (`bpf_sk_select_reuseport`); the kernel drops a socket from it when the socket
 //! closes.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{Context as _, Result};
 
 use super::Steering;
 
 impl Steering {
-    /// Puts `listener` in `slot` of the socket array. The socket must already be listening.
-    pub fn insert(&mut self, slot: u32, listener: &impl AsRawFd) -> Result<()> {
+    /// Puts `listener` in `slot` of the socket array and marks it as the slot's (`OWNERS`).
+    /// The socket must already be listening.
+    pub fn insert(&mut self, slot: u32, listener: &(impl AsRawFd + AsFd)) -> Result<()> {
+        self.own(slot, listener)?;
         self.sockets
             .set(slot, listener, 0)
             .with_context(|| format!("cannot put the listener of slot {slot} in the socket array"))

@@ -118,7 +118,15 @@ impl Supervisor {
         if policy == Policy::Sticky {
             self.steering.refresh_sticky(self.opts.workers);
         }
-        match self.steering.configure(self.slots.len() as u32, policy) {
+        let configured = self
+            .steering
+            .configure(self.slots.len() as u32, policy)
+            .and_then(|()| {
+                let listeners = self.slots.iter().enumerate();
+                self.steering
+                    .recount(listeners.map(|(i, s)| (i as u32, &s.listener)))
+            });
+        match configured {
             Ok(()) => {
                 log::info!("policy is now {}", policy.name());
                 serde_json::json!({ "policy": policy.name() }).to_string()

@@ -219,6 +219,8 @@ impl Supervisor {
     ) -> Result<Supervisor> {
         let group = listeners::bind_group(opts.listen, opts.transport, opts.workers, opts.backlog)?;
         let mut steering = Steering::load(opts.flows)?;
+        // First: marking each listener's connections as counted or not reads the policy.
+        steering.configure(opts.workers, opts.policy)?;
         for (i, l) in group.iter().enumerate() {
             steering.insert(i as u32, l)?;
             steering
@@ -226,9 +228,11 @@ impl Supervisor {
                 .set_weight(i as u32, opts.weights.get(i).copied().unwrap_or(1));
             steering.set_state(i as u32, SlotState::Down);
         }
-        steering.configure(opts.workers, opts.policy)?;
         if opts.transport == listeners::Transport::Tcp {
-            steering.track(group[0].local_addr()?.port())?;
+            steering.track(
+                group[0].local_addr()?.port(),
+                listeners::effective_backlog(opts.backlog),
+            )?;
         }
         steering.set_probing(opts.health.is_some())?;
         steering.attach(&group[0])?;

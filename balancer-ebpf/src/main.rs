@@ -206,7 +206,7 @@ fn migrate(ctx: &SkReuseportContext, migrating: &aya_ebpf::programs::SockContext
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sk().sock.cast()) };
     let from = match previous {
         Some(p) => Some(p.slot),
-        None => unsafe { LISTENERS.get(&cookie) }.copied(),
+        None => unsafe { LISTENERS.get(cookie) }.copied(),
     };
     if from == Some(index) {
         return SK_PASS;
@@ -217,7 +217,7 @@ fn migrate(ctx: &SkReuseportContext, migrating: &aya_ebpf::programs::SockContext
             slot: index,
             ..previous.unwrap_or_default()
         };
-        if FLOWS.insert(&key, &moved, 0).is_err() {
+        if FLOWS.insert(key, moved, 0).is_err() {
             return SK_PASS;
         }
         start_recording();
@@ -467,7 +467,7 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
         count(stats::FALLBACK_MAP_ERROR);
         return SK_PASS;
     }
-    let recorded = (crowded || lookup) && FLOWS.insert(&key, &flow, BPF_NOEXIST as u64).is_ok();
+    let recorded = (crowded || lookup) && FLOWS.insert(key, flow, BPF_NOEXIST as u64).is_ok();
     if (crowded || lookup) && !recorded {
         return recorded_syn(&ctx, &key, flow);
     }
@@ -482,7 +482,7 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
             "slot {} has no usable socket ({}): kernel hash used", index, err
         );
         if recorded {
-            let _ = FLOWS.remove(&key);
+            let _ = FLOWS.remove(key);
         }
         count(stats::FALLBACK_SELECT_FAILED);
         return SK_PASS;
@@ -542,7 +542,7 @@ fn recorded_syn(ctx: &SkReuseportContext, key: &FlowKey, new: Flow) -> u32 {
         kind: old.kind,
         ..new
     };
-    if SOCKETS.select_reuseport(ctx, new.slot).is_err() || FLOWS.insert(key, &moved, 0).is_err() {
+    if SOCKETS.select_reuseport(ctx, new.slot).is_err() || FLOWS.insert(key, moved, 0).is_err() {
         count(stats::FALLBACK_SELECT_FAILED);
         return SK_PASS;
     }

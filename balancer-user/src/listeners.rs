@@ -196,6 +196,16 @@ pub async fn after_accept_error(what: &str, e: &io::Error) {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 }
 
+/// The accept queue length the kernel gives a listener asked for `backlog`: it caps the request
+/// at `net.core.somaxconn` (of the current network namespace).
+pub fn effective_backlog(backlog: i32) -> u32 {
+    let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(4096);
+    (backlog.max(0) as u32).min(cap)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,14 +251,4 @@ mod tests {
             assert!(e.contains("in use"), "{e}");
         }
     }
-}
-
-/// The accept queue length the kernel gives a listener asked for `backlog`: it caps the request
-/// at `net.core.somaxconn` (of the current network namespace).
-pub fn effective_backlog(backlog: i32) -> u32 {
-    let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .unwrap_or(4096);
-    (backlog.max(0) as u32).min(cap)
 }

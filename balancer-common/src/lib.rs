@@ -9,5 +9,5 @@ pub mod maps;
 pub mod policy;
 pub mod stats;
 
-pub use maps::{Config, FlowKey, Slot, SlotState, MAX_SLOTS};
+pub use maps::{Config, FlowKey, Slot, SlotState, MAX_SLOTS, OVERFLOW, SLOT_ENTRIES};
 pub use policy::Policy;

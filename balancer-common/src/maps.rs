@@ -11,6 +11,14 @@
 /// workers per port is far beyond any host and keeps a full map scan bounded.
 pub const MAX_SLOTS: u32 = 1024;
 
+/// The overflow listener's index in `SOCKETS` and `SLOTS`, past every worker slot: the queue
+/// every worker also accepts from when it has nothing else to do, where the program sends a
+/// connection when no worker is idle (`--overflow`).
+pub const OVERFLOW: u32 = MAX_SLOTS;
+
+/// Entries of the per-slot maps: every worker slot and the overflow listener.
+pub const SLOT_ENTRIES: u32 = MAX_SLOTS + 1;
+
 /// Entries of the `FLOWS` table: connections followed from their first SYN to their close. Past
 /// this many at once the least recently used entry goes and its close is not seen; the
 /// reconciliation then puts the slot's count right.
@@ -27,6 +35,10 @@ pub const FLOWS_MAP: &str = "FLOWS";
 pub const OWNERS_MAP: &str = "OWNERS";
 pub const TICKETS_MAP: &str = "TICKETS";
 pub const LISTENERS_MAP: &str = "LISTENERS";
+pub const WORKERS_MAP: &str = "WORKERS";
+pub const TAKES_PROGRAM: &str = "takes";
+/// The tracepoint the taker tracker attaches to: a process reading from a TCP socket.
+pub const TAKES_TRACEPOINT: &str = "tcp_rcv_space_adjust";
 pub const STICKY_MAP: &str = "STICKY";
 pub const PROGRAM: &str = "balancer";
 pub const CLOSES_PROGRAM: &str = "closes";
@@ -123,6 +135,9 @@ pub struct Config {
     /// `FLOWS` before it connects, and the program sends it to that slot under every policy
     /// (the `hash` policy looks it up only then).
     pub probing: u32,
+    /// Non-zero when the overflow listener is in `SOCKETS` at [`OVERFLOW`] and the workers
+    /// accept from it: least-loaded then sends a connection there when no slot is idle.
+    pub overflow: u32,
 }
 
 /// A TCP connection as the steering program sees it in the SYN's headers and the close tracker
@@ -212,7 +227,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Slot>(), 64);
         assert_eq!(core::mem::offset_of!(Slot, assigned), 8);
         assert_eq!(core::mem::offset_of!(Slot, closed), 16);
-        assert_eq!(core::mem::size_of::<Config>(), 24);
+        assert_eq!(core::mem::size_of::<Config>(), 28);
         assert_eq!(core::mem::size_of::<FlowKey>(), 36);
         assert_eq!(core::mem::size_of::<Flow>(), 12);
     }

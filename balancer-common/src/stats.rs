@@ -24,8 +24,10 @@ pub const NOT_A_SYN: u32 = 8;
 /// A SYN on the 4-tuple of a recorded connection that ended unseen (a handshake the kernel
 /// dropped, a client that gave up): a new connection, its record replaced and counted anew.
 pub const STALE_FLOW: u32 = 9;
+/// No slot was idle: the connection went to the overflow queue (`--overflow`).
+pub const OVERFLOWED: u32 = 10;
 
-pub const COUNT: u32 = 10;
+pub const COUNT: u32 = 11;
 
 /// Names used in metrics and status output, indexed like the counters.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -39,6 +41,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "followed",
     "not_a_syn",
     "stale_flow",
+    "overflowed",
 ];
 
 /// The counters that are fallbacks to the kernel's hash.

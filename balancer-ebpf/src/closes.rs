@@ -149,7 +149,7 @@ pub fn closes(ctx: BtfTracePointContext) -> i32 {
 
 /// The connection `sk` belongs to, named as the steering program named it from the SYN.
 #[inline(always)]
-fn flow_of_socket(sk: *const u8, port: u32) -> Option<FlowKey> {
+pub(crate) fn flow_of_socket(sk: *const u8, port: u32) -> Option<FlowKey> {
     let head = unsafe { bpf_probe_read_kernel(sk as *const Head) }.ok()?;
     // Entering CLOSE, a socket has already given its port back (`inet_put_port` zeroes
     // `skc_num` before the state changes): a reset connection arrives here with port 0.

@@ -55,19 +55,20 @@ use balancer_common::{
         load, Flow, FlowKey, FLOWS_DEFAULT, FLOW_PROBE, FLOW_SYN, RECORDING_UNTIL,
         RECORDING_WINDOW_NS,
     },
-    policy, stats, Config, Policy, Slot, SlotState, MAX_SLOTS,
+    policy, stats, Config, Policy, Slot, SlotState, MAX_SLOTS, OVERFLOW, SLOT_ENTRIES,
 };
 
 mod closes;
+mod takes;
 
 /// Slot index -> the slot's listening socket. Filled by the supervisor.
 #[map]
-static SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_SLOTS, 0);
+static SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(SLOT_ENTRIES, 0);
 
 /// Slot index -> state, weight and the two load counters. Mmap-able so that the supervisor
 /// reads and writes it without a system call.
 #[map]
-static SLOTS: Array<Slot> = Array::with_max_entries(MAX_SLOTS, BPF_F_MMAPABLE);
+static SLOTS: Array<Slot> = Array::with_max_entries(SLOT_ENTRIES, BPF_F_MMAPABLE);
 
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -113,7 +114,7 @@ fn count(index: u32) {
 /// Adds one to a slot's `assigned` (`closed: false`) or `closed` counter. Atomic: every CPU
 /// and the supervisor add to the same counters.
 #[inline(always)]
-fn add(slot: u32, closed: bool) {
+pub(crate) fn add(slot: u32, closed: bool) {
     if let Some(s) = SLOTS.get_ptr_mut(slot) {
         unsafe {
             let counter = if closed {
@@ -446,7 +447,7 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
         count(stats::REFUSED);
         return SK_DROP;
     }
-    let Some(index) = choose(config, &key.remote) else {
+    let Some(mut index) = choose(config, &key.remote) else {
         // No slot in rotation: a health probe still reaches the slot it checks.
         if lookup && probe(&ctx, &key) {
             return SK_PASS;
@@ -454,6 +455,16 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
         count(stats::FALLBACK_NO_SLOT);
         return SK_PASS;
     };
+    // No slot idle (the least loaded holds work): rather than queue behind some worker's
+    // current request, wait in the queue that every worker takes from when it frees up.
+    if config.overflow != 0
+        && tcp
+        && config.policy == Policy::LeastLoaded as u32
+        && load_of(index) > 0
+    {
+        index = OVERFLOW;
+        count(stats::OVERFLOWED);
+    }
     // A SYN is recorded when the kernel may drop it (the slot is crowded), and checked against
     // the records while they may exist: BPF_NOEXIST tells a new connection from a recorded one
     // in one map operation instead of a lookup and then an insert.

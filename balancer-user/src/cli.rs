@@ -242,6 +242,14 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub backlog: i32,
 
+    /// A shared overflow queue: when no worker is idle, a new connection waits there and the
+    /// first worker to free up takes it, instead of queueing behind one worker's current
+    /// request. Workers get it as a second listener (fd 4, LISTEN_FDS=2,
+    /// LISTEN_FDNAMES=balancer:overflow) and must accept from it only when idle. auto: on for
+    /// the built-in worker, off for a worker command.
+    #[arg(long, env = "BALANCER_OVERFLOW", value_enum, default_value_t = Overflow::Auto)]
+    pub overflow: Overflow,
+
     /// This service's name, which client commands pick it by (`balancer status --name NAME`)
     /// and `balancer ls` lists. Default: the listen port.
     #[arg(long, env = "BALANCER_NAME", value_name = "NAME")]
@@ -337,4 +345,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(scale))
         .ok_or_else(|| format!("bad size {s:?}: a number of bytes, or with K, M or G (10M)"))
+}
+
+/// `--overflow`: whether workers get the shared overflow queue.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// On for the built-in worker, off for a worker command.
+    Auto,
+    /// On: the worker command serves fd 4 as described.
+    On,
+    Off,
 }

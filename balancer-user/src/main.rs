@@ -2,7 +2,7 @@ use std::{process::ExitCode, time::Duration};
 
 use anyhow::Result;
 use balancer::{
-    cli::{Cli, Command, RunArgs},
+    cli::{Cli, Command, Overflow, RunArgs},
     control, listeners, logging, supervisor, worker,
 };
 use clap::Parser as _;
@@ -173,6 +173,11 @@ fn options(args: RunArgs, json_logs: bool) -> Result<supervisor::Options> {
         workers,
         policy: args.policy,
         backlog: args.backlog,
+        overflow: match args.overflow {
+            Overflow::On => true,
+            Overflow::Off => false,
+            Overflow::Auto => args.command.is_empty(),
+        } && !args.udp,
         command: (!args.command.is_empty()).then_some(args.command),
         control: args
             .control

@@ -31,7 +31,7 @@ pub use client::{call, logs};
 pub use logs::serve_logs;
 pub use request::{parse_request, Request, MAX_WEIGHT};
 pub use services::{check_name, find, path_for, render_services, running, runtime_dir, Service};
-pub use status::{render, SlotStatus, Status};
+pub use status::{render, OverflowStatus, SlotStatus, Status};
 
 pub const MAX_REQUEST: usize = 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);

@@ -5,6 +5,17 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The overflow queue's books: connections sent there (`assigned`), and those that closed or
+/// moved to the worker that took them (`closed`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OverflowStatus {
+    pub load: u64,
+    pub queued: u32,
+    pub assigned: u64,
+    pub closed: u64,
+    pub corrections: u64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SlotStatus {
     pub slot: u32,
@@ -85,6 +96,9 @@ pub struct Status {
     pub policy: String,
     pub command: String,
     pub slots: Vec<SlotStatus>,
+    /// The shared overflow queue, when the workers have one (`--overflow`).
+    #[serde(default)]
+    pub overflow: Option<OverflowStatus>,
     /// The program's counters by name: selected, no_slot_up, ...
     pub program: BTreeMap<String, u64>,
 }
@@ -112,6 +126,12 @@ pub fn render(status: &Status) -> String {
             s.restarts,
             s.uptime_seconds.map_or("-".into(), |u| format!("{u:.0}s")),
             s.last_exit.as_deref().unwrap_or("-"),
+        ));
+    }
+    if let Some(o) = &status.overflow {
+        out.push_str(&format!(
+            "overflow queue: {} waiting (load {}), {} sent there, {} corrected\n",
+            o.queued, o.load, o.assigned, o.corrections
         ));
     }
     for s in status.slots.iter().filter(|s| !s.last_stderr.is_empty()) {

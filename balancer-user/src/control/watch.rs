@@ -99,6 +99,7 @@ mod tests {
             listen: "127.0.0.1:8080".into(),
             policy: "least-loaded".into(),
             command: "w".into(),
+            overflow: None,
             program: Default::default(),
             slots: (0..2)
                 .map(|i| SlotStatus {

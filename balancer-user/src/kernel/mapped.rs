@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use balancer_common::MAX_SLOTS;
+use balancer_common::SLOT_ENTRIES;
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
 /// A shared mapping of a whole array map of `T`.
@@ -26,9 +26,10 @@ unsafe impl<T> Send for Mapped<T> {}
 unsafe impl<T> Sync for Mapped<T> {}
 
 impl<T> Mapped<T> {
-    /// Maps `MAX_SLOTS` values of `T` from the array map behind `fd`.
+    /// Maps `SLOT_ENTRIES` values of `T` (every slot and the overflow queue) from the array map
+    /// behind `fd`.
     pub fn new(fd: BorrowedFd<'_>) -> Result<Self> {
-        Self::with_len(fd, MAX_SLOTS as usize)
+        Self::with_len(fd, SLOT_ENTRIES as usize)
     }
 
     /// Maps `len` values of `T` (the map's max_entries) from the array map behind `fd`.

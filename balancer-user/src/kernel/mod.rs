@@ -12,6 +12,7 @@
 //! [`steering`]: the `SK_REUSEPORT` program, attached to the listeners, and the `CONFIG` it
 //! reads. [`tracker`]: the close tracker. The maps: [`sockets`] (`SOCKETS`, the listeners the
 //! program chooses among), [`slots`] (`SLOTS`, each slot's state, weight and counters),
+//! [`takes`]: the taker tracker and `WORKERS`, for the overflow queue.
 //! [`owners`] (`OWNERS` and `LISTENERS`, each listener's slot, on the socket and by cookie),
 //! [`flows`] (`FLOWS`, the few connections with a record), [`sticky`] (`STICKY`), [`stats`]
 //! (`STATS`, the program's own counters), [`log`] (the program's log records). [`mapped`]: how
@@ -26,6 +27,7 @@ mod sockets;
 mod stats;
 mod steering;
 mod sticky;
+mod takes;
 mod tracker;
 
 use std::os::fd::AsFd;
@@ -57,6 +59,7 @@ pub struct Steering {
     stats: PerCpuArray<MapData, u64>,
     owners: SkStorage<MapData, balancer_common::maps::Owner>,
     listeners: aya::maps::HashMap<MapData, u64, u32>,
+    workers: aya::maps::HashMap<MapData, u32, u32>,
     flows: aya::maps::HashMap<MapData, balancer_common::maps::FlowKey, balancer_common::maps::Flow>,
     pub slots: Mapped<Slot>,
     sticky: Mapped<u64>,
@@ -104,6 +107,13 @@ impl Steering {
         tracker
             .load(names::CLOSES_TRACEPOINT, &btf)
             .map_err(|e| refused(e, "the close tracker"))?;
+        let takes: &mut BtfTracePoint = bpf
+            .program_mut(names::TAKES_PROGRAM)
+            .context("the object file has no taker tracker")?
+            .try_into()?;
+        takes
+            .load(names::TAKES_TRACEPOINT, &btf)
+            .map_err(|e| refused(e, "the taker tracker"))?;
 
         let take = |bpf: &mut Ebpf, name: &str| {
             bpf.take_map(name)
@@ -120,6 +130,7 @@ impl Steering {
         let slots_map = take_array(&mut bpf, names::SLOTS_MAP)?;
         let owners = SkStorage::try_from(take(&mut bpf, names::OWNERS_MAP)?)?;
         let listeners = aya::maps::HashMap::try_from(take(&mut bpf, names::LISTENERS_MAP)?)?;
+        let workers = aya::maps::HashMap::try_from(take(&mut bpf, names::WORKERS_MAP)?)?;
         let flows = aya::maps::HashMap::try_from(take(&mut bpf, names::FLOWS_MAP)?)?;
         let sticky_map = take_array(&mut bpf, names::STICKY_MAP)?;
         let sticky = Mapped::with_len(sticky_map.fd().as_fd(), policy::STICKY_TABLE as usize)?;
@@ -135,6 +146,7 @@ impl Steering {
             stats,
             owners,
             listeners,
+            workers,
             flows,
             slots,
             sticky,

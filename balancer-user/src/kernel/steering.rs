@@ -4,11 +4,11 @@
 //! connection and lets it choose the listener. It reads its policy, the slot count and the
 //! stopping flag from `CONFIG`, which these methods write.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{Context as _, Result};
 use aya::programs::SkReuseport;
-use balancer_common::{maps as names, Policy};
+use balancer_common::{maps as names, Policy, OVERFLOW};
 
 use super::Steering;
 
@@ -31,6 +31,18 @@ impl Steering {
         let mut config = self.config.get(&0, 0).unwrap_or_default();
         config.slots = slots;
         config.policy = policy as u32;
+        self.config
+            .set(0, config, 0)
+            .context("cannot write the program's configuration")
+    }
+
+    /// Puts the overflow listener in the group's choices (`OVERFLOW`): from now on least-loaded
+    /// sends a connection there when no slot is idle.
+    pub fn enable_overflow(&mut self, listener: &(impl AsRawFd + AsFd)) -> Result<()> {
+        self.insert(OVERFLOW, listener)?;
+        self.track_takes()?;
+        let mut config = self.config.get(&0, 0).unwrap_or_default();
+        config.overflow = 1;
         self.config
             .set(0, config, 0)
             .context("cannot write the program's configuration")

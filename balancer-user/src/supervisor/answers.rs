@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt as _;
 
-use balancer_common::{stats, Policy};
+use balancer_common::{stats, Policy, OVERFLOW};
 
 use super::Supervisor;
 use crate::{
-    control::{SlotStatus, Status},
+    control::{OverflowStatus, SlotStatus, Status},
     metrics::{self, Ask},
 };
 
@@ -94,6 +94,16 @@ impl Supervisor {
             policy: self.steering.policy().name().into(),
             command: self.command.display(),
             slots,
+            overflow: self.overflow.as_ref().map(|l| {
+                let book = self.accounting.book(OVERFLOW);
+                OverflowStatus {
+                    load: self.steering.load_of(OVERFLOW),
+                    queued: l.queued().unwrap_or(0),
+                    assigned: self.steering.slots.assigned(OVERFLOW),
+                    closed: self.steering.slots.closed(OVERFLOW),
+                    corrections: book.corrections,
+                }
+            }),
             program,
         }
     }

@@ -81,6 +81,8 @@ pub struct Options {
     pub workers: u32,
     pub policy: Policy,
     pub backlog: i32,
+    /// Workers also get the shared overflow listener (`--overflow`).
+    pub overflow: bool,
     pub command: Option<Vec<std::ffi::OsString>>,
     pub control: PathBuf,
     pub kill_timeout: Duration,
@@ -121,6 +123,8 @@ pub struct Supervisor {
     command: WorkerCommand,
     steering: Steering,
     slots: Vec<Slot>,
+    /// The shared overflow listener every worker also gets (`--overflow`).
+    overflow: Option<listeners::Listener>,
     events: mpsc::UnboundedSender<Event>,
     asks: mpsc::UnboundedSender<Ask>,
     accounting: Accounting,
@@ -235,6 +239,15 @@ impl Supervisor {
             )?;
         }
         steering.set_probing(opts.health.is_some())?;
+        let overflow = if opts.overflow {
+            let addr = group[0].local_addr()?;
+            let backlog = nix::sys::socket::Backlog::new(opts.backlog)?;
+            let listener = listeners::bind_one(addr, opts.transport, backlog)?;
+            steering.enable_overflow(&listener)?;
+            Some(listener)
+        } else {
+            None
+        };
         steering.attach(&group[0])?;
         let control = control::bind(&opts.control)?;
         let metrics = match opts.metrics {
@@ -258,6 +271,7 @@ impl Supervisor {
             command,
             steering,
             slots,
+            overflow,
             events,
             asks,
             accounting: Accounting::default(),

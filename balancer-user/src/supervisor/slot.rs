@@ -116,6 +116,7 @@ impl Supervisor {
             Spawn {
                 slot,
                 listener: s.listener.as_fd(),
+                overflow: self.overflow.as_ref().map(|o| o.as_fd()),
                 credentials: self.opts.credentials,
                 notify: notify.as_ref().map(|_| format!("@{notify_name}")),
             },
@@ -125,6 +126,7 @@ impl Supervisor {
                 .id()
                 .context("worker exited before it could be tracked")? as i32,
         );
+        self.steering.worker_started(pid.as_raw() as u32, slot);
         let mut child = child;
         let pipes = [
             (
@@ -206,6 +208,7 @@ impl Supervisor {
             if g == generation {
                 log::info!("slot {slot}: previous worker {pid} {}", describe(&status));
                 s.retiring = None;
+                self.steering.worker_exited(pid.as_raw() as u32);
                 return;
             }
         }
@@ -218,6 +221,9 @@ impl Supervisor {
         let ran_for = s.started.map_or(Duration::ZERO, |t| t.elapsed());
         let reason = describe(&status);
         s.last_pid = s.pid.take();
+        if let Some(pid) = s.last_pid {
+            self.steering.worker_exited(pid.as_raw() as u32);
+        }
         s.started = None;
         s.last_exit = Some(reason.clone());
         s.last_status = status.as_ref().ok().copied();

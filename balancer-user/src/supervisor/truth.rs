@@ -4,6 +4,8 @@
 //! handshakes are matched to their slots through `FLOWS`; the accounting corrects what two
 //! readings agree on.
 
+use balancer_common::OVERFLOW;
+
 use super::{inbox::Event, Supervisor};
 use crate::{
     accounting::{self, Reading, Sample, Truth},
@@ -50,9 +52,11 @@ impl Supervisor {
         });
     }
 
-    /// Each slot's (assigned, closed).
+    /// Each slot's (assigned, closed), then the overflow queue's if there is one.
     fn counters(&self) -> Vec<(u64, u64)> {
+        let overflow = self.overflow.as_ref().map(|_| OVERFLOW);
         (0..self.slots.len() as u32)
+            .chain(overflow)
             .map(|i| {
                 (
                     self.steering.slots.assigned(i),
@@ -77,10 +81,19 @@ impl Supervisor {
                  CAP_SYS_PTRACE for the supervisor): their loads are not reconciled"
             );
         }
-        let mut handshaking = vec![0u64; self.slots.len()];
+        // The overflow queue's entry comes last, as in `counters`.
+        let entries = self.slots.len() + self.overflow.is_some() as usize;
+        let index = |slot: u32| {
+            if slot == OVERFLOW {
+                self.slots.len()
+            } else {
+                slot as usize
+            }
+        };
+        let mut handshaking = vec![0u64; entries];
         for (client, server) in reading.handshakes {
             if let Some(slot) = self.steering.flow_slot(&kernel::flow_key(client, server)) {
-                if let Some(n) = handshaking.get_mut(slot as usize) {
+                if let Some(n) = handshaking.get_mut(index(slot)) {
                     *n += 1;
                 }
             }
@@ -88,16 +101,22 @@ impl Supervisor {
         let queued: Vec<Option<u64>> = self
             .slots
             .iter()
-            .map(|s| s.listener.queued().ok().map(u64::from))
+            .map(|s| &s.listener)
+            .chain(self.overflow.as_ref())
+            .map(|l| l.queued().ok().map(u64::from))
             .collect();
+        // Nothing holds an overflow connection but its queue: the worker that takes one
+        // carries it from then on (the program's taker tracker).
+        let mut held = reading.held;
+        held.resize(entries, Some(0));
         let after = self.counters();
-        let truth: Vec<Sample> = (0..self.slots.len())
+        let mut truth: Vec<Sample> = (0..entries)
             .map(|i| {
                 let slack = match (self.counts_at_reading.get(i), after.get(i)) {
                     (Some(b), Some(a)) => a.0.abs_diff(b.0) + a.1.abs_diff(b.1),
                     _ => return Sample::Unknown,
                 };
-                match (queued[i], reading.held[i]) {
+                match (queued[i], held[i]) {
                     (Some(queued), Some(held)) => Sample::Known(
                         Truth {
                             queued,
@@ -110,6 +129,11 @@ impl Supervisor {
                 }
             })
             .collect();
+        if self.overflow.is_some() {
+            let overflow = truth.pop().unwrap_or(Sample::Unknown);
+            truth.resize(OVERFLOW as usize, Sample::Unknown);
+            truth.push(overflow);
+        }
         self.accounting.reconcile(&self.steering.slots, &truth);
     }
 }

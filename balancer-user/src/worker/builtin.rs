@@ -25,7 +25,7 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 
-use crate::worker::spawn::LISTEN_FD;
+use crate::worker::spawn::{LISTEN_FD, OVERFLOW_FD};
 
 /// Longest hold `/work` accepts, so that a typo cannot wedge a worker for hours.
 const MAX_WORK_MS: u64 = 60_000;
@@ -78,13 +78,25 @@ fn serve_udp() -> Result<()> {
     }
 }
 
-/// Takes the listener the way `sd_listen_fds(3)` does.
-fn inherited_listener() -> Result<std::net::TcpListener> {
+/// Takes the listener the way `sd_listen_fds(3)` does, and the shared overflow listener when
+/// one was passed as the second descriptor (`LISTEN_FDNAMES=balancer:overflow`).
+fn inherited_listeners() -> Result<(std::net::TcpListener, Option<std::net::TcpListener>)> {
+    // Read first: the check below consumes the variables, as sd_listen_fds(3) does.
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let two = std::env::var("LISTEN_FDS").as_deref() == Ok("2");
     check_listen_env()?;
     // SAFETY: fd 3 was passed to us as a listening socket; we take ownership of it.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(LISTEN_FD) };
     listener.set_nonblocking(true)?;
-    Ok(listener)
+    let overflow = if two && names.split(':').nth(1) == Some("overflow") {
+        // SAFETY: fd 4 was passed to us as the overflow listener; we take ownership of it.
+        let overflow = unsafe { std::net::TcpListener::from_raw_fd(OVERFLOW_FD) };
+        overflow.set_nonblocking(true)?;
+        Some(overflow)
+    } else {
+        None
+    };
+    Ok((listener, overflow))
 }
 
 /// Checks that fd 3 was passed to this very process (LISTEN_FDS, LISTEN_PID), as
@@ -110,6 +122,41 @@ fn check_listen_env() -> Result<()> {
     Ok(())
 }
 
+/// One connection's share of its worker's work in hand: it counts from its accept until its
+/// first request ends, then again for each request in flight; whoever brings the count to
+/// zero wakes the accept loop.
+#[derive(Clone)]
+struct Work {
+    busy: Rc<std::cell::Cell<usize>>,
+    idle: Rc<tokio::sync::Notify>,
+    /// Accepted, no request begun yet: counted since the accept.
+    pending: Rc<std::cell::Cell<bool>>,
+}
+
+impl Work {
+    fn begin(&self) {
+        if !self.pending.replace(false) {
+            self.busy.set(self.busy.get() + 1);
+        }
+    }
+
+    fn end(&self) {
+        self.busy.set(self.busy.get() - 1);
+        if self.busy.get() == 0 {
+            self.idle.notify_one();
+        }
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        // The connection's last handle, still pending: it closed without a request.
+        if Rc::strong_count(&self.pending) == 1 && self.pending.replace(false) {
+            self.end();
+        }
+    }
+}
+
 /// Counts a connection open for as long as its task lives, however it ends.
 struct Open(Rc<std::cell::Cell<usize>>);
 
@@ -123,13 +170,13 @@ pub fn run() -> Result<()> {
     if inherited_is_datagram() {
         return serve_udp();
     }
-    let listener = inherited_listener()?;
+    let (listener, overflow) = inherited_listeners()?;
     let slot = std::env::var("BALANCER_SLOT").unwrap_or_else(|_| "-".into());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, serve(listener, Rc::from(slot)))
+    local.block_on(&runtime, serve(listener, overflow, Rc::from(slot)))
 }
 
 /// Tells the supervisor this worker serves (systemd's READY=1), if it asked. By hand rather than
@@ -149,8 +196,20 @@ fn notify_ready() {
     }
 }
 
-async fn serve(listener: std::net::TcpListener, slot: Rc<str>) -> Result<()> {
+async fn serve(
+    listener: std::net::TcpListener,
+    overflow: Option<std::net::TcpListener>,
+    slot: Rc<str>,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
+    let overflow = overflow
+        .map(tokio::net::TcpListener::from_std)
+        .transpose()?;
+    // Work in hand: connections accepted that have not finished a request yet, and requests in
+    // flight. The overflow queue is served only when there is none (a connection taken from it
+    // must not wait behind this worker's current request: that is the point of the queue).
+    let busy = Rc::new(std::cell::Cell::new(0usize));
+    let idle = Rc::new(tokio::sync::Notify::new());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     notify_ready();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -161,6 +220,12 @@ async fn serve(listener: std::net::TcpListener, slot: Rc<str>) -> Result<()> {
     let start = |stream: tokio::net::TcpStream, last_call: bool| {
         let guard = Open(open.clone());
         open.set(open.get() + 1);
+        busy.set(busy.get() + 1);
+        let work = Work {
+            busy: busy.clone(),
+            idle: idle.clone(),
+            pending: Rc::new(std::cell::Cell::new(true)),
+        };
         let slot = slot.clone();
         let mut stop = stop_rx.clone();
         tokio::task::spawn_local(async move {
@@ -170,9 +235,17 @@ async fn serve(listener: std::net::TcpListener, slot: Rc<str>) -> Result<()> {
             // first request is waiting unread in the socket (hyper counts it as idle).
             let begun = Rc::new(std::cell::Cell::new(0u32));
             let seen = begun.clone();
+            let request_work = work.clone();
             let service = service_fn(move |req| {
                 seen.set(seen.get() + 1);
-                handle(req, slot.clone(), pid)
+                let work = request_work.clone();
+                work.begin();
+                let answer = handle(req, slot.clone(), pid);
+                async move {
+                    let answer = answer.await;
+                    work.end();
+                    answer
+                }
             });
             let conn = http1::Builder::new()
                 .keep_alive(!last_call)
@@ -207,12 +280,11 @@ async fn serve(listener: std::net::TcpListener, slot: Rc<str>) -> Result<()> {
     let mut sweep = tokio::time::interval(Duration::from_millis(200));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
+        let free = busy.get() == 0;
+        // Biased: this worker's own queue before the shared one, and a stop before both.
         tokio::select! {
-            _ = sweep.tick() => {
-                while let Ok(stream) = accept_now(&listener) {
-                    start(stream, false);
-                }
-            }
+            biased;
+            _ = term.recv() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => start(stream, false),
                 Err(e) => {
@@ -221,13 +293,31 @@ async fn serve(listener: std::net::TcpListener, slot: Rc<str>) -> Result<()> {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
-            _ = term.recv() => break,
+            taken = async { overflow.as_ref().expect("guarded").accept().await },
+                if free && overflow.is_some() => {
+                if let Ok((stream, _)) = taken {
+                    start(stream, false);
+                }
+            }
+            // Busy: wake when the work in hand is done, to look at the shared queue again.
+            _ = idle.notified(), if !free && overflow.is_some() => {}
+            _ = sweep.tick() => {
+                while let Ok(stream) = accept_now(&listener) {
+                    start(stream, false);
+                }
+            }
         }
     }
-    // Stopping: serve what already waits in the queue, finish what is in flight (idle
-    // keep-alive connections close at once), then exit. The supervisor's kill timeout bounds it.
+    // Stopping: serve what already waits in the queue (and in the shared one, which no one may
+    // be left to empty), finish what is in flight (idle keep-alive connections close at
+    // once), then exit. The supervisor's kill timeout bounds it.
     while let Ok(stream) = accept_now(&listener) {
         start(stream, true);
+    }
+    if let Some(overflow) = &overflow {
+        while let Ok(stream) = accept_now(overflow) {
+            start(stream, true);
+        }
     }
     let _ = stop_tx.send(true);
     while open.get() > 0 {

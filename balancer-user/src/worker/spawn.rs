@@ -24,6 +24,8 @@ use anyhow::{bail, Context as _, Result};
 
 /// Fd numbers a worker finds its descriptors at.
 pub const LISTEN_FD: i32 = 3;
+/// The shared overflow listener, when the worker gets one (`--overflow`).
+pub const OVERFLOW_FD: i32 = 4;
 
 /// Digits reserved for the pid in `LISTEN_PID=`.
 const PID_DIGITS: usize = 10;
@@ -139,6 +141,8 @@ pub struct Spawn<'a> {
     /// NOTIFY_SOCKET for the worker (`@name`: an abstract socket), for READY=1.
     pub notify: Option<String>,
     pub listener: BorrowedFd<'a>,
+    /// The shared overflow listener, passed as fd 4 (`--overflow`).
+    pub overflow: Option<BorrowedFd<'a>>,
 }
 
 fn cstring(s: impl AsRef<OsStr>) -> Result<CString> {
@@ -172,8 +176,13 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
             cstring(kv)
         })
         .collect::<Result<_>>()?;
-    env.push(cstring("LISTEN_FDS=1")?);
-    env.push(cstring("LISTEN_FDNAMES=balancer")?);
+    if spawn.overflow.is_some() {
+        env.push(cstring("LISTEN_FDS=2")?);
+        env.push(cstring("LISTEN_FDNAMES=balancer:overflow")?);
+    } else {
+        env.push(cstring("LISTEN_FDS=1")?);
+        env.push(cstring("LISTEN_FDNAMES=balancer")?);
+    }
     env.push(cstring(format!("BALANCER_SLOT={}", spawn.slot))?);
     if let Some(notify) = &spawn.notify {
         env.push(cstring(format!("NOTIFY_SOCKET={notify}"))?);
@@ -183,6 +192,7 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
 
     let image = ExecImage::new(program, argv, env, pid_index);
     let listener = spawn.listener.as_raw_fd();
+    let overflow = spawn.overflow.map(|o| o.as_raw_fd());
 
     let mut command = std::process::Command::new(&cmd.program);
     command.process_group(0);
@@ -239,10 +249,20 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
             // Move the fds above the target numbers first, so that no dup2 overwrites another's
             // source.
             let l = libc::fcntl(listener, libc::F_DUPFD_CLOEXEC, 10);
-            if l < 0 || libc::dup2(l, LISTEN_FD) < 0 {
+            let o = match overflow {
+                Some(o) => libc::fcntl(o, libc::F_DUPFD_CLOEXEC, 10),
+                None => 0,
+            };
+            if l < 0 || o < 0 || libc::dup2(l, LISTEN_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            let keep = LISTEN_FD;
+            let mut keep = LISTEN_FD;
+            if overflow.is_some() {
+                if libc::dup2(o, OVERFLOW_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                keep = OVERFLOW_FD;
+            }
             // Everything above goes, including fds the supervisor itself inherited without
             // close-on-exec from whatever started it (a jobserver pipe, a shell's fd): a worker
             // gets stdio, its listener, nothing else.

@@ -1,0 +1,220 @@
+//! The shared overflow queue (`--overflow`, on for the built-in worker): when no worker is idle
+//! a new connection waits in a queue that every worker takes from when it frees up, instead of
+//! behind one worker's current request. Each test in its own network namespace, loopback only.
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use balancer_tests::{truth::*, *};
+
+/// Holds one worker for `long` ms and the other for `short` ms (two requests on new
+/// connections: the second finds the first's worker busy and goes to the idle one), and
+/// returns once both are in hand, with the two requests' threads.
+fn hold_both(b: &Balancer, long: u64, short: u64) -> Vec<thread::JoinHandle<Reply>> {
+    let mut held = Vec::new();
+    for (i, ms) in [long, short].into_iter().enumerate() {
+        let addr = b.addr;
+        held.push(thread::spawn(move || {
+            get(addr, &format!("/work?ms={ms}")).unwrap()
+        }));
+        b.wait_for(Duration::from_secs(5), "the hold reaches its worker", |s| {
+            s["program"]["selected"].as_u64() >= Some(i as u64 + 1)
+                && s["slots"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|x| x["load"].as_u64() == Some(1))
+                    .count()
+                    == i + 1
+        });
+    }
+    held
+}
+
+/// Requests answered (`/` on a new connection each), from threads started together: each
+/// reply with the time it took.
+fn burst(b: &Balancer, n: usize) -> Vec<(Reply, Duration)> {
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let addr = b.addr;
+            thread::spawn(move || {
+                let t = Instant::now();
+                let r = get(addr, "/").unwrap();
+                (r, t.elapsed())
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn a_connection_waits_for_the_first_free_worker_not_behind_a_busy_one() {
+    netns();
+    let b = Balancer::start(8080, 2, &[]);
+    let held = hold_both(&b, 4000, 500);
+    let fast = burst(&b, 6);
+    let held: Vec<Reply> = held.into_iter().map(|t| t.join().unwrap()).collect();
+    let (slow_slot, quick_slot) = (held[0].slot, held[1].slot);
+    assert_ne!(slow_slot, quick_slot, "{held:?}");
+    for (reply, took) in &fast {
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.slot, quick_slot,
+            "served by the worker that freed up first, not the one held 4 s: {fast:?}"
+        );
+        assert!(
+            *took < Duration::from_millis(2500),
+            "waited for the held worker: {fast:?}"
+        );
+    }
+    assert_eq!(program(&b, "overflowed"), 6, "{}", b.status().unwrap());
+    // The books by the kernel's events alone: each worker carried what it took from the
+    // queue, and the queue ends empty.
+    converge(&b, &[0, 0], CONVERGE);
+    let s = b.status().unwrap();
+    assert_eq!(s["overflow"]["load"], 0, "{s}");
+    assert_eq!(s["overflow"]["assigned"], 6, "{s}");
+    assert_eq!(s["overflow"]["closed"], 6, "{s}");
+    assert_eq!(corrections(&b), 0, "{s}");
+    assert_eq!(s["overflow"]["corrections"], 0, "{s}");
+}
+
+#[test]
+fn while_a_worker_is_idle_nothing_goes_to_the_overflow_queue() {
+    netns();
+    let b = Balancer::start(8080, 4, &[]);
+    // One worker held: three stay idle, so every connection goes straight to one of them.
+    let held = hold_both(&b, 1500, 1500);
+    let fast = burst(&b, 2);
+    assert!(fast.iter().all(|(r, _)| r.status == 200));
+    for _ in 0..50 {
+        assert_eq!(get(b.addr, "/").unwrap().status, 200);
+    }
+    assert_eq!(program(&b, "overflowed"), 0, "{}", b.status().unwrap());
+    for t in held {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn stopping_answers_every_connection_waiting_in_the_overflow_queue() {
+    netns();
+    let mut b = Balancer::start(8080, 2, &[]);
+    let held = hold_both(&b, 1500, 1500);
+    let waiting: Vec<_> = (0..6)
+        .map(|_| {
+            let addr = b.addr;
+            thread::spawn(move || get(addr, "/"))
+        })
+        .collect();
+    b.wait_for(Duration::from_secs(5), "six connections queued", |s| {
+        s["overflow"]["queued"].as_u64() == Some(6)
+    });
+    assert!(b.stop(nix::sys::signal::Signal::SIGTERM).success());
+    for t in waiting {
+        let r = t.join().unwrap();
+        assert_eq!(
+            r.map(|r| r.status).ok(),
+            Some(200),
+            "a queued connection was lost"
+        );
+    }
+    for t in held {
+        assert_eq!(t.join().unwrap().status, 200);
+    }
+}
+
+#[test]
+fn a_reload_answers_every_connection_waiting_in_the_overflow_queue() {
+    netns();
+    let b = Balancer::start(8080, 2, &[]);
+    let held = hold_both(&b, 1000, 1000);
+    let waiting: Vec<_> = (0..6)
+        .map(|_| {
+            let addr = b.addr;
+            thread::spawn(move || get(addr, "/"))
+        })
+        .collect();
+    b.wait_for(Duration::from_secs(5), "six connections queued", |s| {
+        s["overflow"]["queued"].as_u64() == Some(6)
+    });
+    ctl(&b, &["reload"]);
+    for t in waiting {
+        let r = t.join().unwrap();
+        assert_eq!(
+            r.map(|r| r.status).ok(),
+            Some(200),
+            "a queued connection was lost"
+        );
+    }
+    for t in held {
+        assert_eq!(t.join().unwrap().status, 200);
+    }
+    converge(&b, &[0, 0], CONVERGE);
+    assert_eq!(b.status().unwrap()["overflow"]["load"], 0);
+}
+
+#[test]
+fn a_worker_command_gets_the_overflow_listener_only_when_asked() {
+    netns();
+    // A shell worker that reports what it was given, then serves nothing: the balancer's
+    // status shows the environment through the worker's log lines.
+    let show = "echo fds=$LISTEN_FDS names=$LISTEN_FDNAMES; exec sleep 30";
+    for (flag, want) in [
+        ("auto", "fds=1 names=balancer"),
+        ("on", "fds=2 names=balancer:overflow"),
+    ] {
+        let b = Balancer::start(
+            8080,
+            1,
+            &[
+                "--overflow",
+                flag,
+                "--ready-timeout",
+                "0.2",
+                "--",
+                "sh",
+                "-c",
+                show,
+            ],
+        );
+        b.wait_for(Duration::from_secs(5), "the worker's line", |_| {
+            ctl(&b, &["logs", "--lines", "5"]).contains("fds=")
+        });
+        let logs = ctl(&b, &["logs", "--lines", "5"]);
+        assert!(logs.contains(want), "--overflow {flag}: {logs}");
+        assert_eq!(
+            b.status().unwrap()["overflow"].is_null(),
+            flag == "auto",
+            "--overflow {flag}"
+        );
+    }
+}
+
+#[test]
+fn the_worker_that_takes_an_overflow_connection_carries_its_load() {
+    netns();
+    let b = Balancer::start(8080, 2, &[]);
+    let held = hold_both(&b, 3000, 300);
+    let quick_slot = {
+        let addr = b.addr;
+        // Queued in the overflow queue, then taken by the worker freed first, which it holds.
+        let taken = thread::spawn(move || get(addr, "/work?ms=1500").unwrap());
+        b.wait_for(Duration::from_secs(5), "the queued request taken", |s| {
+            s["program"]["overflowed"].as_u64() == Some(1)
+                && s["overflow"]["load"].as_u64() == Some(0)
+        });
+        // Both workers hold one request each: neither may look idle to the program.
+        let s = b.status().unwrap();
+        let loads: Vec<u64> = b.per_slot("load");
+        assert_eq!(loads, [1, 1], "{s}");
+        let r = taken.join().unwrap();
+        r.slot
+    };
+    let held: Vec<Reply> = held.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(quick_slot, held[1].slot, "{held:?}");
+    converge(&b, &[0, 0], CONVERGE);
+    assert_eq!(corrections(&b), 0);
+}

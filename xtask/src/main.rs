@@ -30,12 +30,20 @@ enum Task {
     },
     /// Measure (release build, needs root) and write docs/benchmarks.md and .json.
     Bench {
-        /// A shorter run (under 3 minutes).
+        /// A shorter run (a few minutes).
         #[arg(long)]
         quick: bool,
         /// Where to write benchmarks.md, benchmarks.json and the plots (default: docs/).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Workers of the distribution, drift and comparison scenarios.
+        #[arg(long, default_value_t = bench::DEFAULT_WORKERS, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..=256))]
+        workers: u32,
+        /// Make the many-core table (a worker per core) on a machine of fewer than 8 cores too,
+        /// as a smoke check.
+        #[arg(long, env = "BALANCER_BENCH_MANY_CORE")]
+        many_core: bool,
     },
     /// Build the container image `balancer:latest` with podman (deploy/Containerfile).
     Image,
@@ -96,15 +104,21 @@ fn run(task: Task) -> Result<()> {
             }
             Ok(())
         }
-        Task::Bench { quick, out } => {
+        Task::Bench {
+            quick,
+            out,
+            workers,
+            many_core,
+        } => {
             cargo(&env, &["build", "--release", "-p", "balancer"])?;
             let out = out.unwrap_or_else(|| root().join("docs"));
-            bench::run(
-                &root().join("target/release/balancer"),
-                &root(),
+            let opts = bench::Options {
                 quick,
-                &out,
-            )
+                workers,
+                many_core,
+                out: &out,
+            };
+            bench::run(&root().join("target/release/balancer"), &root(), &opts)
         }
         Task::Test { args } => {
             cargo(&env, &["fmt", "--all", "--", "--check"]).context("run `cargo fmt --all`")?;
@@ -134,7 +148,13 @@ fn run(task: Task) -> Result<()> {
             } else {
                 cargo(&env, &["build", "--release", "-p", "balancer"])?;
                 let out = root().join("target/bench-smoke");
-                bench::run(&root().join("target/release/balancer"), &root(), true, &out)
+                let opts = bench::Options {
+                    quick: true,
+                    workers: bench::DEFAULT_WORKERS,
+                    many_core: false,
+                    out: &out,
+                };
+                bench::run(&root().join("target/release/balancer"), &root(), &opts)
                     .context("benchmark smoke run (cargo xtask bench --quick) failed")?;
                 eprintln!(
                     "xtask: benchmark smoke run ok: {}",

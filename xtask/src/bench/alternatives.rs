@@ -17,9 +17,14 @@ use balancer_tests::{
 };
 use serde::Serialize;
 
-use super::peers::{self, Env, Peer};
+use super::{
+    client::{self, Until},
+    peers::{self, Env, Peer},
+};
 
-const WORKERS: usize = 4;
+/// Clients of the native load generator for new connections: enough that the workers, not the
+/// round trips, are what limits.
+pub const NEW_CONN_CLIENTS: usize = 32;
 
 /// Results of one peer across the workloads.
 #[derive(Serialize)]
@@ -27,6 +32,11 @@ pub struct PeerResult {
     #[serde(rename = "peer")]
     pub name: String,
     pub new_conn_rps: f64,
+    /// The native client's CPU time during the new-connection run, per second of wall time.
+    pub new_conn_client_cpu: f64,
+    /// Its user part.
+    pub new_conn_client_user_cpu: f64,
+    pub new_conn_failed: u64,
     pub keepalive_rps: f64,
     pub layer_cpu: f64,
     pub counts: Vec<u64>,
@@ -63,23 +73,26 @@ impl Latency {
 }
 
 /// Every peer, side by side, with the built-in worker (and the Node pair with the Node server).
-pub fn measure(bin: &Path, root: &Path, quick: bool) -> Result<Vec<PeerResult>> {
+pub fn measure(bin: &Path, root: &Path, quick: bool, workers: u32) -> Result<Vec<PeerResult>> {
     let env = Env {
         balancer: bin,
         root,
-        workers: WORKERS as u32,
+        workers,
     };
-    // 4 single-threaded workers, mean service ~7 ms (95% 1 ms, 5% 50-200 ms): 300/s is ~50%
-    // of their capacity on this machine.
-    let rate = 300.0;
+    let n = workers as usize;
+    let rate = open_loop_rate(workers);
+    // A peer behind a proxy has its workers on the ports after its own.
+    let mut next_port = 9100u16;
+    let mut port = || {
+        let p = next_port;
+        next_port += workers as u16 + 1;
+        p
+    };
     let mut out = Vec::new();
     let route = "/work?ms=";
-    for (i, policy) in ["least-loaded", "p2c", "round-robin"]
-        .into_iter()
-        .enumerate()
-    {
-        let p = peers::balancer(&env, 9100 + i as u16 * 10, policy, None)?;
-        out.push(one(&p, quick, route, rate)?);
+    for policy in ["least-loaded", "p2c", "round-robin"] {
+        let p = peers::balancer(&env, port(), policy, None)?;
+        out.push(one(&p, n, quick, route, rate)?);
     }
     // Each peer is stopped before the next starts, so that none competes with another for CPU.
     let others = [
@@ -88,25 +101,29 @@ pub fn measure(bin: &Path, root: &Path, quick: bool) -> Result<Vec<PeerResult>> 
         peers::nginx,
         peers::haproxy,
     ];
-    for (start, port) in others.into_iter().zip([9150, 9160, 9170, 9180]) {
-        out.push(one(&start(&env, port)?, quick, route, rate)?);
+    for start in others {
+        out.push(one(&start(&env, port())?, n, quick, route, rate)?);
     }
     // Node: the same server script under the cluster module and under balancer.
     let node = root.join("examples/node/server.js");
     let node = node.to_str().context("path")?;
-    out.push(one(
-        &peers::node_cluster(&env, 9190)?,
-        quick,
-        "/block?ms=",
-        rate / 3.0,
-    )?);
-    let p = peers::balancer(&env, 9200, "least-loaded", Some(&["node", node]))?;
-    out.push(one(&p, quick, "/block?ms=", rate / 3.0)?);
+    let p = peers::node_cluster(&env, port())?;
+    out.push(one(&p, n, quick, "/block?ms=", rate / 3.0)?);
+    drop(p);
+    let p = peers::balancer(&env, port(), "least-loaded", Some(&["node", node]))?;
+    out.push(one(&p, n, quick, "/block?ms=", rate / 3.0)?);
     Ok(out)
 }
 
+/// The open loop's rate for `workers` single-threaded workers: mean service ~7 ms (95% 1 ms,
+/// 5% 50-200 ms), so 75/s per worker is about half of what each can serve. The built-in
+/// worker's holds sleep, so this does not depend on the cores.
+pub fn open_loop_rate(workers: u32) -> f64 {
+    75.0 * f64::from(workers)
+}
+
 /// One peer through every workload; `route` is its worker's hold route, `rate` the open loop's.
-fn one(peer: &Peer, quick: bool, route: &str, rate: f64) -> Result<PeerResult> {
+fn one(peer: &Peer, workers: usize, quick: bool, route: &str, rate: f64) -> Result<PeerResult> {
     let started = Instant::now();
     eprintln!("bench: {}", peer.name);
     let dur = if quick {
@@ -116,7 +133,7 @@ fn one(peer: &Peer, quick: bool, route: &str, rate: f64) -> Result<PeerResult> {
     };
     let cpu0 = cpu_seconds(&peer.layer);
     let t0 = Instant::now();
-    let new_conn = closed_loop(peer.addr, 16, dur, false)?;
+    let new_conn = client::new_connections(peer.addr, NEW_CONN_CLIENTS, Until::Elapsed(dur))?;
     let layer_cpu = (cpu_seconds(&peer.layer) - cpu0) / t0.elapsed().as_secs_f64();
     let keepalive = closed_loop(peer.addr, 16, dur, true)?;
     let mut latencies_ms: Vec<f64> = open_loop(peer.addr, soon(), rate, dur * 2, |i| {
@@ -128,10 +145,14 @@ fn one(peer: &Peer, quick: bool, route: &str, rate: f64) -> Result<PeerResult> {
     stats::sort(&mut latencies_ms);
     let (stuck_share, stuck_p99_ms) = stuck_worker(peer.addr, rate, route)?;
     eprintln!("bench: {} measured in {:.1?}", peer.name, started.elapsed());
-    let counts = stats::per_slot(&new_conn.slots, WORKERS);
+    let mut counts = new_conn.counts;
+    counts.resize(workers, 0);
     Ok(PeerResult {
         name: peer.name.clone(),
         new_conn_rps: new_conn.per_second,
+        new_conn_client_cpu: new_conn.cpu,
+        new_conn_client_user_cpu: new_conn.cpu_user,
+        new_conn_failed: new_conn.failed,
         keepalive_rps: keepalive.per_second,
         layer_cpu,
         counts_cv: stats::cv(&counts),

@@ -91,6 +91,7 @@ struct Injector<'a> {
     /// no segment meets what an earlier batch left in the kernel.
     port_base: u16,
     made: usize,
+    workers: usize,
 }
 
 impl Injector<'_> {
@@ -102,7 +103,7 @@ impl Injector<'_> {
             0 => burst(),
             1 => {
                 // Not `pid_of`: the slot may be between workers after an earlier kill.
-                let slot = self.made % 4;
+                let slot = self.made % self.workers;
                 let pid = self.b.status()?["slots"][slot]["pid"].as_i64().unwrap_or(0);
                 if pid > 0 {
                     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -133,11 +134,11 @@ impl Injector<'_> {
     }
 }
 
-pub fn soak(quick: bool) -> Result<Drift> {
+pub fn soak(quick: bool, workers: u32) -> Result<Drift> {
     let port = 9300;
     let b = start(
         port,
-        4,
+        workers,
         "least-loaded",
         &["--backlog", "8", "--restart-delay", "0.2"],
     );
@@ -167,6 +168,7 @@ pub fn soak(quick: bool) -> Result<Drift> {
             dst: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
             port_base: 20_000,
             made: 0,
+            workers: workers as usize,
         };
         let mut next_fault = Instant::now() + Duration::from_millis(500);
         // The clients stop however the loop ends: the scope waits for them.

@@ -4,18 +4,23 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{
-    alternatives::PeerResult, cost::CostRow, drift::Drift, output::Output, policies::PolicyRow,
+    alternatives::PeerResult, cost::SelectionCost, drift::Drift, many_core::ManyCore,
+    output::Output, policies::PolicyRow,
 };
 
 #[derive(Serialize)]
 pub struct Results {
     pub machine: String,
+    pub cores: usize,
     pub date: String,
-    pub selection_cost: Vec<CostRow>,
+    /// Workers of the distribution, drift and comparison scenarios.
+    pub workers: u32,
+    pub selection_cost: SelectionCost,
     pub peers: Vec<PeerResult>,
     pub drift: Drift,
     pub output: Output,
     pub policies: Vec<PolicyRow>,
+    pub many_core: ManyCore,
 }
 
 impl Results {

@@ -2,15 +2,19 @@
 //! benchmarks.json and two plots.
 //!
 //! The scenarios, in order: the cost of one selection (the kernel's own accounting of the
-//! program, `kernel.bpf_stats_enabled=1`, with 2, 64 and 1024 worker slots, for `least-loaded`
+//! program, `kernel.bpf_stats_enabled=1`, with 2, 16, 64 and 1024 worker slots, for every policy
 //! and for `hash`, which returns at once: the fixed cost of running any program), the
 //! distribution of each policy with and without a busy worker, the drift soak, the workers'
-//! output through the supervisor, and `balancer` against the alternatives. Everything runs in a private network namespace on loopback.
+//! output through the supervisor, `balancer` against the alternatives, and, on a machine of 8
+//! cores or more, new connections per second with a worker per core. Everything runs in a
+//! private network namespace on loopback.
 
 mod alternatives;
+mod client;
 mod cost;
 mod drift;
 mod json;
+mod many_core;
 mod output;
 mod peers;
 mod plot;
@@ -19,8 +23,8 @@ mod report;
 
 use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
-use anyhow::{Context as _, Result};
-use balancer_tests::{all_up, Balancer};
+use anyhow::{ensure, Context as _, Result};
+use balancer_tests::{all_up, ctl_in_background, stats, Balancer};
 
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
@@ -44,25 +48,45 @@ fn localhost(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// Runs everything and writes benchmarks.md, benchmarks.json and the plots into `out`.
-pub fn run(bin: &Path, root: &Path, quick: bool, out: &Path) -> Result<()> {
+/// Workers of the distribution, drift and comparison scenarios unless `--workers` says.
+pub const DEFAULT_WORKERS: u32 = 4;
+
+/// What to run.
+pub struct Options<'a> {
+    pub quick: bool,
+    /// Workers of the distribution, drift and comparison scenarios.
+    pub workers: u32,
+    /// Run the many-core table on a machine of fewer than 8 cores too.
+    pub many_core: bool,
+    /// Where benchmarks.md, benchmarks.json and the plots go.
+    pub out: &'a Path,
+}
+
+/// Runs everything and writes benchmarks.md, benchmarks.json and the plots into `opts.out`.
+pub fn run(bin: &Path, root: &Path, opts: &Options) -> Result<()> {
+    let (quick, workers, out) = (opts.quick, opts.workers, opts.out);
+    ensure!(workers >= 1, "--workers must be at least 1");
     // Every balancer below comes from the test kit, which starts the binary this names.
     std::env::set_var("BALANCER_BIN", bin);
     balancer_tests::netns();
     let selection_cost = with_bpf_stats(|| cost::measure(quick))?;
-    let policies = policies::measure()?;
+    let policies = policies::measure(workers)?;
     eprintln!("bench: drift soak");
-    let drift = drift::soak(quick)?;
+    let drift = drift::soak(quick, workers)?;
     let output = output::measure(quick)?;
-    let peers = alternatives::measure(bin, root, quick)?;
+    let peers = alternatives::measure(bin, root, quick, workers)?;
+    let many_core = many_core::measure(bin, root, quick, opts.many_core)?;
     let results = json::Results {
         machine: machine(),
+        cores: cores(),
         date: today(),
+        workers,
         selection_cost,
         policies,
         drift,
         output,
         peers,
+        many_core,
     };
     let md = report::markdown(&results, quick);
     std::fs::create_dir_all(out)?;
@@ -71,6 +95,32 @@ pub fn run(bin: &Path, root: &Path, quick: bool, out: &Path) -> Result<()> {
     std::fs::write(out.join("benchmarks.json"), results.to_json()?)?;
     print!("{md}");
     Ok(())
+}
+
+/// Switches a running balancer's policy, as a user would (`balancer policy NAME`).
+fn set_policy(b: &Balancer, policy: &str) -> Result<()> {
+    let out = ctl_in_background(b, &["policy", policy])
+        .join()
+        .expect("the control client thread panicked");
+    ensure!(
+        out.status.success(),
+        "balancer policy {policy}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// The median of `values` (of an odd count, as the rounds are; NaN for none).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    stats::sort(&mut v);
+    stats::percentile(&v, 0.5).unwrap_or(f64::NAN)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Runs `f` with the kernel's accounting of BPF programs on, and puts the setting back.
@@ -95,10 +145,7 @@ fn machine() -> String {
         })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
+    format!("{} cores ({cpu}), Linux {}", cores(), kernel.trim())
 }
 
 /// Today's date in UTC, as `date -u` gives it.

@@ -36,6 +36,11 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// The balancer of a `balancer` peer, for control requests.
+    pub fn balancer(&self) -> Option<&Balancer> {
+        self.balancer.as_ref()
+    }
+
     /// A peer of `children` (process group leaders), once it answers on `addr`.
     fn serving(
         name: &str,

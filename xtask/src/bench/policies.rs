@@ -1,5 +1,6 @@
 //! The distribution of each policy: how evenly new connections from many client addresses
-//! spread over 4 workers, and how many of them still go to a worker whose event loop is held.
+//! spread over the workers, and how many of them still go to a worker whose event loop is
+//! held.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -12,8 +13,6 @@ use serde::Serialize;
 
 use super::start;
 
-const WORKERS: u32 = 4;
-
 #[derive(Serialize)]
 pub struct PolicyRow {
     pub policy: &'static str,
@@ -24,13 +23,14 @@ pub struct PolicyRow {
     pub during_block: usize,
 }
 
-pub fn measure() -> Result<Vec<PolicyRow>> {
+pub fn measure(workers: u32) -> Result<Vec<PolicyRow>> {
     let mut rows = Vec::new();
     for (i, (policy, extra)) in [
         ("least-loaded", &[][..]),
         ("p2c", &[][..]),
         ("round-robin", &[][..]),
-        ("weighted", &["--weights", "3,1,1,1"][..]),
+        // Slot 0 weighs 3, the others 1.
+        ("weighted", &["--weights", "3"][..]),
         ("sticky", &[][..]),
         ("hash", &[][..]),
     ]
@@ -38,7 +38,7 @@ pub fn measure() -> Result<Vec<PolicyRow>> {
     .enumerate()
     {
         eprintln!("bench: distribution and busy worker, {policy}");
-        rows.push(row(9000 + i as u16, policy, extra)?);
+        rows.push(row(9000 + i as u16, workers, policy, extra)?);
     }
     Ok(rows)
 }
@@ -50,15 +50,15 @@ fn client(i: usize) -> IpAddr {
 
 /// 2,000 connections from 4 concurrent clients, then one worker held for 2 s while 32 clients
 /// open new connections.
-fn row(port: u16, policy: &'static str, extra: &[&str]) -> Result<PolicyRow> {
-    let b = start(port, WORKERS, policy, extra);
+fn row(port: u16, workers: u32, policy: &'static str, extra: &[&str]) -> Result<PolicyRow> {
+    let b = start(port, workers, policy, extra);
     let addr = b.addr;
     let answers = in_parallel(4, |t| {
         (0..500)
             .map(|i| Ok(get_from(client(t * 500 + i), addr, "/")?.slot))
             .collect()
     })?;
-    let counts = stats::per_slot(&answers, WORKERS as usize);
+    let counts = stats::per_slot(&answers, workers as usize);
 
     // Hold one worker: a keep-alive connection learns its slot, then asks for 2 s of work.
     let mut holder = KeepAlive::open(addr)?;

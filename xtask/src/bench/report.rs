@@ -3,22 +3,34 @@
 use std::fmt::Write as _;
 
 use super::{
-    alternatives::PeerResult, cost::CostRow, drift::Drift, json::Results, policies::PolicyRow,
+    alternatives::{open_loop_rate, PeerResult, NEW_CONN_CLIENTS},
+    cost::SelectionCost,
+    drift::Drift,
+    json::Results,
+    many_core::ManyCore,
+    policies::PolicyRow,
 };
 
 pub fn markdown(r: &Results, quick: bool) -> String {
-    let flag = if quick { " --quick" } else { "" };
+    let mut flag = String::from(if quick { " --quick" } else { "" });
+    if r.workers != super::DEFAULT_WORKERS {
+        let _ = write!(flag, " --workers {}", r.workers);
+    }
+    if r.many_core.forced {
+        flag.push_str(" --many-core");
+    }
     let mut md = String::new();
     md.push_str("# Benchmarks\n\n");
     md.push_str(&format!(
         "Written by `cargo xtask bench{flag}` on {} (UTC date {}). Machine: {}.\n\n",
         "a machine of the project's CI kind", r.date, r.machine
     ));
-    md.push_str(&selection_cost(&r.selection_cost));
-    md.push_str(&policies(&r.policies));
-    md.push_str(&drift(&r.drift));
+    md.push_str(&selection_cost(&r.selection_cost, r.cores));
+    md.push_str(&policies(&r.policies, r.workers));
+    md.push_str(&drift(&r.drift, r.workers));
     md.push_str(&output(&r.output));
-    md.push_str(&peers(&r.peers));
+    md.push_str(&peers(&r.peers, r.workers, r.cores));
+    md.push_str(&many_core(&r.many_core));
     md.push_str("\n![Latency CDF per peer](bench-latency-cdf.png)\n\n![Per-worker distribution](bench-distribution.png)\n");
     md.push_str(&format!(
         "\nReproduce: `cargo xtask bench{flag}` (root; it installs nothing itself: nginx-light, haproxy, \
@@ -29,11 +41,7 @@ pub fn markdown(r: &Results, quick: bool) -> String {
 
 fn output(o: &super::output::Output) -> String {
     let rate = |s: f64| o.lines as f64 / s / 1e6;
-    let mut md = String::from(
-        "## Worker output
-
-",
-    );
+    let mut md = String::from("## Worker output\n\n");
     md.push_str(&format!(
         "One worker writes {} lines of {} bytes as fast as `yes | head` can: into /dev/null directly \
          (the limit, no supervisor), through a supervisor whose own output goes to /dev/null (a reader \
@@ -69,51 +77,94 @@ fn output(o: &super::output::Output) -> String {
     md
 }
 
-fn selection_cost(rows: &[CostRow]) -> String {
+fn selection_cost(c: &SelectionCost, cores: usize) -> String {
     let base = |slots: u32| {
-        rows.iter()
+        c.rows
+            .iter()
             .find(|r| r.slots == slots && r.policy == "hash")
-            .map_or(1.0, |r| r.ns_per_run)
+            .map_or(f64::NAN, |r| r.ns_per_run)
     };
     let mut md = String::from("## Cost of one selection\n\n");
-    md.push_str(
+    let _ = write!(
+        md,
         "The kernel's own accounting of the program (`kernel.bpf_stats_enabled=1`): run time / run \
-         count over the measured requests, one new connection each, 4 client threads, built-in workers. \
-         `hash` runs the same program, which returns at once: the fixed cost of running a program at \
-         all. At most 32 slots are examined per selection (a random window beyond 32 slots), so the cost \
-         stops growing past 32 slots. A least-loaded selection also records the connection in the flow \
-         table (one LRU hash insert), which the close tracker removes at the close. The close tracker \
+         count, built-in workers, a new connection per request from {clients} client threads of the \
+         native load generator (closed loop). One balancer per slot count, its policy switched live \
+         (`balancer policy`) between measurements: {rounds} rounds, each through every policy in \
+         another order, {conns} new connections per policy per round after 100 unmeasured ones; the \
+         figures are the medians over the rounds, the range their lowest and highest. `hash` runs \
+         the same program, which returns at once: the fixed cost of running a program at all, and \
+         the baseline of the ratios. `weighted` runs with slot 0 weighing 3, the others 1. At most \
+         32 slots are examined per selection (a random window beyond 32 slots), so the cost stops \
+         growing past 32 slots. Every selection but `hash`'s also records the connection in the \
+         flow table (one LRU hash insert) and counts it in its slot's load, which the close \
+         tracker undoes at the close. The close tracker \
          runs on every TCP state change on the host; its column is its total time divided by the \
-         connections, both ends of each loopback connection included (a remote client's end would not \
-         count). Under `hash` nothing is recorded, so the tracker only filters.\n\n",
+         connections, both ends of each loopback connection included (a remote client's end would \
+         not count). Under `hash` nothing is recorded, so the tracker only filters.\n\n",
+        clients = c.clients,
+        rounds = c.rounds,
+        conns = c.connections_per_round,
     );
-    md.push_str("| slots | policy | runs | ns per selection | vs `hash` at the same size | close tracker ns per connection (runs) |\n|---:|---|---:|---:|---:|---:|\n");
-    for r in rows {
+    md.push_str("| slots | policy | runs | ns per selection (median) | range over the rounds | vs `hash` at the same size | close tracker ns per connection (runs) |\n|---:|---|---:|---:|---:|---:|---:|\n");
+    for r in &c.rows {
+        let lo = r.ns_per_run_rounds.iter().copied().fold(f64::MAX, f64::min);
+        let hi = r.ns_per_run_rounds.iter().copied().fold(f64::MIN, f64::max);
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.0} | {:.2}x | {:.0} ({:.1}) |",
+            "| {} | {} | {} | {:.0} | {:.0}-{:.0} | {:.2}x | {:.0} ({:.1}) |",
             r.slots,
             r.policy,
             r.runs,
             r.ns_per_run,
+            lo,
+            hi,
             r.ns_per_run / base(r.slots),
             r.tracker_ns_per_connection,
             r.tracker_runs_per_connection
         );
     }
+    let _ = write!(
+        md,
+        "\nHow busy the workers were meanwhile: the load the program read is what these clients \
+         make, {clients} connections in flight at most, whatever the slot count (a selection by \
+         load among many idle slots is the easy case); a load counts a connection until the close \
+         tracker sees it end, so a sample may show a few more. *In flight*: the sum of the \
+         slots' loads, sampled every 25 ms (250 ms past 64 slots, whose status is large) while a \
+         policy other than `hash`, which records no load, ran; *loaded slots*: how many had any. *Client CPU*: the \
+         clients' CPU time per second of wall time (100% is one of the machine's {cores} cores), \
+         in brackets its user part (the rest is the kernel's, on loopback both ends').\n\n\
+         | slots | new conn/s (median) | in flight, mean (max) | loaded slots, mean | samples | client CPU |\n\
+         |---:|---:|---:|---:|---:|---:|\n",
+        clients = c.clients,
+    );
+    for l in &c.load {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.2} ({}) | {:.2} | {} | {:.0}% ({:.0}%) |",
+            l.slots,
+            l.connections_per_second,
+            l.in_flight_mean,
+            l.in_flight_max,
+            l.loaded_slots_mean,
+            l.samples,
+            l.client_cpu * 100.0,
+            l.client_user_cpu * 100.0
+        );
+    }
     md
 }
 
-fn policies(rows: &[PolicyRow]) -> String {
-    let mut md = String::from(
+fn policies(rows: &[PolicyRow], workers: u32) -> String {
+    let mut md = format!(
         "\n## Distribution by policy\n\n\
-         4 built-in workers. *Counts*: 2,000 new connections from 4 concurrent clients, each \
+         {workers} built-in workers. *Counts*: 2,000 new connections from 4 concurrent clients, each \
          connection from one of 64 client addresses (127.0.3.x), per worker, and their coefficient \
          of variation. *Busy worker*: one worker's event loop is held for 2 s \
          (`/work?ms=2000` on a keep-alive connection) while 32 clients open new connections; the \
          share of those connections sent to the held worker, and how many were served in the \
          1.9 s window (a client stuck behind the held worker opens no more). `weighted` runs with \
-         weights 3,1,1,1.\n\n\
+         slot 0 weighing 3, the others 1.\n\n\
          | policy | counts per worker | CV | busy worker's share | connections in the window |\n\
          |---|---|---:|---:|---:|\n",
     );
@@ -127,7 +178,7 @@ fn policies(rows: &[PolicyRow]) -> String {
     md
 }
 
-fn drift(d: &Drift) -> String {
+fn drift(d: &Drift, workers: u32) -> String {
     let faults: Vec<String> = d
         .faults
         .iter()
@@ -135,7 +186,7 @@ fn drift(d: &Drift) -> String {
         .collect();
     format!(
         "\n## Drift soak\n\n\
-         4 built-in workers, least-loaded, backlog 8; 4 clients opening a new connection per \
+         {} built-in workers, least-loaded, backlog 8; 4 clients opening a new connection per \
          request for {:.0} s while one fault every 1.5 s: {}. Every 100 ms the sum over slots \
          of |load − kernel| is sampled (kernel: the live accept queue plus, at the last \
          reconciliation, the sockets open in the worker and the young handshakes, so a sample \
@@ -145,7 +196,8 @@ fn drift(d: &Drift) -> String {
          |---:|---:|---:|---:|---:|---:|\n\
          | {} | {} | {} | {} | {} | {:.0} ms |\n\n\
          Failed: requests in flight on a SIGKILLed worker, and burst clients the kernel left \
-         waiting over 20 s on a handshake it dropped under SYN cookies (docs/reliability.md).\n",
+         waiting over 20 s on a handshake it dropped under SYN cookies (docs/reliability.md).\n\n",
+        workers,
         d.seconds,
         faults.join(", "),
         d.requests,
@@ -157,7 +209,7 @@ fn drift(d: &Drift) -> String {
     )
 }
 
-fn peers(results: &[PeerResult]) -> String {
+fn peers(results: &[PeerResult], workers: u32, cores: usize) -> String {
     let best = |f: fn(&PeerResult) -> f64, max: bool| {
         let values = results.iter().map(f);
         if max {
@@ -166,22 +218,33 @@ fn peers(results: &[PeerResult]) -> String {
             values.fold(f64::MAX, f64::min)
         }
     };
+    let rate = open_loop_rate(workers);
     let mut md = String::new();
     md.push_str("\n## Against the alternatives\n\n");
-    md.push_str(
-        "4 single-threaded built-in workers behind each peer (the Node pair: 4 Node.js processes of \
-         the same server, `/block` busy loops instead of sleeps, a third of the rate). \
-         *new conn/s*: 16 clients, a new connection per trivial request; *keep-alive/s*: 16 \
+    let _ = write!(
+        md,
+        "{workers} single-threaded built-in workers behind each peer (the Node pair: {workers} \
+         Node.js processes of the same server, `/block` busy loops instead of sleeps, a third of \
+         the rate). *new conn/s*: the native load generator, {NEW_CONN_CLIENTS} client threads in \
+         a closed loop, a new connection per trivial request (`Connection: close`) from 64 \
+         loopback addresses; *client CPU*: that generator's own CPU time (user + system, \
+         `RUSAGE_THREAD` of each client thread) per second of wall time, 100% being one of the \
+         machine's {cores} cores, in brackets its user part. On loopback the kernel mostly does the \
+         receiving side's work of a segment in the sender's context, so the client's system time \
+         includes part of the server's handshakes and closes, the program's runs among them: the \
+         user part is the generator's own work. *keep-alive/s*: 16 \
          clients, one connection each. *layer CPU*: CPU time of the balancing layer (nginx, \
          haproxy, the Node primary, the balancer supervisor; the kernel's time in the program is \
-         in the selection-cost table) per second of wall time. *p50/p99/p99.9/max*: open loop, a \
-         new connection per request at a fixed rate (300/s; 100/s for Node), 95% 1 ms requests \
-         and 5% of 50-200 ms, latency counted from when each request was due. *stuck worker*: one \
-         worker held for 2 s mid-run; its share of the connections due in that window, and the \
-         run's p99. Ratios in brackets are to the best peer of the column.\n\n",
+         in the selection-cost table) per second of wall time, during the new-connection run. \
+         *p50/p99/p99.9/max*: open loop, a new connection per request at a fixed rate \
+         ({rate:.0}/s; {node:.0}/s for Node), 95% 1 ms requests and 5% of 50-200 ms, latency \
+         counted from when each request was due. *stuck worker*: one worker held for 2 s mid-run; \
+         its share of the connections due in that window, and the run's p99. Ratios in brackets \
+         are to the best peer of the column.\n\n",
+        node = rate / 3.0,
     );
-    md.push_str("| peer | new conn/s | keep-alive/s | layer CPU | p50 ms | p99 ms | p99.9 ms | max ms | stuck worker's share | p99 with stuck worker | per-worker counts (CV) |\n");
-    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    md.push_str("| peer | new conn/s | client CPU | keep-alive/s | layer CPU | p50 ms | p99 ms | p99.9 ms | max ms | stuck worker's share | p99 with stuck worker | per-worker counts (CV) |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     let b_rps = best(|r| r.new_conn_rps, true);
     let b_ka = best(|r| r.keepalive_rps, true);
     let b_p99 = best(|r| r.latency.p99_ms, false);
@@ -189,10 +252,12 @@ fn peers(results: &[PeerResult]) -> String {
         let l = &r.latency;
         let _ = writeln!(
             md,
-            "| {} | {:.0} ({:.2}x) | {:.0} ({:.2}x) | {:.0}% | {:.1} | {:.1} ({:.1}x) | {:.1} | {:.1} | {:.3} | {:.1} | {:?} ({:.3}) |",
+            "| {} | {:.0} ({:.2}x) | {:.0}% ({:.0}%) | {:.0} ({:.2}x) | {:.0}% | {:.1} | {:.1} ({:.1}x) | {:.1} | {:.1} | {:.3} | {:.1} | {:?} ({:.3}) |",
             r.name,
             r.new_conn_rps,
             r.new_conn_rps / b_rps,
+            r.new_conn_client_cpu * 100.0,
+            r.new_conn_client_user_cpu * 100.0,
             r.keepalive_rps,
             r.keepalive_rps / b_ka,
             r.layer_cpu * 100.0,
@@ -205,6 +270,65 @@ fn peers(results: &[PeerResult]) -> String {
             r.stuck_p99_ms,
             r.counts,
             r.counts_cv,
+        );
+    }
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| r.new_conn_failed > 0)
+        .map(|r| format!("{} {}", r.name, r.new_conn_failed))
+        .collect();
+    if !failed.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nNew connections refused, reset or not answered with 200 in the new conn/s run: {}.",
+            failed.join(", ")
+        );
+    }
+    md
+}
+
+fn many_core(m: &ManyCore) -> String {
+    let mut md = String::from("\n## Many cores\n\n");
+    if let Some(why) = &m.skipped {
+        let _ = writeln!(md, "many-core table: {why}");
+        return md;
+    }
+    if m.forced {
+        let _ = write!(
+            md,
+            "Forced on a machine of {} cores (`--many-core`): a check that the scenario runs, not a \
+             measurement; from 8 cores up it runs by itself.\n\n",
+            m.cores
+        );
+    }
+    let _ = write!(
+        md,
+        "{} built-in workers, one per core. New connections per second from the native load \
+         generator, {} client threads in a closed loop, a new connection per request, {:.0} s per \
+         run after 0.2 s unmeasured; {} rounds, each through every row in another order; the \
+         median, the ratio to the kernel's hash with no program, and the client's CPU time per \
+         second of wall time (100% is one core; in brackets its user part). `balancer` is one instance whose policy is \
+         switched live between runs; `weighted` has every weight 1.\n\n\
+         | peer | new conn/s (median) | rounds | vs no program | client CPU | failed |\n\
+         |---|---:|---|---:|---:|---:|\n",
+        m.workers, m.clients, m.seconds_per_run, m.rounds
+    );
+    for r in &m.rows {
+        let rounds: Vec<String> = r
+            .per_second_rounds
+            .iter()
+            .map(|v| format!("{v:.0}"))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {} | {:.2}x | {:.0}% ({:.0}%) | {} |",
+            r.name,
+            r.per_second,
+            rounds.join(", "),
+            r.vs_no_program,
+            r.client_cpu * 100.0,
+            r.client_user_cpu * 100.0,
+            r.failed
         );
     }
     md

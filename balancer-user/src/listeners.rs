@@ -49,6 +49,16 @@ pub struct Listener {
     pub transport: Transport,
 }
 
+impl Listener {
+    /// Stops listening for every process that holds this socket, not only this one (closing
+    /// one descriptor would not while workers hold theirs): `shutdown(SHUT_RD)` on a listener
+    /// runs the kernel's listen stop, which hands the queued connections to the other
+    /// listeners of the group.
+    pub fn stop_listening(&self) -> nix::Result<()> {
+        nix::sys::socket::shutdown(self.fd.as_raw_fd(), nix::sys::socket::Shutdown::Read)
+    }
+}
+
 impl AsFd for Listener {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

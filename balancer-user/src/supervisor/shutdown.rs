@@ -24,6 +24,14 @@ impl Supervisor {
             log::warn!("{e:#}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+        // The overflow queue is no worker's own, and a worker on SIGTERM serves only its own
+        // queue: close it for every holder at once, which makes the kernel move what it holds
+        // to the workers' queues (the program's migrate path) before they are told to stop.
+        if let Some(overflow) = &self.overflow {
+            if let Err(e) = overflow.stop_listening() {
+                log::warn!("cannot close the overflow queue: {e}");
+            }
+        }
         self.signal_all(Signal::SIGTERM);
         let deadline = tokio::time::sleep(self.opts.kill_timeout);
         tokio::pin!(deadline);

@@ -4,8 +4,10 @@
 //! thread, so a request that holds the loop (`/work?ms=N`) holds every other connection of this
 //! worker too. That is the behaviour the balancer exists to route around.
 //!
-//! It takes its listener from fd 3 (`LISTEN_FDS`) and nothing else: like any other worker, it
-//! reports nothing about its load, which the kernel tracks on its own.
+//! It takes its listener from fd 3 (`LISTEN_FDS`), and the shared overflow queue from fd 4 when
+//! it gets one (`LISTEN_FDNAMES=balancer:overflow`), which it accepts from only when it has no
+//! work in hand: a connection waiting there is for whichever worker frees up first. Like any
+//! other worker, it reports nothing about its load, which the kernel tracks on its own.
 //!
 //! Routes: `GET /` answers `slot=<slot> pid=<pid>`; `GET /work?ms=N` holds the loop for N ms
 //! (sleeping, or burning CPU with `&cpu=1`); `GET /healthz` answers `ok`.
@@ -202,7 +204,7 @@ async fn serve(
     slot: Rc<str>,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let overflow = overflow
+    let mut overflow = overflow
         .map(tokio::net::TcpListener::from_std)
         .transpose()?;
     // Work in hand: connections accepted that have not finished a request yet, and requests in
@@ -295,8 +297,14 @@ async fn serve(
             },
             taken = async { overflow.as_ref().expect("guarded").accept().await },
                 if free && overflow.is_some() => {
-                if let Ok((stream, _)) = taken {
-                    start(stream, false);
+                match taken {
+                    Ok((stream, _)) => start(stream, false),
+                    // The supervisor closed the queue (it is stopping): nothing more comes.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => overflow = None,
+                    Err(e) => {
+                        log::warn!("accept from the overflow queue failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
             }
             // Busy: wake when the work in hand is done, to look at the shared queue again.
@@ -308,16 +316,12 @@ async fn serve(
             }
         }
     }
-    // Stopping: serve what already waits in the queue (and in the shared one, which no one may
-    // be left to empty), finish what is in flight (idle keep-alive connections close at
-    // once), then exit. The supervisor's kill timeout bounds it.
+    // Stopping: serve what already waits in the queue, finish what is in flight (idle
+    // keep-alive connections close at once), then exit. The supervisor's kill timeout bounds
+    // it. The shared queue is not this worker's to empty: the other workers serve it, and a
+    // stopping supervisor moves what it holds to the workers' own queues first.
     while let Ok(stream) = accept_now(&listener) {
         start(stream, true);
-    }
-    if let Some(overflow) = &overflow {
-        while let Ok(stream) = accept_now(overflow) {
-            start(stream, true);
-        }
     }
     let _ = stop_tx.send(true);
     while open.get() > 0 {

@@ -1,7 +1,9 @@
 //! Starting one worker process with its slot's listener, the systemd way.
 //!
-//! A worker gets exactly one descriptor beyond stdio: its slot's listening socket as fd 3
-//! (`LISTEN_FDS=1`, `LISTEN_PID`, `LISTEN_FDNAMES`, as `sd_listen_fds(3)` expects). Every
+//! A worker gets one descriptor beyond stdio: its slot's listening socket as fd 3
+//! (`LISTEN_FDS=1`, `LISTEN_PID`, `LISTEN_FDNAMES`, as `sd_listen_fds(3)` expects), and with
+//! `--overflow` a second, the shared overflow listener, as fd 4 (`LISTEN_FDS=2`,
+//! `LISTEN_FDNAMES=balancer:overflow`). Every
 //! other descriptor (sibling listeners, the programs, the maps, anything the supervisor
 //! itself inherited) is closed in the child before the exec and never reaches it: a worker has
 //! no handle on any slot's load, its own included.

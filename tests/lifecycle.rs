@@ -13,8 +13,9 @@ use nix::unistd::Pid;
 #[test]
 fn sigkill_of_a_worker_loses_none_of_its_queued_connections() {
     netns();
-    let b = Balancer::start(8080, 2, &[]);
-    // Hold both workers' event loops, so that new connections wait in the accept queues.
+    let b = Balancer::start(8080, 2, &["--overflow", "off"]);
+    // Hold both workers' event loops, so that new connections wait in their own accept queues
+    // (not the shared one: it is the killed worker's queue that must not be lost).
     let mut holders = one_per_slot(b.addr, 2);
     hold(&mut holders, 1500);
     let victim = holders.iter().position(|h| h.slot == 0).unwrap();

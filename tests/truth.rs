@@ -91,8 +91,8 @@ fn set_sysctl(path: &str, value: &str) {
 fn a_burst_beyond_the_backlog_leaves_no_drift() {
     netns();
     // Both workers busy, queues of 2: most SYNs are dropped and retransmitted, each retransmit
-    // runs the program again.
-    let b = Balancer::start(8080, 2, &["--backlog", "2"]);
+    // runs the program again. The workers' own queues, not the shared one.
+    let b = Balancer::start(8080, 2, &["--backlog", "2", "--overflow", "off"]);
     let mut holders = one_per_slot(b.addr, 2);
     hold(&mut holders, 3000);
     let replies = concurrent_gets(b.addr, 100, "/");
@@ -163,13 +163,20 @@ fn abandoned_handshakes_are_corrected_from_the_kernel() {
     netns();
     let b = Balancer::start(8080, 2, &[]);
     // SYNs from a client that never completes: no socket on this side will ever close, so
-    // only the reconciliation can take them off the books.
+    // only the reconciliation can take them off the books. Once both slots hold one, the rest
+    // go to the overflow queue, whose books are checked the same way.
     send_raw(100, Ipv4Addr::new(127, 0, 0, 3), 30_000, |_| SYN);
     b.wait_for(Duration::from_secs(5), "100 SYNs counted", |s| {
         s["program"]["selected"].as_u64() >= Some(100)
     });
     let quiet = Instant::now();
     settle(&b, &[0, 0], "100 abandoned handshakes");
+    b.wait_for(
+        Duration::from_secs(5),
+        "the overflow queue's books at 0",
+        |s| s["overflow"]["load"] == 0,
+    );
+    assert!(program(&b, "overflowed") >= 90, "{}", b.status().unwrap());
     assert_eq!(corrections(&b), 100, "each abandoned SYN corrected once");
     eprintln!(
         "truth: abandoned: corrected {:?} after the SYNs",
@@ -189,7 +196,7 @@ fn a_new_connection_on_the_4_tuple_of_a_dropped_handshake_is_counted() {
     // Records exist only for SYNs sent to crowded slots (half the backlog): a backlog of 2 and
     // one connection held on each slot make every slot crowded, so the dropped handshakes
     // below leave records behind.
-    let b = Balancer::start(8080, 2, &["--backlog", "2"]);
+    let b = Balancer::start(8080, 2, &["--backlog", "2", "--overflow", "off"]);
     let held = one_per_slot(b.addr, 2);
     let client = Ipv4Addr::new(127, 0, 0, 3);
     // 20 SYNs whose SYN-ACKs meet no socket: the kernel drops each handshake at once.
@@ -299,7 +306,11 @@ fn fallbacks_to_the_kernel_hash_are_counted_by_the_reconciliation() {
     assert!(program(&b, "no_slot_up") >= 6);
     let per_slot = b.per_slot("queued");
     settle(&b, &per_slot, "6 connections placed by the kernel's hash");
-    assert_eq!(per_slot.iter().sum::<u64>(), 6);
+    // The hash chooses among every listener of the group, the overflow queue's included.
+    let s = b.status().unwrap();
+    let overflow = s["overflow"]["queued"].as_u64().unwrap();
+    assert_eq!(s["overflow"]["load"].as_u64(), Some(overflow), "{s}");
+    assert_eq!(per_slot.iter().sum::<u64>() + overflow, 6, "{s}");
     drop(queued);
 }
 

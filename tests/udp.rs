@@ -35,9 +35,12 @@ fn round_robin_steers_each_datagram() {
     // One client socket, one 4-tuple: still a new choice per datagram.
     let s = socket_from(local());
     let slots: Vec<u32> = (0..12).map(|_| ask(&s, b.addr, "hi")).collect();
-    let first = slots[0];
-    let want: Vec<u32> = (0..12).map(|i| (first + i) % 4).collect();
-    assert_eq!(slots, want);
+    // Each CPU rotates on its own ticket: every slot gets 3, give or take one per CPU.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    for slot in 0..4 {
+        let n = slots.iter().filter(|&&s| s == slot).count();
+        assert!(n.abs_diff(3) <= cpus, "slot {slot}: {n} of 12: {slots:?}");
+    }
     assert_eq!(b.status().unwrap()["program"]["selected"], 12);
     // A datagram is steered, not counted: there is no connection to hold.
     assert_eq!(b.per_slot("assigned"), [0, 0, 0, 0]);

@@ -13,9 +13,12 @@ pub fn program(b: &Balancer, name: &str) -> u64 {
     b.status().unwrap()["program"][name].as_u64().unwrap_or(0)
 }
 
-/// Connections the reconciliation corrected, over all slots.
+/// Connections the reconciliation corrected, over all slots and the overflow queue.
 pub fn corrections(b: &Balancer) -> u64 {
-    b.per_slot("corrections").iter().sum()
+    let overflow = b.status().unwrap()["overflow"]["corrections"]
+        .as_u64()
+        .unwrap_or(0);
+    b.per_slot("corrections").iter().sum::<u64>() + overflow
 }
 
 /// What converged: how long it took and the largest |load - want| seen on the way.

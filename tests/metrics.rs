@@ -153,11 +153,16 @@ fn prometheus_scrapes_what_the_program_counted() {
     );
     assert_eq!(scalar("sum(balancer_program_fallbacks_total)"), Some(0.0));
     assert_eq!(scalar("sum(balancer_slot_state{state=\"up\"})"), Some(4.0));
+
     wait_for(
         Duration::from_secs(10),
         "loads back to 0 in Prometheus",
         || scalar("sum(balancer_slot_load)") == Some(0.0),
     );
+    // The built-in worker gets the overflow queue: whatever waited there has been served.
+    assert_eq!(scalar("balancer_overflow_queued"), Some(0.0));
+    assert_eq!(scalar("balancer_overflow_load"), Some(0.0));
+    assert!(scalar("balancer_program_overflowed_total").is_some());
     assert_eq!(scalar("count(balancer_slot_worker_info)"), Some(4.0));
     assert_eq!(
         scalar("count(balancer_policy_info{policy=\"least-loaded\"})"),

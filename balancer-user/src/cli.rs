@@ -219,8 +219,9 @@ pub struct RunArgs {
     #[arg(long, env = "BALANCER_LOG_KEEP", value_name = "N", default_value_t = 5)]
     pub log_keep: u32,
 
-    /// Connections followed at once from SYN to close (the FLOWS table). Beyond it the oldest
-    /// record goes and the reconciliation repairs the count.
+    /// Connections recorded at once in the FLOWS table: SYNs sent to a crowded worker (whose
+    /// retransmission must not be counted twice), connections moved off a closing listener,
+    /// health probes. Beyond it the oldest record goes and the reconciliation repairs the count.
     #[arg(long, env = "BALANCER_FLOW_TABLE", default_value_t = balancer_common::maps::FLOWS_DEFAULT, value_name = "N")]
     pub flow_table: u32,
 

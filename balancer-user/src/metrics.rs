@@ -311,6 +311,29 @@ impl Snapshot {
         )?;
         family(
             e,
+            "balancer_program_overflowed",
+            "Connections sent to the shared overflow queue because no slot was idle (--overflow).",
+            Counter,
+            [(Vec::new(), ConstCounter::new(stat("overflowed")))],
+        )?;
+        if let Some(o) = &s.overflow {
+            family(
+                e,
+                "balancer_overflow_queued",
+                "Connections waiting in the shared overflow queue for a worker to free up.",
+                Gauge,
+                [(Vec::new(), ConstGauge::new(o.queued as i64))],
+            )?;
+            family(
+                e,
+                "balancer_overflow_load",
+                "The overflow queue's load as the program reads it: sent there and not yet taken by a worker or closed.",
+                Gauge,
+                [(Vec::new(), ConstGauge::new(o.load as i64))],
+            )?;
+        }
+        family(
+            e,
             "balancer_program_followed_segments",
             "Retransmitted SYNs and SYN-cookie ACKs sent to the slot their connection already has, not counted again.",
             Counter,

@@ -133,8 +133,9 @@ impl Supervisor {
             .configure(self.slots.len() as u32, policy)
             .and_then(|()| {
                 let listeners = self.slots.iter().enumerate();
-                self.steering
-                    .recount(listeners.map(|(i, s)| (i as u32, &s.listener)))
+                let listeners = listeners.map(|(i, s)| (i as u32, &s.listener));
+                let overflow = self.overflow.as_ref().map(|l| (OVERFLOW, l));
+                self.steering.recount(listeners.chain(overflow))
             });
         match configured {
             Ok(()) => {

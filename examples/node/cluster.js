@@ -21,15 +21,21 @@ if (cluster.isPrimary) {
   });
 } else {
   const slot = process.env.SLOT;
+  // Never notified: Atomics.wait on it blocks the thread for its timeout (`&sleep=1`).
+  const held = new Int32Array(new SharedArrayBuffer(4));
   http
     .createServer((req, res) => {
       const url = new URL(req.url, "http://worker");
       let body = `slot=${slot} pid=${process.pid}\n`;
       if (url.pathname === "/block") {
         const ms = Math.min(Number(url.searchParams.get("ms")) || 0, 60000);
-        const end = Date.now() + ms;
-        while (Date.now() < end) {
-          // Busy: the event loop is held.
+        if (url.searchParams.get("sleep") === "1") {
+          Atomics.wait(held, 0, 0, ms);
+        } else {
+          const end = Date.now() + ms;
+          while (Date.now() < end) {
+            // Busy: the event loop is held.
+          }
         }
       }
       res.writeHead(200, { "Content-Type": "text/plain", "Content-Length": Buffer.byteLength(body) });

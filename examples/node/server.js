@@ -8,6 +8,9 @@
 // GET /block?ms=N  -> blocks this worker's event loop for N ms, like the classic
 //                     `for (let i = 0; i < 1e7; i++)` handler: every other request on this
 //                     worker waits, which is what the balancer steers around.
+// GET /block?ms=N&sleep=1 -> the same hold without burning CPU (a synchronous wait, like a
+//                     sync file or child-process call), so that more workers than cores can be
+//                     held at once.
 "use strict";
 const http = require("http");
 
@@ -19,15 +22,21 @@ if ((fds !== "1" && fds !== "2") || process.env.LISTEN_PID !== String(process.pi
 const overflow = fds === "2" && (process.env.LISTEN_FDNAMES || "").split(":")[1] === "overflow";
 
 const slot = process.env.BALANCER_SLOT || "-";
+// Never notified: Atomics.wait on it blocks the thread for its timeout.
+const held = new Int32Array(new SharedArrayBuffer(4));
 
 function handle(req, res) {
   const url = new URL(req.url, "http://worker");
   let body = `slot=${slot} pid=${process.pid}\n`;
   if (url.pathname === "/block") {
     const ms = Math.min(Number(url.searchParams.get("ms")) || 0, 60000);
-    const end = Date.now() + ms;
-    while (Date.now() < end) {
-      // Busy: the event loop is held, as a CPU-heavy synchronous handler would.
+    if (url.searchParams.get("sleep") === "1") {
+      Atomics.wait(held, 0, 0, ms);
+    } else {
+      const end = Date.now() + ms;
+      while (Date.now() < end) {
+        // Busy: the event loop is held, as a CPU-heavy synchronous handler would.
+      }
     }
     body = `slot=${slot} pid=${process.pid} blocked=${ms}ms\n`;
   } else if (url.pathname !== "/") {

@@ -90,8 +90,16 @@ pub fn measure(bin: &Path, root: &Path, quick: bool, workers: u32) -> Result<Vec
     };
     let mut out = Vec::new();
     let route = "/work?ms=";
-    for policy in ["least-loaded", "p2c", "round-robin"] {
-        let p = peers::balancer(&env, port(), policy, None)?;
+    // Least-loaded alone, then (in the full run: the quick one must stay short) with the
+    // shared overflow queue, the built-in worker's default; the skew scenario compares the two
+    // in detail.
+    let mut balancers = vec![("least-loaded", false)];
+    if !quick {
+        balancers.push(("least-loaded", true));
+    }
+    balancers.extend([("p2c", false), ("round-robin", false)]);
+    for (policy, overflow) in balancers {
+        let p = peers::balancer(&env, port(), policy, overflow, None)?;
         out.push(one(&p, n, quick, route, rate)?);
     }
     // Each peer is stopped before the next starts, so that none competes with another for CPU.
@@ -110,7 +118,7 @@ pub fn measure(bin: &Path, root: &Path, quick: bool, workers: u32) -> Result<Vec
     let p = peers::node_cluster(&env, port())?;
     out.push(one(&p, n, quick, "/block?ms=", rate / 3.0)?);
     drop(p);
-    let p = peers::balancer(&env, port(), "least-loaded", Some(&["node", node]))?;
+    let p = peers::balancer(&env, port(), "least-loaded", false, Some(&["node", node]))?;
     out.push(one(&p, n, quick, "/block?ms=", rate / 3.0)?);
     Ok(out)
 }

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::{
     alternatives::PeerResult, cost::SelectionCost, drift::Drift, many_core::ManyCore,
-    output::Output, policies::PolicyRow,
+    output::Output, policies::PolicyRow, skew::Skew,
 };
 
 #[derive(Serialize)]
@@ -20,6 +20,7 @@ pub struct Results {
     pub drift: Drift,
     pub output: Output,
     pub policies: Vec<PolicyRow>,
+    pub skew: Skew,
     pub many_core: ManyCore,
 }
 

@@ -80,7 +80,8 @@ pub fn measure(bin: &Path, root: &Path, quick: bool, force: bool) -> Result<Many
     // All started at once and measured in turn: an idle peer's workers only wait in accept.
     let hash = peers::kernel_hash(&env, 9500)?;
     let queue = peers::shared_queue(&env, 9501)?;
-    let b = peers::balancer(&env, 9502, POLICIES[0], None)?;
+    // Overflow off: each row is the policy alone.
+    let b = peers::balancer(&env, 9502, POLICIES[0], false, None)?;
     let mut entries: Vec<(String, &Peer, Option<&str>)> = vec![
         (hash.name.clone(), &hash, None),
         (queue.name.clone(), &queue, None),

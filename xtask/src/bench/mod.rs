@@ -5,14 +5,17 @@
 //! program, `kernel.bpf_stats_enabled=1`, with 2, 16, 64 and 1024 worker slots, for every policy
 //! and for `hash`, which returns at once: the fixed cost of running any program), the
 //! distribution of each policy with and without a busy worker, the drift soak, the workers'
-//! output through the supervisor, `balancer` against the alternatives, and, on a machine of 8
-//! cores or more, new connections per second with a worker per core. Everything runs in a
-//! private network namespace on loopback.
+//! output through the supervisor, `balancer` against the alternatives, skewed request times
+//! against a simulated shared FCFS queue at 2, 4 and one worker per core, and, on a machine of
+//! 8 cores or more, new connections per second with a worker per core. `least-loaded` runs
+//! without the shared overflow queue except in rows that name it. Everything runs in a private
+//! network namespace on loopback.
 
 mod alternatives;
 mod client;
 mod cost;
 mod drift;
+mod fcfs;
 mod json;
 mod many_core;
 mod output;
@@ -20,6 +23,7 @@ mod peers;
 mod plot;
 mod policies;
 mod report;
+mod skew;
 
 use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
@@ -29,12 +33,16 @@ use balancer_tests::{all_up, ctl_in_background, stats, Balancer};
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// The balancers of the measurements other than the comparison: `balancer run` with `policy`,
-/// no metrics endpoint and a backlog of 128 unless `extra` names one; returns once every slot
-/// is up.
+/// no metrics endpoint, a backlog of 128 and the overflow queue off unless `extra` names them
+/// (the queue is on by default for the built-in worker, and these rows measure the policy
+/// alone); returns once every slot is up.
 fn start(port: u16, workers: u32, policy: &str, extra: &[&str]) -> Balancer {
     let mut args = vec!["--policy", policy, "--metrics", "off"];
     if !extra.contains(&"--backlog") {
         args.extend(["--backlog", "128"]);
+    }
+    if !extra.contains(&"--overflow") {
+        args.extend(["--overflow", "off"]);
     }
     args.extend(extra);
     let addr = localhost(port);
@@ -75,6 +83,7 @@ pub fn run(bin: &Path, root: &Path, opts: &Options) -> Result<()> {
     let drift = drift::soak(quick, workers)?;
     let output = output::measure(quick)?;
     let peers = alternatives::measure(bin, root, quick, workers)?;
+    let skew = skew::measure(bin, root, quick)?;
     let many_core = many_core::measure(bin, root, quick, opts.many_core)?;
     let results = json::Results {
         machine: machine(),
@@ -86,6 +95,7 @@ pub fn run(bin: &Path, root: &Path, opts: &Options) -> Result<()> {
         drift,
         output,
         peers,
+        skew,
         many_core,
     };
     let md = report::markdown(&results, quick);

@@ -143,12 +143,21 @@ fn scratch(name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// `balancer run` with `policy`, the built-in worker or `command`.
-pub fn balancer(env: &Env, port: u16, policy: &str, command: Option<&[&str]>) -> Result<Peer> {
+/// `balancer run` with `policy`, the built-in worker or `command`, and the shared overflow
+/// queue on or off (always said: its default depends on the worker).
+pub fn balancer(
+    env: &Env,
+    port: u16,
+    policy: &str,
+    overflow: bool,
+    command: Option<&[&str]>,
+) -> Result<Peer> {
     let addr = localhost(port);
     let mut args = vec![
         "--policy",
         policy,
+        "--overflow",
+        if overflow { "on" } else { "off" },
         "--metrics",
         "off",
         "--ready-timeout",
@@ -159,9 +168,13 @@ pub fn balancer(env: &Env, port: u16, policy: &str, command: Option<&[&str]>) ->
         args.extend(c);
     }
     let b = Balancer::launch(&addr.to_string(), addr, env.workers, &args, true);
-    let name = match command {
-        None => format!("balancer {policy}"),
-        Some(_) => format!("balancer {policy} (node)"),
+    let name = match (command, overflow) {
+        (Some(_), false) => format!("balancer {policy} (node)"),
+        (Some(_), true) => format!("balancer {policy} + overflow (node)"),
+        (None, true) => format!("balancer {policy} + overflow"),
+        // Only least-loaded sends anything to the queue: the others' rows need no mention.
+        (None, false) if policy == "least-loaded" => format!("balancer {policy}, no overflow"),
+        (None, false) => format!("balancer {policy}"),
     };
     let mut peer = Peer::serving(&name, addr, vec![], None)?;
     peer.layer = vec![b.child.id() as i32];

@@ -9,6 +9,7 @@ use super::{
     json::Results,
     many_core::ManyCore,
     policies::PolicyRow,
+    skew::{self, Skew},
 };
 
 pub fn markdown(r: &Results, quick: bool) -> String {
@@ -30,6 +31,7 @@ pub fn markdown(r: &Results, quick: bool) -> String {
     md.push_str(&drift(&r.drift, r.workers));
     md.push_str(&output(&r.output));
     md.push_str(&peers(&r.peers, r.workers, r.cores));
+    md.push_str(&skew_table(&r.skew));
     md.push_str(&many_core(&r.many_core));
     md.push_str("\n![Latency CDF per peer](bench-latency-cdf.png)\n\n![Per-worker distribution](bench-distribution.png)\n");
     md.push_str(&format!(
@@ -94,7 +96,8 @@ fn selection_cost(c: &SelectionCost, cores: usize) -> String {
          another order, {conns} new connections per policy per round after 100 unmeasured ones; the \
          figures are the medians over the rounds, the range their lowest and highest. `hash` runs \
          the same program, which returns at once: the fixed cost of running a program at all, and \
-         the baseline of the ratios. `weighted` runs with slot 0 weighing 3, the others 1. At most \
+         the baseline of the ratios. The shared overflow queue is off (`--overflow off`): \
+         `least-loaded` is the policy alone. `weighted` runs with slot 0 weighing 3, the others 1. At most \
          32 slots are examined per selection (a random window beyond 32 slots), so the cost stops \
          growing past 32 slots. Every selection but `hash`'s also records the connection in the \
          flow table (one LRU hash insert) and counts it in its slot's load, which the close \
@@ -164,7 +167,8 @@ fn policies(rows: &[PolicyRow], workers: u32) -> String {
          (`/work?ms=2000` on a keep-alive connection) while 32 clients open new connections; the \
          share of those connections sent to the held worker, and how many were served in the \
          1.9 s window (a client stuck behind the held worker opens no more). `weighted` runs with \
-         slot 0 weighing 3, the others 1.\n\n\
+         slot 0 weighing 3, the others 1. The shared overflow queue is off (`--overflow off`): \
+         the policies alone.\n\n\
          | policy | counts per worker | CV | busy worker's share | connections in the window |\n\
          |---|---|---:|---:|---:|\n",
     );
@@ -186,7 +190,7 @@ fn drift(d: &Drift, workers: u32) -> String {
         .collect();
     format!(
         "\n## Drift soak\n\n\
-         {} built-in workers, least-loaded, backlog 8; 4 clients opening a new connection per \
+         {} built-in workers, least-loaded without the overflow queue, backlog 8; 4 clients opening a new connection per \
          request for {:.0} s while one fault every 1.5 s: {}. Every 100 ms the sum over slots \
          of |load − kernel| is sampled (kernel: the live accept queue plus, at the last \
          reconciliation, the sockets open in the worker and the young handshakes, so a sample \
@@ -240,7 +244,9 @@ fn peers(results: &[PeerResult], workers: u32, cores: usize) -> String {
          ({rate:.0}/s; {node:.0}/s for Node), 95% 1 ms requests and 5% of 50-200 ms, latency \
          counted from when each request was due. *stuck worker*: one worker held for 2 s mid-run; \
          its share of the connections due in that window, and the run's p99. Ratios in brackets \
-         are to the best peer of the column.\n\n",
+         are to the best peer of the column. `balancer` rows run without the shared overflow \
+         queue (`--overflow off`), except `+ overflow` (the built-in worker's default; full run \
+         only).\n\n",
         node = rate / 3.0,
     );
     md.push_str("| peer | new conn/s | client CPU | keep-alive/s | layer CPU | p50 ms | p99 ms | p99.9 ms | max ms | stuck worker's share | p99 with stuck worker | per-worker counts (CV) |\n");
@@ -308,7 +314,7 @@ fn many_core(m: &ManyCore) -> String {
          run after 0.2 s unmeasured; {} rounds, each through every row in another order; the \
          median, the ratio to the kernel's hash with no program, and the client's CPU time per \
          second of wall time (100% is one core; in brackets its user part). `balancer` is one instance whose policy is \
-         switched live between runs; `weighted` has every weight 1.\n\n\
+         switched live between runs, the overflow queue off; `weighted` has every weight 1.\n\n\
          | peer | new conn/s (median) | rounds | vs no program | client CPU | failed |\n\
          |---|---:|---|---:|---:|---:|\n",
         m.workers, m.clients, m.seconds_per_run, m.rounds
@@ -329,6 +335,138 @@ fn many_core(m: &ManyCore) -> String {
             r.client_cpu * 100.0,
             r.client_user_cpu * 100.0,
             r.failed
+        );
+    }
+    md
+}
+
+fn skew_table(s: &Skew) -> String {
+    let mut md = String::from("\n## Skewed request times\n\n");
+    let node = s
+        .sizes
+        .iter()
+        .flat_map(|z| &z.rows)
+        .any(|r| r.key == "node-cluster");
+    let _ = write!(
+        md,
+        "Single-threaded built-in workers, a new connection per request, Poisson arrivals: {slow:.0}% \
+         of the requests hold their worker {hold} ms (`{slow_path}`), the others are fast \
+         (`{fast_path}`). Service times, measured first on this machine, one request at a time on \
+         one worker, from connect to last byte (median of 200, and of 5): {fast_ms:.2} ms and \
+         {slow_ms:.1} ms; the rate of each worker count is {util:.0}% of what its workers can serve \
+         with them. A trace is a pre-generated list of arrival times and kinds (seeds 1 to \
+         {traces}), at least {min_req:.0} requests and {min_s} s long, replayed identically to \
+         every peer: each request is sent when due by whichever client thread is free, and its \
+         latency counts from when it was due. The peers run one at a time, each trace through them \
+         in another order. *ideal*: the same traces through a simulation of N servers with one \
+         first-come-first-served queue and no overhead (no request waits while a server is free), \
+         with the measured service times. Figures are the median over the traces (of two: their \
+         mean), in brackets the lowest and highest; *fast p99 vs ideal*: over the ideal's on the \
+         same trace. *overflowed*: connections the program sent to the overflow queue, of all. \
+         *failed*: refused, reset or not answered with 200; *sent late*: sent over 5 ms after due \
+         (the client fell behind), both summed over the traces.{node_note}\n\n",
+        slow = s.slow_share * 100.0,
+        hold = s.slow_hold_ms,
+        slow_ms = s.slow_service_ms,
+        slow_path = s.slow_path,
+        fast_path = s.fast_path,
+        fast_ms = s.fast_service_ms,
+        util = s.utilisation * 100.0,
+        traces = s.traces,
+        min_req = s.min_requests_per_trace,
+        min_s = s.min_seconds_per_trace,
+        node_note = if node {
+            " *node cluster*: examples/node/cluster.js, the holds by a synchronous wait \
+             (`/block?ms=N&sleep=1`), with Node's own per-request cost on top of the same ideal."
+        } else {
+            ""
+        },
+    );
+    for why in &s.left_out {
+        let _ = writeln!(md, "Left out: {why}.\n");
+    }
+    let cell = |v: Vec<f64>, digits: usize| {
+        let (m, lo, hi) = skew::spread(v);
+        format!("{m:.digits$} ({lo:.digits$}-{hi:.digits$})")
+    };
+    for z in &s.sizes {
+        let _ = write!(
+            md,
+            "### {} workers: {:.0} requests/s, {} traces of {:.1} s\n\n\
+             | peer | fast p50 ms | fast p99 ms | fast p99.9 ms | slow p50 ms | slow p99 ms | fast p99 vs ideal | overflowed | failed | sent late |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            z.workers,
+            z.rate,
+            z.seeds.len(),
+            z.seconds_per_trace
+        );
+        for r in &z.rows {
+            let of = |f: fn(&skew::TraceRun) -> f64| r.runs.iter().map(f).collect::<Vec<_>>();
+            let overflowed = if r.runs.iter().all(|x| x.overflowed.is_none()) {
+                "-".to_string()
+            } else {
+                let sent: u64 = r.runs.iter().filter_map(|x| x.overflowed).sum();
+                let all: usize = r.runs.iter().map(|x| x.requests).sum();
+                format!("{:.1}%", sent as f64 * 100.0 / all.max(1) as f64)
+            };
+            let (failed, late) = if r.key == skew::IDEAL {
+                ("-".to_string(), "-".to_string())
+            } else {
+                (
+                    r.runs.iter().map(|x| x.failed).sum::<usize>().to_string(),
+                    r.runs
+                        .iter()
+                        .map(|x| x.sent_late)
+                        .sum::<usize>()
+                        .to_string(),
+                )
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {}x | {overflowed} | {failed} | {late} |",
+                r.name,
+                cell(of(|x| x.fast_p50_ms), 1),
+                cell(of(|x| x.fast_p99_ms), 1),
+                cell(of(|x| x.fast_p999_ms), 1),
+                cell(of(|x| x.slow_p50_ms), 1),
+                cell(of(|x| x.slow_p99_ms), 1),
+                cell(of(|x| x.fast_p99_vs_ideal), 2),
+            );
+        }
+        md.push('\n');
+    }
+    md.push_str(&skew_goal(s));
+    md
+}
+
+/// The goal the overflow queue is judged by, checked on this run's figures: least-loaded with
+/// the queue within 1.5x of the ideal's fast p99 at 4 workers, and never worse than without it.
+fn skew_goal(s: &Skew) -> String {
+    let mut md = String::from("Against the goal (fast p99, median over the traces):\n\n");
+    for z in &s.sizes {
+        let (Some(ideal), Some(on), Some(off)) = (
+            skew::row(z, skew::IDEAL),
+            skew::row(z, skew::OVERFLOW),
+            skew::row(z, skew::LEAST_LOADED),
+        ) else {
+            continue;
+        };
+        let (vs_ideal, _) = skew::compare(ideal, on);
+        let (vs_off, worse) = skew::compare(off, on);
+        let target = if z.workers == 4 {
+            format!(
+                " (goal at 4 workers: within 1.5x, {})",
+                if vs_ideal <= 1.5 { "met" } else { "not met" }
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            md,
+            "- {} workers: least-loaded + overflow {vs_ideal:.2}x the ideal{target}; {vs_off:.2}x \
+             least-loaded without it, worse in {worse} of {} traces.",
+            z.workers,
+            on.runs.len()
         );
     }
     md

@@ -97,14 +97,15 @@ fn selection_cost(c: &SelectionCost, cores: usize) -> String {
          figures are the medians over the rounds, the range their lowest and highest. `hash` runs \
          the same program, which returns at once: the fixed cost of running a program at all, and \
          the baseline of the ratios. The shared overflow queue is off (`--overflow off`): \
-         `least-loaded` is the policy alone. `weighted` runs with slot 0 weighing 3, the others 1. At most \
-         32 slots are examined per selection (a random window beyond 32 slots), so the cost stops \
-         growing past 32 slots. Every selection but `hash`'s also records the connection in the \
-         flow table (one LRU hash insert) and counts it in its slot's load, which the close \
-         tracker undoes at the close. The close tracker \
-         runs on every TCP state change on the host; its column is its total time divided by the \
-         connections, both ends of each loopback connection included (a remote client's end would \
-         not count). Under `hash` nothing is recorded, so the tracker only filters.\n\n",
+         `least-loaded` is the policy alone. `weighted` runs with slot 0 weighing 3, the others 1. `least-loaded` reads \
+         slots from a random start until an idle one (at most 32, a random window beyond 32 \
+         slots). Every selection but `hash`'s calls `bpf_sk_select_reuseport` and counts the \
+         connection in its slot's load (one atomic add); nothing else is written per connection \
+         (no flow record while no worker is crowded). The close tracker runs on every TCP state \
+         change on the host and counts a close on the slot the socket inherited from its listener; \
+         its column is its total time divided by the connections, both ends of each loopback \
+         connection included (a remote client's end would not count). Under `hash` a close is \
+         not counted, so the tracker only looks.\n\n",
         clients = c.clients,
         rounds = c.rounds,
         conns = c.connections_per_round,

@@ -1,6 +1,7 @@
-//! `FLOWS`: an LRU hash, connection (4-tuple) to slot. The steering program records each new
-//! connection at its SYN, follows its later segments with it, and the close tracker removes it
-//! at the close, counting the close in the slot's books: whoever removes a record counts it.
+//! `FLOWS`: an LRU hash, connection (4-tuple) to slot, for the few connections that need a
+//! record: the steering program records a SYN sent to a crowded slot (so that its
+//! retransmission is not counted twice) and a connection it moves off a closing listener; the
+//! close tracker counts a recorded connection's close on the record's slot and removes it.
 //!
 //! User space writes it for one thing: a health probe's connection is recorded before the
 //! probe connects, so that the program sends the probe to the slot it checks under every

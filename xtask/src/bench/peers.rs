@@ -281,7 +281,7 @@ pub fn node_cluster(env: &Env, port: u16) -> Result<Peer> {
             .arg(env.root.join("examples/node/cluster.js"))
             .env("PORT", port.to_string())
             .env("WORKERS", env.workers.to_string()),
-        "node not installed",
+        "node not found: `cargo xtask setup` installs it",
     )?;
     let pid = child.id() as i32;
     let mut peer = Peer::serving("node cluster (primary)", localhost(port), vec![child], None)?;

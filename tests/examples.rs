@@ -103,7 +103,6 @@ fn kernel_tracking_counts_resets_and_gives_workers_no_bpf_fd() {
 /// where without it about half would wait for the worker blocked longest.
 #[test]
 fn node_workers_serve_the_overflow_queue_when_free() {
-    use std::{thread, time::Instant};
     netns();
     let node = example("node/server.js");
     let b = Balancer::start(8080, 2, &["--overflow", "on", "--", "node", &node]);
@@ -111,36 +110,8 @@ fn node_workers_serve_the_overflow_queue_when_free() {
     b.wait_for(Duration::from_secs(10), "both workers up and idle", |s| {
         all_idle(s) && all_up(s)
     });
-    let mut held = Vec::new();
-    for (i, ms) in [3000, 500].into_iter().enumerate() {
-        let addr = b.addr;
-        held.push(thread::spawn(move || {
-            get(addr, &format!("/block?ms={ms}")).unwrap()
-        }));
-        b.wait_for(
-            Duration::from_secs(5),
-            "the block reaches its worker",
-            |s| {
-                s["slots"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|x| x["load"].as_u64() == Some(1))
-                    .count()
-                    == i + 1
-            },
-        );
-    }
-    let fast: Vec<_> = (0..6)
-        .map(|_| {
-            let addr = b.addr;
-            thread::spawn(move || {
-                let t = Instant::now();
-                (get(addr, "/").unwrap(), t.elapsed())
-            })
-        })
-        .collect();
-    let fast: Vec<_> = fast.into_iter().map(|t| t.join().unwrap()).collect();
+    let held = hold_on_new_connections(&b, "/block?ms=", &[3000, 500]);
+    let fast = timed_gets(b.addr, 6, "/");
     let held: Vec<Reply> = held.into_iter().map(|t| t.join().unwrap()).collect();
     for (reply, took) in &fast {
         assert_eq!(reply.slot, held[1].slot, "{fast:?}");

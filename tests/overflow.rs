@@ -2,51 +2,47 @@
 //! a new connection waits in a queue that every worker takes from when it frees up, instead of
 //! behind one worker's current request. Each test in its own network namespace, loopback only.
 
-use std::{
-    thread,
-    time::{Duration, Instant},
-};
+use std::{thread, time::Duration};
 
 use balancer_tests::{truth::*, *};
 
-/// Holds one worker for `long` ms and the other for `short` ms (two requests on new
-/// connections: the second finds the first's worker busy and goes to the idle one), and
-/// returns once both are in hand, with the two requests' threads.
+/// Holds one worker for `long` ms and the other for `short` ms, on new connections; returns
+/// once both are in hand.
 fn hold_both(b: &Balancer, long: u64, short: u64) -> Vec<thread::JoinHandle<Reply>> {
-    let mut held = Vec::new();
-    for (i, ms) in [long, short].into_iter().enumerate() {
-        let addr = b.addr;
-        held.push(thread::spawn(move || {
-            get(addr, &format!("/work?ms={ms}")).unwrap()
-        }));
-        b.wait_for(Duration::from_secs(5), "the hold reaches its worker", |s| {
-            s["program"]["selected"].as_u64() >= Some(i as u64 + 1)
-                && s["slots"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|x| x["load"].as_u64() == Some(1))
-                    .count()
-                    == i + 1
-        });
-    }
-    held
+    hold_on_new_connections(b, "/work?ms=", &[long, short])
 }
 
-/// Requests answered (`/` on a new connection each), from threads started together: each
-/// reply with the time it took.
-fn burst(b: &Balancer, n: usize) -> Vec<(Reply, Duration)> {
-    let threads: Vec<_> = (0..n)
+/// Six requests for `/` that find both workers held: returns once all six wait in the
+/// overflow queue, with their threads.
+fn six_queued(b: &Balancer) -> Vec<thread::JoinHandle<Result<Reply, anyhow::Error>>> {
+    let waiting: Vec<_> = (0..6)
         .map(|_| {
             let addr = b.addr;
-            thread::spawn(move || {
-                let t = Instant::now();
-                let r = get(addr, "/").unwrap();
-                (r, t.elapsed())
-            })
+            thread::spawn(move || get(addr, "/"))
         })
         .collect();
-    threads.into_iter().map(|t| t.join().unwrap()).collect()
+    b.wait_for(Duration::from_secs(5), "six connections queued", |s| {
+        s["overflow"]["queued"].as_u64() == Some(6)
+    });
+    waiting
+}
+
+/// Every queued and every held request was answered.
+fn all_answered(
+    waiting: Vec<thread::JoinHandle<Result<Reply, anyhow::Error>>>,
+    held: Vec<thread::JoinHandle<Reply>>,
+) {
+    for t in waiting {
+        let r = t.join().unwrap();
+        assert_eq!(
+            r.map(|r| r.status).ok(),
+            Some(200),
+            "a queued connection was lost"
+        );
+    }
+    for t in held {
+        assert_eq!(t.join().unwrap().status, 200);
+    }
 }
 
 #[test]
@@ -54,7 +50,7 @@ fn a_connection_waits_for_the_first_free_worker_not_behind_a_busy_one() {
     netns();
     let b = Balancer::start(8080, 2, &[]);
     let held = hold_both(&b, 4000, 500);
-    let fast = burst(&b, 6);
+    let fast = timed_gets(b.addr, 6, "/");
     let held: Vec<Reply> = held.into_iter().map(|t| t.join().unwrap()).collect();
     let (slow_slot, quick_slot) = (held[0].slot, held[1].slot);
     assert_ne!(slow_slot, quick_slot, "{held:?}");
@@ -87,7 +83,7 @@ fn while_a_worker_is_idle_nothing_goes_to_the_overflow_queue() {
     let b = Balancer::start(8080, 4, &[]);
     // One worker held: three stay idle, so every connection goes straight to one of them.
     let held = hold_both(&b, 1500, 1500);
-    let fast = burst(&b, 2);
+    let fast = timed_gets(b.addr, 2, "/");
     assert!(fast.iter().all(|(r, _)| r.status == 200));
     for _ in 0..50 {
         assert_eq!(get(b.addr, "/").unwrap().status, 200);
@@ -103,27 +99,9 @@ fn stopping_answers_every_connection_waiting_in_the_overflow_queue() {
     netns();
     let mut b = Balancer::start(8080, 2, &[]);
     let held = hold_both(&b, 1500, 1500);
-    let waiting: Vec<_> = (0..6)
-        .map(|_| {
-            let addr = b.addr;
-            thread::spawn(move || get(addr, "/"))
-        })
-        .collect();
-    b.wait_for(Duration::from_secs(5), "six connections queued", |s| {
-        s["overflow"]["queued"].as_u64() == Some(6)
-    });
+    let waiting = six_queued(&b);
     assert!(b.stop(nix::sys::signal::Signal::SIGTERM).success());
-    for t in waiting {
-        let r = t.join().unwrap();
-        assert_eq!(
-            r.map(|r| r.status).ok(),
-            Some(200),
-            "a queued connection was lost"
-        );
-    }
-    for t in held {
-        assert_eq!(t.join().unwrap().status, 200);
-    }
+    all_answered(waiting, held);
 }
 
 #[test]
@@ -131,27 +109,9 @@ fn a_reload_answers_every_connection_waiting_in_the_overflow_queue() {
     netns();
     let b = Balancer::start(8080, 2, &[]);
     let held = hold_both(&b, 1000, 1000);
-    let waiting: Vec<_> = (0..6)
-        .map(|_| {
-            let addr = b.addr;
-            thread::spawn(move || get(addr, "/"))
-        })
-        .collect();
-    b.wait_for(Duration::from_secs(5), "six connections queued", |s| {
-        s["overflow"]["queued"].as_u64() == Some(6)
-    });
+    let waiting = six_queued(&b);
     ctl(&b, &["reload"]);
-    for t in waiting {
-        let r = t.join().unwrap();
-        assert_eq!(
-            r.map(|r| r.status).ok(),
-            Some(200),
-            "a queued connection was lost"
-        );
-    }
-    for t in held {
-        assert_eq!(t.join().unwrap().status, 200);
-    }
+    all_answered(waiting, held);
     converge(&b, &[0, 0], CONVERGE);
     assert_eq!(b.status().unwrap()["overflow"]["load"], 0);
 }

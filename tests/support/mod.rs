@@ -496,6 +496,49 @@ pub fn share_while_blocked(addr: SocketAddr, workers: usize, route: &str) -> (f6
     (to_slow as f64 / during.len() as f64, during.len())
 }
 
+/// Holds one idle worker per entry of `ms`, in turn, each with one request `ROUTE{ms}` (e.g.
+/// `/work?ms=`) on a new connection: each finds the workers held before it busy and goes to an
+/// idle one. Returns once every hold is in hand (that many slots at load 1), with the
+/// requests' threads, whose replies say which slot each held.
+pub fn hold_on_new_connections(
+    b: &Balancer,
+    route: &str,
+    ms: &[u64],
+) -> Vec<std::thread::JoinHandle<Reply>> {
+    let mut held = Vec::new();
+    for (i, ms) in ms.iter().enumerate() {
+        let (addr, path) = (b.addr, format!("{route}{ms}"));
+        held.push(std::thread::spawn(move || get(addr, &path).unwrap()));
+        b.wait_for(Duration::from_secs(5), "the hold reaches its worker", |s| {
+            s["program"]["selected"].as_u64() >= Some(i as u64 + 1)
+                && s["slots"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|x| x["load"].as_u64() == Some(1))
+                    .count()
+                    == i + 1
+        });
+    }
+    held
+}
+
+/// `n` requests for `path`, each on a new connection, from threads started together: each
+/// reply with the time it took. Every one must be answered.
+pub fn timed_gets(addr: SocketAddr, n: usize, path: &str) -> Vec<(Reply, Duration)> {
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let path = path.to_string();
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let r = get(addr, &path).unwrap();
+                (r, t.elapsed())
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
 /// Opens keep-alive connections until one lands on each of `slots` distinct slots.
 pub fn one_per_slot(addr: SocketAddr, slots: usize) -> Vec<KeepAlive> {
     let mut found: Vec<KeepAlive> = Vec::new();

@@ -76,20 +76,7 @@ pub fn measure(quick: bool) -> Result<Output> {
 
     // A reader that keeps up: the kit's balancer sends the supervisor's stdout to /dev/null.
     fresh(&dir)?;
-    let b = Balancer::start(
-        8090,
-        1,
-        &[
-            "--metrics",
-            "off",
-            "--ready-timeout",
-            "0.1",
-            "--",
-            "sh",
-            "-c",
-            &script(&dir, lines),
-        ],
-    );
+    let b = Balancer::start(8090, 1, &writer_args(&script(&dir, lines)));
     let sup = b.status()?["pid"].as_i64().context("supervisor pid")? as i32;
     let cpu_before = procfs::cpu_seconds(&[sup]);
     let begin = Instant::now();
@@ -121,21 +108,22 @@ pub fn measure(quick: bool) -> Result<Output> {
     })
 }
 
+/// `balancer run` arguments for one worker that runs `script` under sh.
+fn writer_args(script: &str) -> [&str; 8] {
+    [
+        "--metrics",
+        "off",
+        "--ready-timeout",
+        "0.1",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]
+}
+
 fn unread(dir: &Path, lines: u64) -> Result<(f64, u64)> {
-    let b = Balancer::start_with_unread_stdout(
-        8091,
-        1,
-        &[
-            "--metrics",
-            "off",
-            "--ready-timeout",
-            "0.1",
-            "--",
-            "sh",
-            "-c",
-            &script(dir, lines),
-        ],
-    );
+    let b = Balancer::start_with_unread_stdout(8091, 1, &writer_args(&script(dir, lines)));
     let begin = Instant::now();
     std::fs::write(dir.join("go"), "")?;
     wait_for(&dir.join("done"), Duration::from_secs(120))?;

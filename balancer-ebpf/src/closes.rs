@@ -109,15 +109,7 @@ pub fn closes(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let sk: *mut c_void = ctx.arg(0);
-    // No F_CREATE: only sockets that inherited a value from one of our listeners have one.
-    let owner = unsafe {
-        bpf_sk_storage_get(
-            (&raw const OWNERS).cast_mut().cast(),
-            sk,
-            ptr::null_mut(),
-            0,
-        )
-    } as *mut Owner;
+    let owner = owner_of(sk);
     if owner.is_null() {
         return 0;
     }
@@ -145,6 +137,22 @@ pub fn closes(ctx: BtfTracePointContext) -> i32 {
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*s).closed, 1) };
     }
     0
+}
+
+/// The `OWNERS` value on socket `sk`, or null: only sockets that inherited a value from one of
+/// our listeners have one (no F_CREATE).
+#[inline(always)]
+pub(crate) fn owner_of(sk: *mut c_void) -> *mut Owner {
+    // SAFETY: the kernel checks `sk` against its type information.
+    unsafe {
+        bpf_sk_storage_get(
+            (&raw const OWNERS).cast_mut().cast(),
+            sk,
+            ptr::null_mut(),
+            0,
+        )
+    }
+    .cast()
 }
 
 /// The connection `sk` belongs to, named as the steering program named it from the SYN.

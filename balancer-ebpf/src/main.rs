@@ -455,14 +455,12 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
         count(stats::FALLBACK_NO_SLOT);
         return SK_PASS;
     };
+    let mut load = if tcp { load_of(index) } else { 0 };
     // No slot idle (the least loaded holds work): rather than queue behind some worker's
     // current request, wait in the queue that every worker takes from when it frees up.
-    if config.overflow != 0
-        && tcp
-        && config.policy == Policy::LeastLoaded as u32
-        && load_of(index) > 0
-    {
+    if config.overflow != 0 && load > 0 && config.policy == Policy::LeastLoaded as u32 {
         index = OVERFLOW;
+        load = load_of(OVERFLOW);
         count(stats::OVERFLOWED);
     }
     // A SYN is recorded when the kernel may drop it (the slot is crowded), and checked against
@@ -473,7 +471,7 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
         seq,
         kind: FLOW_SYN,
     };
-    let crowded = tcp && load_of(index) >= config.crowded as u64;
+    let crowded = tcp && load >= config.crowded as u64;
     if crowded && !lookup && !addresses(&ctx, &mut key) {
         count(stats::FALLBACK_MAP_ERROR);
         return SK_PASS;

@@ -16,19 +16,14 @@
 //! needs the kernel's function tracer, which some hosts (hardened or virtualised) refuse. A
 //! server reads the request right after it accepts, so the load moves microseconds later.
 
-use core::ptr;
-
 use aya_ebpf::{
     cty::c_void,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_sk_storage_get},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map},
     maps::HashMap,
     programs::BtfTracePointContext,
 };
-use balancer_common::{
-    maps::{Owner, OVERFLOW},
-    MAX_SLOTS,
-};
+use balancer_common::{maps::OVERFLOW, MAX_SLOTS};
 
 use crate::{add, closes, recording, CONFIG, FLOWS};
 
@@ -44,22 +39,8 @@ pub fn takes(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn owner_of(sk: *mut c_void) -> *mut Owner {
-    // SAFETY: the kernel checks `sk` against its type information; no F_CREATE.
-    unsafe {
-        bpf_sk_storage_get(
-            (&raw const closes::OWNERS).cast_mut().cast(),
-            sk,
-            ptr::null_mut(),
-            0,
-        )
-    }
-    .cast()
-}
-
-#[inline(always)]
 fn taken(child: *mut c_void) -> i32 {
-    let owner = owner_of(child);
+    let owner = closes::owner_of(child);
     if owner.is_null() || unsafe { (*owner).slot } != OVERFLOW {
         return 0;
     }

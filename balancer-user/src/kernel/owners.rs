@@ -16,9 +16,16 @@ impl Steering {
     /// (unless the `hash` policy is in force, under which the program counts nothing when they
     /// open).
     pub(super) fn own(&mut self, slot: u32, listener: &(impl AsRawFd + AsFd)) -> Result<()> {
+        let counted = self.policy() != Policy::Hash;
+        self.own_as(slot, listener, counted)
+    }
+
+    /// [`Steering::own`] with the policy's answer given: one configuration read for a whole
+    /// group.
+    fn own_as(&mut self, slot: u32, listener: &(impl AsRawFd + AsFd), counted: bool) -> Result<()> {
         let owner = Owner {
             slot,
-            counted: (self.policy() != Policy::Hash) as u32,
+            counted: counted as u32,
         };
         self.owners
             .insert(listener, owner, 0)
@@ -36,8 +43,9 @@ impl Steering {
         &mut self,
         listeners: impl IntoIterator<Item = (u32, &'a L)>,
     ) -> Result<()> {
+        let counted = self.policy() != Policy::Hash;
         for (slot, listener) in listeners {
-            self.own(slot, listener)?;
+            self.own_as(slot, listener, counted)?;
         }
         Ok(())
     }

@@ -34,6 +34,7 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const FLOWS_MAP: &str = "FLOWS";
 pub const OWNERS_MAP: &str = "OWNERS";
 pub const TICKETS_MAP: &str = "TICKETS";
+pub const RANDOM_MAP: &str = "RANDOM";
 pub const LISTENERS_MAP: &str = "LISTENERS";
 pub const WORKERS_MAP: &str = "WORKERS";
 pub const TAKES_PROGRAM: &str = "takes";
@@ -173,8 +174,24 @@ pub const FLOW_SYN: u32 = 0;
 pub const FLOW_PROBE: u32 = 1;
 
 /// Index in `COUNTERS` of the time (`bpf_ktime_get_coarse_ns`) until which `FLOWS` may hold
-/// records: the program and the close tracker look there only before it.
+/// records: the program and the close tracker look there only before it. 0 when no window is
+/// open: the supervisor resets a deadline that has passed ([`window_passed`]), so that outside
+/// a window the programs read this value and not the clock.
 pub const RECORDING_UNTIL: u32 = 0;
+
+/// Whether the window that ends at `until` (a `RECORDING_UNTIL` value) is open at `now`: the
+/// programs' test, which reads the clock only when a window was opened.
+#[inline(always)]
+pub fn recording(until: u64, now: impl FnOnce() -> u64) -> bool {
+    until != 0 && now() < until
+}
+
+/// Whether the supervisor may close the window that ends at `until`: it was opened and its
+/// deadline has passed at `now` (CLOCK_MONOTONIC_COARSE, the clock the program writes it by).
+#[inline(always)]
+pub const fn window_passed(until: u64, now: u64) -> bool {
+    until != 0 && now >= until
+}
 
 /// How long `FLOWS` is looked at after the last record was written: longer than a client
 /// retransmits a SYN (Linux's default 6 retries take 127 s) and than a SYN-cookie handshake
@@ -221,6 +238,21 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_is_open_until_its_deadline_and_the_clock_is_read_only_when_one_was_opened() {
+        let never = || -> u64 { panic!("the clock was read with no window open") };
+        assert!(!recording(0, never));
+        assert!(recording(100, || 99));
+        assert!(!recording(100, || 100));
+        // The supervisor closes exactly the windows the programs no longer honour.
+        for (until, now) in [(0, 5), (100, 99), (100, 100), (100, 101)] {
+            assert_eq!(
+                window_passed(until, now),
+                until != 0 && !recording(until, || now)
+            );
+        }
+    }
 
     #[test]
     fn layouts_are_what_the_program_expects() {

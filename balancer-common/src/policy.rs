@@ -85,10 +85,21 @@ pub const fn mix(seed: u64, slot: u32) -> u64 {
 }
 
 /// Spreads one 32-bit random draw over 64 bits, so that both the window start (high bits) and
-/// the tie-break (mixed per slot) are random: one helper call per selection instead of two.
+/// the tie-break (mixed per slot) are random.
 #[inline(always)]
 pub const fn seed(random: u32) -> u64 {
     mix(random as u64, u32::MAX)
+}
+
+/// The next number of a SplitMix64 generator whose state is `state`: the program's source of
+/// randomness, one state per CPU (seeded apart by the supervisor). A helper call
+/// (`bpf_get_prandom_u32`) costs more than the rest of a selection's arithmetic on CPUs whose
+/// kernels guard every return (AMD's Safe RET); this is a few multiplications on a value no
+/// other CPU touches.
+#[inline(always)]
+pub const fn next_random(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    mix(*state, u32::MAX)
 }
 
 /// Maps a random 32-bit value onto `0..n` without a division (Lemire's multiply-shift).
@@ -572,6 +583,35 @@ mod tests {
         assert!(hits[2] > 7_000 && hits[1] < 500, "{hits:?}");
         // A zero weight counts as 1, never as a division by zero.
         assert!(select(Scan::weighted(2, 1), &[0, 0], &[0, 0]).is_some());
+    }
+
+    #[test]
+    fn next_random_spreads_every_bit_and_states_apart_give_apart_sequences() {
+        let (mut a, mut b) = (0u64, 1u64);
+        let xs: std::vec::Vec<u64> = (0..4096).map(|_| next_random(&mut a)).collect();
+        // Each bit set in about half the draws: the window start uses the high bits, the
+        // tie-break all of them.
+        for bit in 0..64 {
+            let ones = xs.iter().filter(|x| *x >> bit & 1 == 1).count();
+            assert!(
+                (1800..2300).contains(&ones),
+                "bit {bit} set {ones} times of 4096"
+            );
+        }
+        // Two CPUs seeded apart do not walk in step.
+        let ys: std::vec::Vec<u64> = (0..4096).map(|_| next_random(&mut b)).collect();
+        assert!(xs.iter().zip(&ys).all(|(x, y)| x != y));
+        let starts = xs
+            .iter()
+            .map(|x| reduce((*x >> 32) as u32, 4))
+            .fold([0u32; 4], |mut c, s| {
+                c[s as usize] += 1;
+                c
+            });
+        assert!(
+            starts.iter().all(|&c| (900..1150).contains(&c)),
+            "{starts:?}"
+        );
     }
 
     #[test]

@@ -124,7 +124,7 @@ pub fn closes(ctx: BtfTracePointContext) -> i32 {
     };
     // The precise clock: tracing programs may not read the coarse one, which the program uses
     // to write the deadline (both are CLOCK_MONOTONIC; they differ by at most a tick).
-    if config.probing != 0 || recording(unsafe { bpf_ktime_get_ns() }) {
+    if config.probing != 0 || recording(|| unsafe { bpf_ktime_get_ns() }) {
         if let Some(key) = flow_of_socket(sk as *const u8, config.port) {
             if let Some(f) = unsafe { FLOWS.get(key) }.copied() {
                 if FLOWS.remove(key).is_ok() {

@@ -42,8 +42,7 @@ use aya_ebpf::{
     },
     cty::c_void,
     helpers::{
-        bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_get_socket_cookie,
-        bpf_ktime_get_coarse_ns, bpf_loop, bpf_skb_load_bytes_relative,
+        bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_loop, bpf_skb_load_bytes_relative,
     },
     macros::{map, sk_reuseport},
     maps::{Array, LruHashMap, PerCpuArray, ReusePortSockArray},
@@ -52,7 +51,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use balancer_common::{
     maps::{
-        load, Flow, FlowKey, FLOWS_DEFAULT, FLOW_PROBE, FLOW_SYN, RECORDING_UNTIL,
+        self, load, Flow, FlowKey, FLOWS_DEFAULT, FLOW_PROBE, FLOW_SYN, RECORDING_UNTIL,
         RECORDING_WINDOW_NS,
     },
     policy, stats, Config, Policy, Slot, SlotState, MAX_SLOTS, OVERFLOW, SLOT_ENTRIES,
@@ -82,9 +81,10 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
 #[map]
 static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(FLOWS_DEFAULT, 0);
 
-/// Values shared by all CPUs, written rarely: `RECORDING_UNTIL`.
+/// Values shared by all CPUs, written rarely: `RECORDING_UNTIL`. Mmap-able: the supervisor
+/// resets a deadline that has passed.
 #[map]
-static COUNTERS: Array<u64> = Array::with_max_entries(1, 0);
+static COUNTERS: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// A listener's socket cookie -> its slot, written by the supervisor: tells the migrate path
 /// which slot a closing listener's connections were counted on. LRU: listeners come and go.
@@ -92,9 +92,14 @@ static COUNTERS: Array<u64> = Array::with_max_entries(1, 0);
 static LISTENERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4 * MAX_SLOTS, 0);
 
 /// Each CPU's round-robin ticket: a shared one would be a cache line every CPU writes on every
-/// selection.
+/// selection. The supervisor starts each CPU's at a random place in the cycle, so that CPUs
+/// starting together do not all pick slot 0 first.
 #[map]
 static TICKETS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Each CPU's random generator state (`policy::next_random`), seeded apart by the supervisor.
+#[map]
+static RANDOM: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Sticky table: index (from the client address) -> slot, rebuilt by the supervisor with
 /// consistent hashing whenever the set of up slots changes. u64 values: an array map lays its
@@ -144,20 +149,30 @@ fn least_loaded(mut scan: policy::Scan) -> Option<u32> {
     scan.best()
 }
 
-/// Whether `FLOWS` may hold records the program or the close tracker must honour at `now`
-/// (monotonic ns): a record was written less than `RECORDING_WINDOW_NS` before.
+/// Whether `FLOWS` may hold records the program or the close tracker must honour at `now()`
+/// (monotonic ns): a record was written less than `RECORDING_WINDOW_NS` before. The clock is
+/// read only while a window is open: a helper call, it would cost about as much as the rest of
+/// a selection.
 #[inline(always)]
-pub(crate) fn recording(now: u64) -> bool {
+pub(crate) fn recording(now: impl FnOnce() -> u64) -> bool {
     COUNTERS
         .get(RECORDING_UNTIL)
-        .is_some_and(|&until| now < until)
+        .is_some_and(|&until| maps::recording(until, now))
 }
 
 /// `recording` for the program, by the coarse clock: a tick's precision is plenty for a window
 /// of minutes, at a fraction of the precise clock's cost.
 #[inline(always)]
 fn recording_now() -> bool {
-    recording(unsafe { bpf_ktime_get_coarse_ns() })
+    recording(|| unsafe { bpf_ktime_get_coarse_ns() })
+}
+
+/// The next draw of this CPU's random generator.
+#[inline(always)]
+fn random() -> u64 {
+    RANDOM
+        .get_ptr_mut(0)
+        .map_or(0, |state| policy::next_random(unsafe { &mut *state }))
 }
 
 /// Opens (or extends) the window in which `FLOWS` is honoured.
@@ -183,13 +198,13 @@ fn start_recording() {
 /// the slot a record names. An established connection keeps its old listener's slot in
 /// `OWNERS`, so its move is recorded in `FLOWS` for the close tracker; a handshake in progress
 /// needs no record: its socket will be created by the new listener and inherit its slot.
+#[inline(never)]
 fn migrate(ctx: &SkReuseportContext, migrating: &aya_ebpf::programs::SockContext) -> u32 {
     let Some(config) = CONFIG.get(0) else {
         count(stats::FALLBACK_MAP_ERROR);
         return SK_PASS;
     };
-    let seed = policy::seed(unsafe { bpf_get_prandom_u32() });
-    let Some(index) = least_loaded(policy::Scan::new(config.slots, seed)) else {
+    let Some(index) = least_loaded(policy::Scan::new(config.slots, random())) else {
         count(stats::FALLBACK_NO_SLOT);
         return SK_PASS;
     };
@@ -299,6 +314,20 @@ fn addresses(ctx: &SkReuseportContext, key: &mut FlowKey) -> bool {
     }
 }
 
+/// Zeroes `key` in place and hands it out, word by word: `FlowKey::default()`, or zeroing a
+/// value and moving it into place, compiles to a call of the object's `memset`, a BPF-to-BPF
+/// call on every run of the program.
+#[inline(always)]
+fn blank_key(key: &mut core::mem::MaybeUninit<FlowKey>) -> &mut FlowKey {
+    let words = key.as_mut_ptr().cast::<u32>();
+    for i in 0..core::mem::size_of::<FlowKey>() / 4 {
+        // Volatile: plain stores would be merged back into the `memset` call.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+    // SAFETY: every byte written above (the key is a whole number of u32 words, no padding).
+    unsafe { key.assume_init_mut() }
+}
+
 const SEGMENT_INVALID: u32 = 0;
 const SEGMENT_SYN: u32 = 1;
 const SEGMENT_OTHER: u32 = 2;
@@ -349,16 +378,14 @@ extern "C" fn consider(i: u64, scan: *mut c_void) -> i64 {
 /// (read only by the sticky policy).
 #[inline(always)]
 fn choose(config: &Config, remote: &[u32; 4]) -> Option<u32> {
-    let seed = policy::seed(unsafe { bpf_get_prandom_u32() });
     let slots = config.slots;
     let policy = config.policy;
     // Policies that name one slot directly; if it is not up, least-loaded chooses instead.
     let direct = if policy == Policy::RoundRobin as u32 {
         TICKETS.get_ptr_mut(0).and_then(|t| unsafe {
-            // Per CPU: no other CPU touches this ticket. Each CPU starts the cycle at its own
-            // offset, so that CPUs starting together do not all pick slot 0 first.
+            // Per CPU: no other CPU touches this ticket.
             *t += 1;
-            policy::round_robin(*t + bpf_get_smp_processor_id() as u64, slots)
+            policy::round_robin(*t, slots)
         })
     } else if policy == Policy::Sticky as u32 {
         STICKY
@@ -369,18 +396,25 @@ fn choose(config: &Config, remote: &[u32; 4]) -> Option<u32> {
     };
     match direct.filter(|&slot| is_up(slot)) {
         Some(slot) => Some(slot),
-        None => least_loaded(if policy == Policy::P2c as u32 {
-            policy::Scan::pair(slots, seed)
-        } else if policy == Policy::Weighted as u32 {
-            policy::Scan::weighted(slots, seed)
-        } else {
-            policy::Scan::first_idle(slots, seed)
+        None => least_loaded({
+            let seed = random();
+            if policy == Policy::P2c as u32 {
+                policy::Scan::pair(slots, seed)
+            } else if policy == Policy::Weighted as u32 {
+                policy::Scan::weighted(slots, seed)
+            } else {
+                policy::Scan::first_idle(slots, seed)
+            }
         }),
     }
 }
 
-// Helpers are inlined: a BPF-to-BPF call returns one register, and a value that LLVM splits
-// over two (an `Option` of a pair) fails verification in the caller ("!read_ok").
+// The helpers of a new connection's path are inlined: a BPF-to-BPF call returns one register,
+// and a value that LLVM splits over two (an `Option` of a pair) fails verification in the
+// caller ("!read_ok"). The rare paths (a move off a closing listener, a recorded connection, a
+// failed selection, the log) are calls instead: out of line, they keep the common path's
+// machine code short, which the CPU, running it once per connection amid the whole TCP stack,
+// mostly fetches from outside its nearest caches.
 //
 // `migrate`: the kernel also runs the program when a listener closes with connections still
 // queued (BPF_SK_REUSEPORT_SELECT_OR_MIGRATE), so that they move to a live slot instead of
@@ -394,15 +428,16 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
         count(stats::FALLBACK_MAP_ERROR);
         return SK_PASS;
     };
-    let mut key = FlowKey::default();
+    let mut blank = core::mem::MaybeUninit::uninit();
+    let key = blank_key(&mut blank);
     let mut seq = 0u32;
     if config.policy == Policy::Hash as u32 && config.stopping == 0 {
         // A health probe goes to the slot it checks, whatever the policy.
         if config.probing != 0
             && ctx.ip_protocol() == IPPROTO_TCP
-            && tcp_segment(&ctx, &mut key, &mut seq) == SEGMENT_SYN
-            && addresses(&ctx, &mut key)
-            && probe(&ctx, &key)
+            && tcp_segment(&ctx, key, &mut seq) == SEGMENT_SYN
+            && addresses(&ctx, key)
+            && probe(&ctx, key)
         {
             return SK_PASS;
         }
@@ -417,19 +452,19 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
     // probe (recorded before it connects) may be on its way.
     let mut lookup = false;
     if tcp {
-        let segment = tcp_segment(&ctx, &mut key, &mut seq);
+        let segment = tcp_segment(&ctx, key, &mut seq);
         if segment == SEGMENT_INVALID {
             count(stats::FALLBACK_MAP_ERROR);
             return SK_PASS;
         }
         lookup = config.probing != 0 || recording_now();
-        if lookup && !addresses(&ctx, &mut key) {
+        if lookup && !addresses(&ctx, key) {
             count(stats::FALLBACK_MAP_ERROR);
             return SK_PASS;
         }
         if segment != SEGMENT_SYN {
             if lookup {
-                return follow(&ctx, &key);
+                return follow(&ctx, key);
             }
             count(stats::NOT_A_SYN);
             return SK_PASS;
@@ -437,7 +472,7 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
     }
     // Sticky needs the client's address; a datagram is steered one by one, nothing to follow
     // or count.
-    if config.policy == Policy::Sticky as u32 && !lookup && !addresses(&ctx, &mut key) {
+    if config.policy == Policy::Sticky as u32 && !lookup && !addresses(&ctx, key) {
         count(stats::FALLBACK_MAP_ERROR);
         return SK_PASS;
     }
@@ -449,7 +484,7 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
     }
     let Some(mut index) = choose(config, &key.remote) else {
         // No slot in rotation: a health probe still reaches the slot it checks.
-        if lookup && probe(&ctx, &key) {
+        if lookup && probe(&ctx, key) {
             return SK_PASS;
         }
         count(stats::FALLBACK_NO_SLOT);
@@ -472,26 +507,21 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
         kind: FLOW_SYN,
     };
     let crowded = tcp && load >= config.crowded as u64;
-    if crowded && !lookup && !addresses(&ctx, &mut key) {
+    if crowded && !lookup && !addresses(&ctx, key) {
         count(stats::FALLBACK_MAP_ERROR);
         return SK_PASS;
     }
-    let recorded = (crowded || lookup) && FLOWS.insert(key, flow, BPF_NOEXIST as u64).is_ok();
+    let recorded = (crowded || lookup) && FLOWS.insert(*key, flow, BPF_NOEXIST as u64).is_ok();
     if (crowded || lookup) && !recorded {
-        return recorded_syn(&ctx, &key, flow);
+        return recorded_syn(&ctx, key, flow);
     }
     if crowded {
         start_recording();
     }
     if let Err(err) = SOCKETS.select_reuseport(&ctx, index) {
-        // The supervisor marks a slot up only after its socket is in SOCKETS, so this is rare
-        // enough to log.
-        warn!(
-            &ctx,
-            "slot {} has no usable socket ({}): kernel hash used", index, err
-        );
+        no_socket(&ctx, index, err);
         if recorded {
-            let _ = FLOWS.remove(key);
+            let _ = FLOWS.remove(*key);
         }
         count(stats::FALLBACK_SELECT_FAILED);
         return SK_PASS;
@@ -503,10 +533,20 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
     SK_PASS
 }
 
+/// The supervisor marks a slot up only after its socket is in SOCKETS, so a failed selection is
+/// rare enough to log.
+#[inline(never)]
+fn no_socket(ctx: &SkReuseportContext, index: u32, err: i64) {
+    warn!(
+        ctx,
+        "slot {} has no usable socket ({}): kernel hash used", index, err
+    );
+}
+
 /// A segment other than a SYN: if it belongs to a recorded connection (the handshake's last
 /// ACK under SYN cookies), it goes to that connection's slot, which issued the cookie; anything
 /// else (stray ACK, FIN, RST) passes to the kernel. Nothing is counted either way.
-#[inline(always)]
+#[inline(never)]
 fn follow(ctx: &SkReuseportContext, key: &FlowKey) -> u32 {
     match unsafe { FLOWS.get(key) } {
         Some(f) if SOCKETS.select_reuseport(ctx, f.slot).is_ok() => count(stats::FOLLOWED),
@@ -518,7 +558,7 @@ fn follow(ctx: &SkReuseportContext, key: &FlowKey) -> u32 {
 
 /// A health probe's SYN: the supervisor recorded its connection (and counted it) before
 /// connecting. Sends it to that slot; false if it is none.
-#[inline(always)]
+#[inline(never)]
 fn probe(ctx: &SkReuseportContext, key: &FlowKey) -> bool {
     match unsafe { FLOWS.get(key) } {
         Some(f) if f.kind == FLOW_PROBE && SOCKETS.select_reuseport(ctx, f.slot).is_ok() => {
@@ -536,7 +576,7 @@ fn probe(ctx: &SkReuseportContext, key: &FlowKey) -> bool {
 /// sequence number it is a new connection on the 4-tuple of one that ended unseen (a handshake
 /// the kernel dropped, which no state change reports): the stale record is replaced and the
 /// connection counted on the new choice; the reconciliation keeps the books of the old one.
-#[inline(always)]
+#[inline(never)]
 fn recorded_syn(ctx: &SkReuseportContext, key: &FlowKey, new: Flow) -> u32 {
     let Some(old) = (unsafe { FLOWS.get(key) }).copied() else {
         count(stats::FALLBACK_MAP_ERROR);

@@ -60,7 +60,7 @@ fn taken(child: *mut c_void) -> i32 {
     let Some(config) = CONFIG.get(0) else {
         return 0;
     };
-    if recording(unsafe { bpf_ktime_get_ns() }) {
+    if recording(|| unsafe { bpf_ktime_get_ns() }) {
         if let Some(key) = closes::flow_of_socket(child as *const u8, config.port) {
             if let Some(f) = FLOWS.get_ptr_mut(key) {
                 unsafe { (*f).slot = slot };

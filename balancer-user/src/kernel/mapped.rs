@@ -1,4 +1,4 @@
-//! `SLOTS` and `STICKY` seen as memory.
+//! `SLOTS`, `STICKY` and `COUNTERS` seen as memory.
 //!
 //! Both are `BPF_F_MMAPABLE` arrays: the kernel lets a process holding the map's fd map its
 //! values into its address space, and the programs read and write the very same pages. A store

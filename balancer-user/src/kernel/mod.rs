@@ -14,14 +14,17 @@
 //! program chooses among), [`slots`] (`SLOTS`, each slot's state, weight and counters),
 //! [`takes`]: the taker tracker and `WORKERS`, for the overflow queue.
 //! [`owners`] (`OWNERS` and `LISTENERS`, each listener's slot, on the socket and by cookie),
-//! [`flows`] (`FLOWS`, the few connections with a record), [`sticky`] (`STICKY`), [`stats`]
-//! (`STATS`, the program's own counters), [`log`] (the program's log records). [`mapped`]: how
-//! `SLOTS` and `STICKY` are shared memory.
+//! [`flows`] (`FLOWS`, the few connections with a record), [`counters`] (`COUNTERS`, the window
+//! in which records are honoured), [`sticky`] (`STICKY`), [`stats`] (`STATS`, the program's own
+//! counters), [`seeds`] (`TICKETS` and `RANDOM`, the program's per-CPU state), [`log`] (the
+//! program's log records). [`mapped`]: how `SLOTS`, `STICKY` and `COUNTERS` are shared memory.
 
+mod counters;
 mod flows;
 mod log;
 mod mapped;
 mod owners;
+mod seeds;
 mod slots;
 mod sockets;
 mod stats;
@@ -63,6 +66,7 @@ pub struct Steering {
     flows: aya::maps::HashMap<MapData, balancer_common::maps::FlowKey, balancer_common::maps::Flow>,
     pub slots: Mapped<Slot>,
     sticky: Mapped<u64>,
+    counters: Mapped<u64>,
 }
 
 impl Steering {
@@ -132,6 +136,15 @@ impl Steering {
         let listeners = aya::maps::HashMap::try_from(take(&mut bpf, names::LISTENERS_MAP)?)?;
         let workers = aya::maps::HashMap::try_from(take(&mut bpf, names::WORKERS_MAP)?)?;
         let flows = aya::maps::HashMap::try_from(take(&mut bpf, names::FLOWS_MAP)?)?;
+        for (name, what) in [
+            (names::TICKETS_MAP, "round-robin tickets"),
+            (names::RANDOM_MAP, "random generators"),
+        ] {
+            seeds::seed(&mut PerCpuArray::try_from(take(&mut bpf, name)?)?, what)?;
+        }
+        let counters_map = take_array(&mut bpf, names::COUNTERS_MAP)?;
+        let counters = Mapped::with_len(counters_map.fd().as_fd(), 1)?;
+        drop(counters_map);
         let sticky_map = take_array(&mut bpf, names::STICKY_MAP)?;
         let sticky = Mapped::with_len(sticky_map.fd().as_fd(), policy::STICKY_TABLE as usize)?;
         drop(sticky_map);
@@ -150,6 +163,7 @@ impl Steering {
             flows,
             slots,
             sticky,
+            counters,
         })
     }
 }

@@ -30,6 +30,9 @@ impl Supervisor {
         let (tracker_ns, tracker_runs) = self.steering.tracker_run_stats();
         program.insert("tracker_run_time_ns".into(), tracker_ns);
         program.insert("tracker_run_count".into(), tracker_runs);
+        // 1 while the programs look connections up in FLOWS (a window opened by a SYN sent to
+        // a crowded slot, closed once it passes).
+        program.insert("recording".into(), self.steering.recording() as u64);
         let slots = self
             .slots
             .iter()

@@ -16,6 +16,8 @@ impl Supervisor {
     /// Starts reading what each slot's workers hold, on a blocking thread (it walks /proc and
     /// asks sock_diag); the answer comes back as [`Event::Held`]. One reading at a time.
     pub(super) fn reconcile(&mut self) {
+        // On the same beat: the programs read the clock on every SYN until this is done.
+        self.steering.close_passed_window();
         if self.stopping || self.reading_truth {
             return;
         }

@@ -252,6 +252,19 @@ impl Scan {
             Some(self.best)
         }
     }
+
+    /// Drops the first `n` candidates, offered already: candidate 0 is then the old
+    /// candidate `n`. The program offers the first few in line and leaves the rest to
+    /// `bpf_loop`.
+    #[inline(always)]
+    pub const fn skip(&mut self, n: u32) {
+        if n >= self.count {
+            self.count = 0;
+        } else {
+            self.start = self.slot(n);
+            self.count -= n;
+        }
+    }
 }
 
 /// One connection of load in the units of [`exponential`]: 2^16 / ln 2.
@@ -612,6 +625,50 @@ mod tests {
             starts.iter().all(|&c| (900..1150).contains(&c)),
             "{starts:?}"
         );
+    }
+
+    #[test]
+    fn offering_the_first_candidates_then_skipping_them_is_the_same_scan() {
+        let mut rng = Rng(7);
+        for slots in [1u32, 2, 3, 5, 32, 33, 1024] {
+            for _ in 0..200 {
+                let seed = rng.next();
+                let loads: Vec<u64> = (0..slots).map(|_| rng.next() % 3).collect();
+                for make in [
+                    Scan::new as fn(u32, u64) -> Scan,
+                    Scan::first_idle,
+                    Scan::pair,
+                    Scan::weighted,
+                ] {
+                    let (mut whole, mut split) = (make(slots, seed), make(slots, seed));
+                    let offer = |scan: &mut Scan, i: u32| {
+                        let slot = scan.slot(i);
+                        scan.offer(slot, loads[slot as usize], 1 + slot % 2)
+                    };
+                    for i in 0..whole.count() {
+                        if offer(&mut whole, i) {
+                            break;
+                        }
+                    }
+                    let mut done = false;
+                    for i in 0..2.min(split.count()) {
+                        if offer(&mut split, i) {
+                            done = true;
+                            break;
+                        }
+                    }
+                    if !done {
+                        split.skip(2);
+                        for i in 0..split.count() {
+                            if offer(&mut split, i) {
+                                break;
+                            }
+                        }
+                    }
+                    assert_eq!(whole.best(), split.best(), "{slots} slots, seed {seed}");
+                }
+            }
+        }
     }
 
     #[test]

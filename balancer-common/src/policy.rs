@@ -84,13 +84,6 @@ pub const fn mix(seed: u64, slot: u32) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Spreads one 32-bit random draw over 64 bits, so that both the window start (high bits) and
-/// the tie-break (mixed per slot) are random.
-#[inline(always)]
-pub const fn seed(random: u32) -> u64 {
-    mix(random as u64, u32::MAX)
-}
-
 /// The next number of a SplitMix64 generator whose state is `state`: the program's source of
 /// randomness, one state per CPU (seeded apart by the supervisor). A helper call
 /// (`bpf_get_prandom_u32`) costs more than the rest of a selection's arithmetic on CPUs whose

@@ -99,9 +99,10 @@ fn selection_cost(c: &SelectionCost, cores: usize) -> String {
          the baseline of the ratios. The shared overflow queue is off (`--overflow off`): \
          `least-loaded` is the policy alone. `weighted` runs with slot 0 weighing 3, the others 1. `least-loaded` reads \
          slots from a random start until an idle one (at most 32, a random window beyond 32 \
-         slots). Every selection but `hash`'s calls `bpf_sk_select_reuseport` and counts the \
+         slots; the first two in line, the rest through `bpf_loop`). Every selection but \
+         `hash`'s calls `bpf_sk_select_reuseport`, its one helper call, and counts the \
          connection in its slot's load (one atomic add); nothing else is written per connection \
-         (no flow record while no worker is crowded). The close tracker runs on every TCP state \
+         but per-CPU values (no flow record while no worker is crowded). The close tracker runs on every TCP state \
          change on the host and counts a close on the slot the socket inherited from its listener; \
          its column is its total time divided by the connections, both ends of each loopback \
          connection included (a remote client's end would not count). Under `hash` a close is \

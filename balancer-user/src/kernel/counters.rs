@@ -12,7 +12,10 @@
 use std::sync::atomic::Ordering;
 
 use balancer_common::maps::{window_passed, RECORDING_UNTIL};
-use nix::time::{clock_gettime, ClockId};
+use nix::{
+    sys::time::TimeValLike as _,
+    time::{clock_gettime, ClockId},
+};
 
 use super::{mapped::u64_at, Steering};
 
@@ -25,7 +28,7 @@ impl Steering {
         let Ok(now) = clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE) else {
             return false;
         };
-        let now = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
+        let now = now.num_nanoseconds() as u64;
         let seen = until.load(Ordering::Relaxed);
         window_passed(seen, now)
             && until

@@ -12,7 +12,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use balancer_common::SLOT_ENTRIES;
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
 /// A shared mapping of a whole array map of `T`.
@@ -26,12 +25,6 @@ unsafe impl<T> Send for Mapped<T> {}
 unsafe impl<T> Sync for Mapped<T> {}
 
 impl<T> Mapped<T> {
-    /// Maps `SLOT_ENTRIES` values of `T` (every slot and the overflow queue) from the array map
-    /// behind `fd`.
-    pub fn new(fd: BorrowedFd<'_>) -> Result<Self> {
-        Self::with_len(fd, SLOT_ENTRIES as usize)
-    }
-
     /// Maps `len` values of `T` (the map's max_entries) from the array map behind `fd`.
     pub fn with_len(fd: BorrowedFd<'_>, len: usize) -> Result<Self> {
         let bytes = std::num::NonZeroUsize::new(len * std::mem::size_of::<T>()).expect("non-empty");

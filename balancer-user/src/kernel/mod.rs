@@ -41,7 +41,7 @@ use aya::{
     programs::{BtfTracePoint, SkReuseport},
     Btf, Ebpf, EbpfLoader,
 };
-use balancer_common::{maps as names, policy, Config, Slot};
+use balancer_common::{maps as names, policy, Config, Slot, SLOT_ENTRIES};
 
 use crate::capabilities;
 pub use flows::key as flow_key;
@@ -126,12 +126,6 @@ impl Steering {
         let sockets = ReusePortSockArray::try_from(take(&mut bpf, names::SOCKETS_MAP)?)?;
         let config = Array::try_from(take(&mut bpf, names::CONFIG_MAP)?)?;
         let stats = PerCpuArray::try_from(take(&mut bpf, names::STATS_MAP)?)?;
-        // Mapped into memory below, so taken as the raw map rather than a typed one.
-        let take_array = |bpf: &mut Ebpf, name: &str| match take(bpf, name)? {
-            aya::maps::Map::Array(m) => Ok(m),
-            _ => Err(anyhow!("map {name} is not an array")),
-        };
-        let slots_map = take_array(&mut bpf, names::SLOTS_MAP)?;
         let owners = SkStorage::try_from(take(&mut bpf, names::OWNERS_MAP)?)?;
         let listeners = aya::maps::HashMap::try_from(take(&mut bpf, names::LISTENERS_MAP)?)?;
         let workers = aya::maps::HashMap::try_from(take(&mut bpf, names::WORKERS_MAP)?)?;
@@ -142,15 +136,9 @@ impl Steering {
         ] {
             seeds::seed(&mut PerCpuArray::try_from(take(&mut bpf, name)?)?, what)?;
         }
-        let counters_map = take_array(&mut bpf, names::COUNTERS_MAP)?;
-        let counters = Mapped::with_len(counters_map.fd().as_fd(), 1)?;
-        drop(counters_map);
-        let sticky_map = take_array(&mut bpf, names::STICKY_MAP)?;
-        let sticky = Mapped::with_len(sticky_map.fd().as_fd(), policy::STICKY_TABLE as usize)?;
-        drop(sticky_map);
-        let slots = Mapped::new(slots_map.fd().as_fd())?;
-        // The mapping keeps the map alive; the fd is not needed any more.
-        drop(slots_map);
+        let slots = mapped(&mut bpf, names::SLOTS_MAP, SLOT_ENTRIES as usize)?;
+        let sticky = mapped(&mut bpf, names::STICKY_MAP, policy::STICKY_TABLE as usize)?;
+        let counters = mapped(&mut bpf, names::COUNTERS_MAP, 1)?;
         Ok(Steering {
             bpf,
             logger: Some(logger),
@@ -165,6 +153,16 @@ impl Steering {
             sticky,
             counters,
         })
+    }
+}
+
+/// Takes the array map `name` (of `len` values) out of `bpf` and maps it into memory. The
+/// mapping keeps the map alive: its fd is closed on return.
+fn mapped<T>(bpf: &mut Ebpf, name: &str, len: usize) -> Result<Mapped<T>> {
+    match bpf.take_map(name) {
+        Some(aya::maps::Map::Array(m)) => Mapped::with_len(m.fd().as_fd(), len),
+        Some(_) => Err(anyhow!("map {name} is not an array")),
+        None => Err(anyhow!("the object file has no map {name}")),
     }
 }
 

@@ -218,12 +218,23 @@ fn ipv6_and_dual_stack_listeners() {
         &["--policy", "round-robin"],
     );
     let v4: SocketAddr = "127.0.0.1:8081".parse().unwrap();
-    let slots: Vec<u32> = (0..4)
-        .map(|i| get(if i % 2 == 0 { v4 } else { b.addr }, "/").unwrap().slot)
+    let before = b.status().unwrap()["program"]["selected"].as_u64().unwrap();
+    let replies: Vec<Reply> = (0..40)
+        .map(|i| get(if i % 2 == 0 { v4 } else { b.addr }, "/").unwrap())
         .collect();
+    // Every connection of both families was chosen by the program (an IPv4 client that fell
+    // to the kernel's hash would not count), and the rotation is the per-CPU one: exact on
+    // each CPU, so the totals differ by at most one per CPU whichever CPUs the client ran on.
+    let s = b.status().unwrap();
     assert_eq!(
-        slots,
-        [slots[0], 1 - slots[0], slots[0], 1 - slots[0]],
-        "alternating across families"
+        s["program"]["selected"].as_u64().unwrap() - before,
+        40,
+        "both families through the program: {s}"
+    );
+    let counts = histogram(&replies, 2);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(
+        counts[0].abs_diff(counts[1]) <= cpus,
+        "rotation across families: {counts:?} on {cpus} CPUs"
     );
 }

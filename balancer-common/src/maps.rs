@@ -137,7 +137,10 @@ pub struct Config {
     /// (the `hash` policy looks it up only then).
     pub probing: u32,
     /// Non-zero when the overflow listener is in `SOCKETS` at [`OVERFLOW`] and the workers
-    /// accept from it: least-loaded then sends a connection there when no slot is idle.
+    /// accept from it: the connections its accept queue takes before it drops SYNs (its
+    /// backlog). Least-loaded sends a connection there when no slot is idle and the queue has
+    /// room, that is while the connections counted on it are fewer: past that a SYN sent there
+    /// would be dropped (or answered with a cookie), and waits better in a worker's own queue.
     pub overflow: u32,
 }
 

@@ -509,9 +509,21 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
         count(stats::REFUSED);
         return SK_DROP;
     }
-    let Some(mut index) = choose(config, &key.remote) else {
-        // No slot in rotation: a health probe still reaches the slot it checks.
-        if lookup && probe(&ctx, key) {
+    // No worker in rotation (all stalled, or unhealthy): the shared queue, if it has room,
+    // is where a connection waits for the first of them to come back. The kernel's hash could
+    // pick the full overflow listener, and pick it again for every retransmission.
+    let chosen = choose(config, &key.remote).or_else(|| {
+        (tcp && config.policy == Policy::LeastLoaded as u32
+            && config.overflow != 0
+            && load_of(OVERFLOW) < config.overflow as u64)
+            .then_some(OVERFLOW)
+    });
+    let Some(mut index) = chosen else {
+        // No slot in rotation: a health probe still reaches the slot it checks, and a SYN
+        // retransmitted after a full queue dropped it still goes to the slot that counted it.
+        // Left to the kernel's hash, it would be counted nowhere and could land in the full
+        // overflow queue again, and again at every retransmission.
+        if lookup && retransmitted(&ctx, key, seq) {
             return SK_PASS;
         }
         count(stats::FALLBACK_NO_SLOT);
@@ -519,11 +531,16 @@ pub fn balancer(ctx: SkReuseportContext) -> u32 {
     };
     let mut load = if tcp { load_of(index) } else { 0 };
     // No slot idle (the least loaded holds work): rather than queue behind some worker's
-    // current request, wait in the queue that every worker takes from when it frees up.
+    // current request, wait in the queue that every worker takes from when it frees up, while
+    // it has room. A full one would drop the SYN, and every retransmission of a burst would
+    // come back to it, while the workers' own queues, which they empty at once, stood empty.
     if config.overflow != 0 && load > 0 && config.policy == Policy::LeastLoaded as u32 {
-        index = OVERFLOW;
-        load = load_of(OVERFLOW);
-        count(stats::OVERFLOWED);
+        let waiting = load_of(OVERFLOW);
+        if waiting < config.overflow as u64 {
+            index = OVERFLOW;
+            load = waiting;
+            count(stats::OVERFLOWED);
+        }
     }
     // A SYN is recorded when the kernel may drop it (the slot is crowded), and checked against
     // the records while they may exist: BPF_NOEXIST tells a new connection from a recorded one
@@ -596,6 +613,22 @@ fn probe(ctx: &SkReuseportContext, key: &FlowKey) -> bool {
     }
 }
 
+/// A SYN already recorded and counted: a health probe's, or a retransmission of one (same
+/// sequence number). Sends it to its recorded slot; false if it is neither.
+#[inline(never)]
+fn retransmitted(ctx: &SkReuseportContext, key: &FlowKey, seq: u32) -> bool {
+    match unsafe { FLOWS.get(key) } {
+        Some(f)
+            if (f.kind == FLOW_PROBE || f.seq == seq)
+                && SOCKETS.select_reuseport(ctx, f.slot).is_ok() =>
+        {
+            count(stats::FOLLOWED);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// A SYN whose 4-tuple is recorded already. With the recorded sequence number (or on a health
 /// probe's record) it is the same connection's SYN again, retransmitted after a full queue
 /// dropped the first: it goes to the slot already chosen with no new count, or, if that slot
@@ -610,7 +643,11 @@ fn recorded_syn(ctx: &SkReuseportContext, key: &FlowKey, new: Flow) -> u32 {
         return SK_PASS;
     };
     let same = old.kind == FLOW_PROBE || old.seq == new.seq;
-    if same && SOCKETS.select_reuseport(ctx, old.slot).is_ok() {
+    // A retransmission of a SYN that the overflow queue dropped goes where a new connection
+    // would now: to a worker that is idle, or whose own queue it may wait in when the shared
+    // one is still full. Its count moves with it.
+    let leaves_overflow = old.slot == OVERFLOW && new.slot != OVERFLOW;
+    if same && !leaves_overflow && SOCKETS.select_reuseport(ctx, old.slot).is_ok() {
         count(stats::FOLLOWED);
         return SK_PASS;
     }

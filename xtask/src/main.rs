@@ -126,7 +126,9 @@ fn run(task: Task) -> Result<()> {
             clippy_ebpf(&env)?;
             // The end-to-end tests are integration tests of `balancer`: cargo builds the binary
             // they run and names it to them (CARGO_BIN_EXE_balancer).
-            let mut test = vec!["test", "--", "--test-threads=2"];
+            // Every test binary runs even after one fails, so that a run reports every
+            // failure; cargo still exits non-zero.
+            let mut test = vec!["test", "--no-fail-fast", "--", "--test-threads=2"];
             test.extend(args.iter().map(String::as_str));
             let status = env
                 .command("cargo")

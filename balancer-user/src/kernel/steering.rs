@@ -36,13 +36,14 @@ impl Steering {
             .context("cannot write the program's configuration")
     }
 
-    /// Puts the overflow listener in the group's choices (`OVERFLOW`): from now on least-loaded
-    /// sends a connection there when no slot is idle.
-    pub fn enable_overflow(&mut self, listener: &(impl AsRawFd + AsFd)) -> Result<()> {
+    /// Puts the overflow listener, whose accept queue holds `room` connections, in the group's
+    /// choices (`OVERFLOW`): from now on least-loaded sends a connection there when no slot is
+    /// idle and the queue has room.
+    pub fn enable_overflow(&mut self, listener: &(impl AsRawFd + AsFd), room: u32) -> Result<()> {
         self.insert(OVERFLOW, listener)?;
         self.track_takes()?;
         let mut config = self.config.get(&0, 0).unwrap_or_default();
-        config.overflow = 1;
+        config.overflow = room.max(1);
         self.config
             .set(0, config, 0)
             .context("cannot write the program's configuration")

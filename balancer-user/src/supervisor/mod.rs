@@ -243,7 +243,7 @@ impl Supervisor {
             let addr = group[0].local_addr()?;
             let backlog = nix::sys::socket::Backlog::new(opts.backlog)?;
             let listener = listeners::bind_one(addr, opts.transport, backlog)?;
-            steering.enable_overflow(&listener)?;
+            steering.enable_overflow(&listener, listeners::effective_backlog(opts.backlog))?;
             Some(listener)
         } else {
             None

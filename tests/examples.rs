@@ -110,16 +110,16 @@ fn node_workers_serve_the_overflow_queue_when_free() {
     b.wait_for(Duration::from_secs(10), "both workers up and idle", |s| {
         all_idle(s) && all_up(s)
     });
-    let held = hold_on_new_connections(&b, "/block?ms=", &[3000, 500]);
+    // The shorter hold long enough that all six connect before it ends, even on a loaded
+    // machine: each then finds both workers held.
+    let held = hold_on_new_connections(&b, "/block?ms=", &[4000, 1500]);
     let fast = timed_gets(b.addr, 6, "/");
     let held: Vec<Reply> = held.into_iter().map(|t| t.join().unwrap()).collect();
     for (reply, took) in &fast {
         assert_eq!(reply.slot, held[1].slot, "{fast:?}");
-        assert!(*took < Duration::from_millis(2500), "{fast:?}");
+        assert!(*took < Duration::from_millis(3500), "{fast:?}");
     }
-    assert_eq!(
-        b.status().unwrap()["program"]["overflowed"].as_u64(),
-        Some(6)
-    );
+    let s = b.status().unwrap();
+    assert_eq!(s["program"]["overflowed"].as_u64(), Some(6), "{s}");
     b.wait_for(Duration::from_secs(10), "loads back to 0", all_idle);
 }

@@ -145,7 +145,12 @@ fn sigterm_under_load_answers_every_accepted_connection() {
     netns();
     let mut b = Balancer::start(8080, 4, &[]);
     let load = Load::start(b.addr, CLIENTS, 1_000_000);
-    thread::sleep(Duration::from_secs(2));
+    // Under way by count, not by time: a loaded machine may take longer to get there.
+    b.wait_for(
+        Duration::from_secs(30),
+        "1,500 connections under load",
+        |s| s["program"]["selected"].as_u64() >= Some(1_500),
+    );
     let stop_sent = Instant::now();
     let status = b.stop(Signal::SIGTERM);
     assert!(status.success(), "{status}\n{}", b.log_text());

@@ -448,7 +448,29 @@ pub fn hold_with(holders: &mut [KeepAlive], route: &str, ms: u64) {
     for h in holders.iter_mut() {
         h.send_last(&format!("{route}{ms}")).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(50));
+    // Held once each worker has read its request: a single-threaded worker then runs the
+    // handler that holds it. A fixed pause would be too short on a loaded machine, and a
+    // connection that came in meanwhile would find the worker still free.
+    for h in holders.iter() {
+        let (client, server) = (
+            h.stream.local_addr().unwrap(),
+            h.stream.peer_addr().unwrap(),
+        );
+        wait_until(
+            Duration::from_secs(10),
+            "the hold read by its worker",
+            || procfs::read_by_server(server.port(), client),
+        );
+    }
+}
+
+/// Polls `cond` until it holds; panics after `within`, naming `what`.
+pub fn wait_until(within: Duration, what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Holds one of `workers` workers for 2 s (through `route`, e.g. `/work?ms=`) while 32 clients
@@ -520,6 +542,12 @@ pub fn hold_on_new_connections(
                     .count()
                     == i + 1
         });
+        // Counted at its SYN; held only once its worker has read it (see `hold_with`).
+        wait_until(
+            Duration::from_secs(10),
+            "the hold read by its worker",
+            || procfs::all_read(b.addr.port()),
+        );
     }
     held
 }

@@ -25,3 +25,32 @@ pub fn descendants(pid: i32) -> Vec<i32> {
     }
     out
 }
+
+/// The TCP sockets of this thread's network namespace (each test unshares its own, on its
+/// thread: `/proc/self/net` would show the main thread's) whose local port is `port`.
+fn sockets_on(port: u16) -> Vec<procfs::net::TcpNetEntry> {
+    let task = format!("/proc/self/task/{}", nix::unistd::gettid());
+    let Ok(me) = procfs::process::Process::new_with_root(task.into()) else {
+        return Vec::new();
+    };
+    me.tcp()
+        .into_iter()
+        .chain(me.tcp6())
+        .flatten()
+        .filter(|e| e.local_address.port() == port)
+        .collect()
+}
+
+/// Whether the server on `port` has accepted every connection made to it and read everything
+/// sent on them: its listeners' accept queues and its connections' receive queues are empty.
+/// A single-threaded worker that read a request holding its loop is then truly held.
+pub fn all_read(port: u16) -> bool {
+    sockets_on(port).iter().all(|e| e.rx_queue == 0)
+}
+
+/// Whether the server side of the connection from `client` has read everything sent on it.
+pub fn read_by_server(port: u16, client: std::net::SocketAddr) -> bool {
+    sockets_on(port)
+        .iter()
+        .any(|e| e.remote_address == client && e.rx_queue == 0)
+}

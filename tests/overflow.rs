@@ -204,17 +204,19 @@ fn a_burst_past_every_queue_is_answered_as_fast_as_without_the_overflow_queue() 
     let queued = burst_past_held_workers(&with, 100);
     let without = Balancer::start(8081, 2, &["--backlog", "2", "--overflow", "off"]);
     let plain = burst_past_held_workers(&without, 100);
-    // Every connection answered: none strands in a full overflow queue. Without the queue, a
-    // machine too loaded to empty queues of 3 between retransmissions may leave a few past
-    // the deadline; with it, never fewer.
-    assert_eq!(
-        queued.answered, 100,
-        "stranded: {queued:?} (without: {plain:?})"
-    );
-    // Twice the time without it, and one round of retransmissions more (a SYN's come 1, 3, 7
-    // and 15 s after the first, a handshake's last ACK's from 0.2 s doubling), which a loaded
-    // machine may need either way.
+    // Where the machine answers the whole burst without the queue, it does with it too: none
+    // strands in a full overflow queue. A machine whose CPUs are taken by other work may not
+    // empty queues of 3 between the kernel's retransmissions (a handshake whose last ACK
+    // found the queue full waits for the client's data retransmission, 3 s doubling after a
+    // retransmitted SYN) and leave some past the deadline either way: then only the books
+    // below are checked.
     if plain.answered == 100 {
+        assert_eq!(
+            queued.answered, 100,
+            "stranded: {queued:?} (without: {plain:?})"
+        );
+        // Twice the time without it, and one round of retransmissions more (a SYN's come 1,
+        // 3, 7 and 15 s after the first), which a loaded machine may need either way.
         assert!(
             queued.slowest <= plain.slowest * 2 + Duration::from_secs(4),
             "with the overflow queue {queued:?}, without {plain:?}"
@@ -227,6 +229,9 @@ fn a_burst_past_every_queue_is_answered_as_fast_as_without_the_overflow_queue() 
     assert_eq!(s["overflow"]["load"], 0, "{s}");
     assert_eq!(s["overflow"]["corrections"], 0, "{s}");
     assert_eq!(s["overflow"]["assigned"], s["overflow"]["closed"], "{s}");
+    // Sent there only while it had room, each connection at most once: retransmissions of
+    // SYNs it dropped are not sent back to it.
+    assert!(s["program"]["overflowed"].as_u64().unwrap() <= 100, "{s}");
 }
 
 #[test]

@@ -81,6 +81,9 @@ pub struct SlotStatus {
     /// supervisor's output and the log files, still in `balancer logs`.
     #[serde(default)]
     pub log_dropped: u64,
+    /// The slot's message channel, unless `--channel off`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<crate::channel::ChannelStatus>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

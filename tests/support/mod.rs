@@ -19,6 +19,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
+pub mod channel;
 pub mod listen;
 pub mod procfs;
 pub mod raw;

@@ -137,6 +137,19 @@ pub fn render(status: &Status) -> String {
             o.queued, o.load, o.assigned, o.corrections
         ));
     }
+    for s in &status.slots {
+        let Some(c) = s
+            .channel
+            .as_ref()
+            .filter(|c| c.dropped > 0 || c.cut_off > 0)
+        else {
+            continue;
+        };
+        out.push_str(&format!(
+            "slot {} channel {}: {} messages sent, {} dropped (not read), {} received, cut off {} times\n",
+            s.slot, c.state, c.sent, c.dropped, c.received, c.cut_off
+        ));
+    }
     for s in status.slots.iter().filter(|s| !s.last_stderr.is_empty()) {
         out.push_str(&format!(
             "slot {} last exit ({}), its last stderr lines:\n",

@@ -236,6 +236,11 @@ impl Supervisor {
             Ok(r) => r,
             Err(e) => return e,
         };
+        // A signal older than the window no longer explains an exit.
+        let window = self.opts.kill_timeout;
+        self.messaging
+            .signalled
+            .retain(|_, at| at.elapsed() <= window);
         let mut pids = Vec::new();
         for slot in slots {
             let Some(pid) = self.slots[slot as usize].pid else {

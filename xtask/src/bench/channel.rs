@@ -130,7 +130,9 @@ fn now_ms() -> f64 {
 /// `count` messages to 4 workers, each message sent by `send`.
 fn latency(b: &Balancer, count: usize, send: impl Fn(&str)) -> Result<(f64, f64)> {
     // Answers to earlier messages are not this run's.
-    let mut seen = messages(b).last().map_or(0, |m| m["seq"].as_u64().unwrap_or(0));
+    let mut seen = messages(b)
+        .last()
+        .map_or(0, |m| m["seq"].as_u64().unwrap_or(0));
     let mut lat = Vec::new();
     for i in 0..count {
         send(&format!(r#"{{"t_ms":{:.3}}}"#, now_ms()));

@@ -126,6 +126,35 @@ fn a_python_worker_reads_balancer_channel_fd() {
         "{shown}"
     );
     assert!(!shown.contains("slot 0"), "{shown}");
+    // --follow: what comes after, of that slot only, as it comes.
+    let mut follow = std::process::Command::new(bin())
+        .args(["messages", "--follow", "--json", "--slot", "0", "--control"])
+        .arg(&b.control)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| drop(tx.send(l))));
+    ctl(
+        &b,
+        &[
+            "send",
+            r#"{"cmd":"updateConfig","data":{"greeting":"salut"}}"#,
+        ],
+    );
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx.recv_timeout(left).expect("a followed message");
+        let m: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(m["slot"], 0, "{line}");
+        if m["message"]["greeting"] == "salut" {
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
 }
 
 /// The channel is the fd after the listeners (4, or 5 with the overflow queue on 4), named in

@@ -112,7 +112,8 @@ fn a_worker_that_exits_is_restarted_and_its_slot_skipped_meanwhile() {
 fn a_worker_gets_its_listener_on_fd_3_and_nothing_else_of_the_supervisor() {
     netns();
     // `sleep` opens nothing itself: its fds and environment are exactly what it was given.
-    let b = Balancer::start(8080, 2, &["--", "sleep", "30"]);
+    // The message channel (fd 4 by default) is off here: tests/channel.rs checks it.
+    let b = Balancer::start(8080, 2, &["--channel", "off", "--", "sleep", "30"]);
     for slot in 0..2 {
         let pid = b.pid_of(slot);
         let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))

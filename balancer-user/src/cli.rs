@@ -122,6 +122,53 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Send a JSON message to every worker (or one slot's) on its message channel: Node
+    /// workers get it as a `process.on('message')` event. The answer counts the workers that
+    /// took it.
+    Send {
+        /// The message, one JSON value (at most 64 KiB), e.g. '{"cmd":"updateConfig"}'.
+        #[arg(required_unless_present = "clear", conflicts_with = "clear")]
+        json: Option<String>,
+        /// Only the worker of this slot.
+        #[arg(long)]
+        slot: Option<u32>,
+        /// Also send it to every worker started later (a restart, a reload, a scale-up), in the
+        /// order sent.
+        #[arg(long)]
+        keep: bool,
+        /// Forget the kept messages instead.
+        #[arg(long, conflicts_with_all = ["slot", "keep"])]
+        clear: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Send a signal to every worker (or one slot's); the answer names the pids. A worker it
+    /// stops is restarted at once, with no backoff.
+    Signal {
+        /// A name (SIGUSR2, USR2) or a number (12).
+        #[arg(value_parser = crate::channel::request::signal)]
+        signal: nix::sys::signal::Signal,
+        /// Only the worker of this slot.
+        #[arg(long)]
+        slot: Option<u32>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show the messages the workers sent on their channel (Node: `process.send`), and with
+    /// --follow every new one as it comes.
+    Messages {
+        /// Only this slot's messages.
+        #[arg(long)]
+        slot: Option<u32>,
+        /// Keep printing new messages until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON object per message ({seq, slot, pid, message}).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -307,6 +354,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
     pub stall_timeout: f64,
 
+    /// A message channel per worker (BALANCER_CHANNEL_FD, and NODE_CHANNEL_FD for Node's
+    /// `process.on('message')` and `process.send`), for `balancer send` and `balancer messages`.
+    #[arg(long, env = "BALANCER_CHANNEL", value_enum, default_value_t = Switch::On)]
+    pub channel: Switch,
+
     /// The worker command and its arguments, after `--`. It must serve on fd 3. Default: the
     /// built-in demo worker.
     #[arg(last = true, value_name = "COMMAND")]
@@ -354,6 +406,13 @@ pub enum Overflow {
     /// On for the built-in worker, off for a worker command.
     Auto,
     /// On: the worker command serves fd 4 as described.
+    On,
+    Off,
+}
+
+/// A plain on or off (`--channel`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switch {
     On,
     Off,
 }

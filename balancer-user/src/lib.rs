@@ -12,6 +12,8 @@
 //!   has stopped accepting), [`health`] (what health probes mean), [`sticky`] (the `sticky`
 //!   policy's table).
 //! - The workers' output: [`logs`] (captured line by line, kept, followed, written out).
+//! - Talking to the workers: [`channel`] (a message channel per worker, both ways, and
+//!   `balancer send`, `signal` and `messages`).
 //! - Talking to it: [`control`] (the control socket's protocol, server and client, and `status
 //!   --watch`), [`metrics`] (Prometheus).
 //! - The workers: [`worker`] (starting one, and the built-in demo worker), [`capabilities`]
@@ -20,6 +22,7 @@
 pub mod accounting;
 pub mod backoff;
 pub mod capabilities;
+pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod control;

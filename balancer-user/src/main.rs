@@ -97,6 +97,9 @@ fn dispatch(command: Command, json_logs: bool) -> Result<()> {
             println!("{}", control::call(&target.path()?, &request)?);
             Ok(())
         }
+        command @ (Command::Send { .. } | Command::Signal { .. } | Command::Messages { .. }) => {
+            balancer::channel::client::run(command)
+        }
     }
 }
 
@@ -169,6 +172,7 @@ fn options(args: RunArgs, json_logs: bool) -> Result<supervisor::Options> {
         recycle,
         logs,
         credentials,
+        channel: args.channel == balancer::cli::Switch::On,
         listen,
         workers,
         policy: args.policy,

@@ -74,9 +74,9 @@ impl Process {
     }
 }
 
-type Labels = Vec<(&'static str, String)>;
+pub(crate) type Labels = Vec<(&'static str, String)>;
 
-fn family<M: prometheus_client::encoding::EncodeMetric>(
+pub(crate) fn family<M: prometheus_client::encoding::EncodeMetric>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -90,7 +90,7 @@ fn family<M: prometheus_client::encoding::EncodeMetric>(
     Ok(())
 }
 
-fn slot(i: u32) -> Labels {
+pub(crate) fn slot(i: u32) -> Labels {
     vec![("slot", i.to_string())]
 }
 
@@ -278,7 +278,7 @@ impl Snapshot {
             Counter,
             slots().map(|x| (slot(x.slot), ConstCounter::new(x.log_dropped))),
         )?;
-        Ok(())
+        crate::channel::metrics::encode(e, &self.status.slots)
     }
 
     /// The program's own counters.

@@ -20,6 +20,7 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
 pub mod burst;
+pub mod channel;
 pub mod listen;
 pub mod procfs;
 pub mod raw;

@@ -44,6 +44,9 @@ enum Task {
         /// as a smoke check.
         #[arg(long, env = "BALANCER_BENCH_MANY_CORE")]
         many_core: bool,
+        /// Measure only the workers' message channels and print their table.
+        #[arg(long)]
+        channel: bool,
     },
     /// Build the container image `balancer:latest` with podman (deploy/Containerfile).
     Image,
@@ -109,8 +112,13 @@ fn run(task: Task) -> Result<()> {
             out,
             workers,
             many_core,
+            channel,
         } => {
             cargo(&env, &["build", "--release", "-p", "balancer"])?;
+            if channel {
+                balancer_tests::netns();
+                return bench::channel::run(&root().join("target/release/balancer"), quick);
+            }
             let out = out.unwrap_or_else(|| root().join("docs"));
             let opts = bench::Options {
                 quick,

@@ -1,7 +1,8 @@
 //! The control socket: a Unix stream socket, mode 0600, on which `balancer status`, `stop` and
 //! the other client commands talk to a running supervisor.
 //!
-//! One request per connection: a single line naming the command, at most [`MAX_REQUEST`] bytes,
+//! One request per connection: a single line naming the command, at most [`MAX_REQUEST`] bytes
+//! (a `send`, whose message may take 64 KiB: [`MAX_LINE`](crate::channel::request::MAX_LINE)),
 //! read within [`REQUEST_TIMEOUT`]. The answer is one line of JSON. Anything else gets an error
 //! line and the connection is closed; a client can neither crash nor stall the supervisor.
 
@@ -103,7 +104,7 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
 pub async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, String> {
     let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(
         stream,
-        MAX_REQUEST as u64 + 1,
+        crate::channel::request::MAX_LINE as u64 + 1,
     ));
     let mut line = Vec::new();
     match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await {

@@ -3,7 +3,7 @@
 
 use super::MAX_REQUEST;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Status,
     Stop,
@@ -25,22 +25,33 @@ pub enum Request {
         lines: usize,
         follow: bool,
     },
+    /// `send`, `signal` and `messages`: the workers' message channels.
+    Channel(crate::channel::request::ChannelRequest),
 }
 
 /// What the control socket accepts, for error messages.
 const USAGE: &str =
-    "expected `status`, `stop`, `reload`, `scale N`, `policy NAME`, `weight SLOT N` \
-     or `logs [slot N] [lines K] [follow]`";
+    "expected `status`, `stop`, `reload`, `scale N`, `policy NAME`, `weight SLOT N`, \
+     `logs [slot N] [lines K] [follow]`, `send [slot N] [keep] JSON`, `send clear`, \
+     `signal [slot N] SIGNAL` or `messages [slot N] [follow]`";
 
 /// Largest weight accepted: keeps weighted keys far from overflow.
 pub const MAX_WEIGHT: u32 = 1_000_000;
 
 /// Parses one request line. Pure, so that it can be fuzzed on the host.
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
-    if line.len() > MAX_REQUEST {
-        return Err(format!("request longer than {MAX_REQUEST} bytes"));
+    // A message may be longer than any other request.
+    let limit = match line.starts_with(b"send ") {
+        true => crate::channel::request::MAX_LINE,
+        false => MAX_REQUEST,
+    };
+    if line.len() > limit {
+        return Err(format!("request longer than {limit} bytes"));
     }
     let text = std::str::from_utf8(line).map_err(|_| "request is not UTF-8".to_string())?;
+    if let Some(channel) = crate::channel::request::parse(text) {
+        return channel.map(Request::Channel);
+    }
     let words: Vec<&str> = text.split_whitespace().collect();
     match words.as_slice() {
         ["status"] => Ok(Request::Status),

@@ -81,6 +81,9 @@ pub struct SlotStatus {
     /// supervisor's output and the log files, still in `balancer logs`.
     #[serde(default)]
     pub log_dropped: u64,
+    /// The slot's message channel, unless `--channel off`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<crate::channel::ChannelStatus>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -132,6 +135,19 @@ pub fn render(status: &Status) -> String {
         out.push_str(&format!(
             "overflow queue: {} waiting (load {}), {} sent there, {} corrected\n",
             o.queued, o.load, o.assigned, o.corrections
+        ));
+    }
+    for s in &status.slots {
+        let Some(c) = s
+            .channel
+            .as_ref()
+            .filter(|c| c.dropped > 0 || c.cut_off > 0)
+        else {
+            continue;
+        };
+        out.push_str(&format!(
+            "slot {} channel {}: {} messages sent, {} dropped (not read), {} received, cut off {} times\n",
+            s.slot, c.state, c.sent, c.dropped, c.received, c.cut_off
         ));
     }
     for s in status.slots.iter().filter(|s| !s.last_stderr.is_empty()) {

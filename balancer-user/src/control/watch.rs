@@ -129,6 +129,7 @@ mod tests {
                     health_failures: 0,
                     health_restarts: 0,
                     log_dropped: 0,
+                    channel: None,
                 })
                 .collect(),
         }

@@ -82,6 +82,7 @@ impl Supervisor {
                     health_restarts: s.health_restarts,
                     log_lines: logs.lines,
                     log_dropped: logs.dropped,
+                    channel: self.messaging.slot(i, s.pid),
                 }
             })
             .collect();

@@ -150,6 +150,7 @@ impl Supervisor {
                     p.detail
                 );
                 if let Some(pid) = s.pid {
+                    self.messaging.hang_up(pid);
                     let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
                 }
             }

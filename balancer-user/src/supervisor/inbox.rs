@@ -13,6 +13,7 @@ use tokio::{
 };
 
 use crate::{
+    channel::request::ChannelRequest,
     control::{self, Request},
     listeners,
     logs::Logs,
@@ -120,6 +121,7 @@ pub async fn accept_control(
     listener: tokio::net::UnixListener,
     events: mpsc::UnboundedSender<Event>,
     logs: Logs,
+    messages: crate::channel::Store,
 ) {
     loop {
         let mut stream = match listener.accept().await {
@@ -131,6 +133,7 @@ pub async fn accept_control(
         };
         let events = events.clone();
         let logs = logs.clone();
+        let messages = messages.clone();
         tokio::spawn(async move {
             let answer = match control::read_request(&mut stream).await {
                 // Served here: the lines are the log store's, not the loop's to hand out.
@@ -140,6 +143,11 @@ pub async fn accept_control(
                     follow,
                 }) => {
                     control::serve_logs(&mut stream, &logs, slot, lines, follow).await;
+                    return;
+                }
+                // The same for what the workers sent.
+                Ok(Request::Channel(ChannelRequest::Messages { slot, follow })) => {
+                    crate::channel::received::serve(&mut stream, &messages, slot, follow).await;
                     return;
                 }
                 Ok(request) => {

@@ -27,6 +27,7 @@
 //! worker through its own listener. [`truth`]: reading what the kernel holds, for the
 //! [accounting](crate::accounting). [`stalls`]: taking a worker that stopped accepting out of
 //! rotation. [`answers`]: status, metrics, policy and weight. [`shutdown`]: the ordered stop.
+//! [`messaging`]: the workers' message channels, `balancer send` and `balancer signal`.
 //!
 //! It runs on a single thread. Besides being all it needs, this matters for correctness: a
 //! child's `PR_SET_PDEATHSIG` fires when the *thread* that forked it exits, so every fork must
@@ -35,6 +36,7 @@
 mod answers;
 mod health;
 mod inbox;
+mod messaging;
 mod readiness;
 mod recycle;
 mod reload;
@@ -116,6 +118,8 @@ pub struct Options {
     pub logs: crate::logs::sink::Options,
     /// The account workers run as; None: the supervisor's own (minus the BPF capabilities).
     pub credentials: Option<spawn::Credentials>,
+    /// Each worker gets a message channel (`--channel on`).
+    pub channel: bool,
 }
 
 pub struct Supervisor {
@@ -145,6 +149,8 @@ pub struct Supervisor {
     memory_read: Option<std::time::Instant>,
     /// Each slot's (assigned, closed) when the reading under way started.
     counts_at_reading: Vec<(u64, u64)>,
+    /// The workers' message channels.
+    messaging: messaging::Messaging,
 }
 
 /// Where /metrics is served.
@@ -262,6 +268,7 @@ impl Supervisor {
         };
         let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
 
+        let channel = opts.channel;
         let slots = group
             .into_iter()
             .map(|listener| Slot::new(listener, opts.backoff))
@@ -284,11 +291,13 @@ impl Supervisor {
             metrics_addr,
             memory_read: None,
             counts_at_reading: Vec::new(),
+            messaging: messaging::Messaging::new(channel),
         };
         tokio::spawn(inbox::accept_control(
             control,
             sup.events.clone(),
             sup.logs.clone(),
+            sup.messaging.store.clone(),
         ));
         if let Some(listener) = metrics {
             tokio::spawn(metrics::serve(listener, sup.asks.clone()));
@@ -427,6 +436,8 @@ impl Supervisor {
             // The control socket serves these from the log store itself.
             Request::Logs { .. } => "error: `logs` is served by the control socket".into(),
             _ if self.stopping => STOPPING.into(),
+            // Answered at once, during a reload or scale too.
+            Request::Channel(request) => self.on_channel_request(request),
             Request::Stop => {
                 self.stop_requested = true;
                 STOPPING.into()

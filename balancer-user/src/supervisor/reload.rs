@@ -51,6 +51,7 @@ impl Supervisor {
             .filter_map(|&s| self.slots[s as usize].retiring.map(|r| r.0))
             .collect();
         for &pid in &pids {
+            self.messaging.hang_up(pid);
             let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
         }
         let gone = |s: &Supervisor| {

@@ -63,6 +63,9 @@ impl Supervisor {
     pub(super) fn signal_all(&self, sig: Signal) {
         for s in &self.slots {
             for pid in s.pid.iter().chain(s.retiring.as_ref().map(|r| &r.0)) {
+                if sig == Signal::SIGTERM {
+                    self.messaging.hang_up(*pid);
+                }
                 let _ = nix::sys::signal::kill(*pid, sig);
             }
         }

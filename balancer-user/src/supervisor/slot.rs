@@ -111,6 +111,7 @@ impl Supervisor {
             s.generation + 1
         );
         let notify = readiness::socket(&notify_name);
+        let channel = self.messaging.pair()?;
         let child = spawn::spawn(
             &self.command,
             Spawn {
@@ -119,6 +120,7 @@ impl Supervisor {
                 overflow: self.overflow.as_ref().map(|o| o.as_fd()),
                 credentials: self.opts.credentials,
                 notify: notify.as_ref().map(|_| format!("@{notify_name}")),
+                channel: channel.as_ref().map(|c| c.worker.as_fd()),
             },
         )?;
         let pid = Pid::from_raw(
@@ -158,6 +160,9 @@ impl Supervisor {
         // becomes up when this worker is ready, so a worker that dies at start (a crash loop)
         // is never sent a connection.
         let generation = s.generation;
+        if let Some(channel) = channel {
+            self.link_channel(channel, slot, pid, generation);
+        }
         let events = self.events.clone();
         readiness::wait(
             notify,
@@ -208,6 +213,7 @@ impl Supervisor {
             if g == generation {
                 log::info!("slot {slot}: previous worker {pid} {}", describe(&status));
                 s.retiring = None;
+                self.messaging.unlink(pid);
                 self.steering.worker_exited(pid.as_raw() as u32);
                 return;
             }
@@ -221,13 +227,23 @@ impl Supervisor {
         let ran_for = s.started.map_or(Duration::ZERO, |t| t.elapsed());
         let reason = describe(&status);
         s.last_pid = s.pid.take();
+        let mut asked = false;
         if let Some(pid) = s.last_pid {
             self.steering.worker_exited(pid.as_raw() as u32);
+            self.messaging.unlink(pid);
+            asked = self.messaging.asked_to_stop(pid, self.opts.kill_timeout);
         }
         s.started = None;
         s.last_exit = Some(reason.clone());
         s.last_status = status.as_ref().ok().copied();
         if self.stopping {
+            return;
+        }
+        // Stopped by `balancer signal`: not a failure, so no backoff delay and no count
+        // towards giving up.
+        if asked {
+            log::info!("slot {slot}: worker {reason}, as `balancer signal` asked; restarting it");
+            let _ = self.events.send(Event::Restart { slot, generation });
             return;
         }
         match s.backoff.on_exit(ran_for) {

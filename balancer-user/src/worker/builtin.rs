@@ -169,6 +169,7 @@ impl Drop for Open {
 }
 
 pub fn run() -> Result<()> {
+    print_messages();
     if inherited_is_datagram() {
         return serve_udp();
     }
@@ -179,6 +180,27 @@ pub fn run() -> Result<()> {
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, serve(listener, overflow, Rc::from(slot)))
+}
+
+/// Prints each message `balancer send` sends on this worker's channel to stdout (`balancer
+/// logs` shows it), from a thread of its own, so that the demo worker reads its channel like a
+/// real one would.
+fn print_messages() {
+    use std::io::BufRead as _;
+    let Some(fd) = std::env::var("BALANCER_CHANNEL_FD")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    // SAFETY: the supervisor passed this fd as this process's end of its channel, used only here.
+    let channel = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(channel).lines() {
+            let Ok(line) = line else { return };
+            println!("message: {line}");
+        }
+    });
 }
 
 /// Tells the supervisor this worker serves (systemd's READY=1), if it asked. By hand rather than

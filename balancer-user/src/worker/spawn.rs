@@ -1,9 +1,10 @@
 //! Starting one worker process with its slot's listener, the systemd way.
 //!
-//! A worker gets one descriptor beyond stdio: its slot's listening socket as fd 3
+//! A worker gets its descriptors beyond stdio in order: its slot's listening socket as fd 3
 //! (`LISTEN_FDS=1`, `LISTEN_PID`, `LISTEN_FDNAMES`, as `sd_listen_fds(3)` expects), and with
 //! `--overflow` a second, the shared overflow listener, as fd 4 (`LISTEN_FDS=2`,
-//! `LISTEN_FDNAMES=balancer:overflow`). Every
+//! `LISTEN_FDNAMES=balancer:overflow`); after them, unless `--channel off`, its end of its
+//! message channel (named by `BALANCER_CHANNEL_FD`, see [`channel`](crate::channel)). Every
 //! other descriptor (sibling listeners, the programs, the maps, anything the supervisor
 //! itself inherited) is closed in the child before the exec and never reaches it: a worker has
 //! no handle on any slot's load, its own included.
@@ -145,6 +146,8 @@ pub struct Spawn<'a> {
     pub listener: BorrowedFd<'a>,
     /// The shared overflow listener, passed as fd 4 (`--overflow`).
     pub overflow: Option<BorrowedFd<'a>>,
+    /// The worker's end of its message channel, passed as the fd after the listeners.
+    pub channel: Option<BorrowedFd<'a>>,
 }
 
 fn cstring(s: impl AsRef<OsStr>) -> Result<CString> {
@@ -160,16 +163,18 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
 
     let mut env: Vec<CString> = std::env::vars_os()
         .filter(|(k, _)| {
-            !matches!(
-                k.to_str(),
-                Some(
-                    "LISTEN_FDS"
-                        | "LISTEN_PID"
-                        | "LISTEN_FDNAMES"
-                        | "BALANCER_SLOT"
-                        | "NOTIFY_SOCKET"
+            !k.to_str()
+                .is_some_and(|k| crate::channel::ENVIRONMENT.contains(&k))
+                && !matches!(
+                    k.to_str(),
+                    Some(
+                        "LISTEN_FDS"
+                            | "LISTEN_PID"
+                            | "LISTEN_FDNAMES"
+                            | "BALANCER_SLOT"
+                            | "NOTIFY_SOCKET"
+                    )
                 )
-            )
         })
         .map(|(k, v)| {
             let mut kv = k;
@@ -189,12 +194,22 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
     if let Some(notify) = &spawn.notify {
         env.push(cstring(format!("NOTIFY_SOCKET={notify}"))?);
     }
+    let channel_fd = match spawn.overflow {
+        Some(_) => OVERFLOW_FD + 1,
+        None => LISTEN_FD + 1,
+    };
+    if spawn.channel.is_some() {
+        for kv in crate::channel::environment(channel_fd) {
+            env.push(cstring(kv)?);
+        }
+    }
     let pid_index = env.len();
     env.push(cstring(format!("LISTEN_PID={}", "0".repeat(PID_DIGITS)))?);
 
     let image = ExecImage::new(program, argv, env, pid_index);
     let listener = spawn.listener.as_raw_fd();
     let overflow = spawn.overflow.map(|o| o.as_raw_fd());
+    let channel = spawn.channel.map(|c| c.as_raw_fd());
 
     let mut command = std::process::Command::new(&cmd.program);
     command.process_group(0);
@@ -255,7 +270,11 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
                 Some(o) => libc::fcntl(o, libc::F_DUPFD_CLOEXEC, 10),
                 None => 0,
             };
-            if l < 0 || o < 0 || libc::dup2(l, LISTEN_FD) < 0 {
+            let c = match channel {
+                Some(c) => libc::fcntl(c, libc::F_DUPFD_CLOEXEC, 10),
+                None => 0,
+            };
+            if l < 0 || o < 0 || c < 0 || libc::dup2(l, LISTEN_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             let mut keep = LISTEN_FD;
@@ -264,6 +283,12 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
                     return Err(std::io::Error::last_os_error());
                 }
                 keep = OVERFLOW_FD;
+            }
+            if channel.is_some() {
+                if libc::dup2(c, channel_fd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                keep = channel_fd;
             }
             // Everything above goes, including fds the supervisor itself inherited without
             // close-on-exec from whatever started it (a jobserver pipe, a shell's fd): a worker

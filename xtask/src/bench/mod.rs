@@ -10,8 +10,12 @@
 //! 8 cores or more, new connections per second with a worker per core. `least-loaded` runs
 //! without the shared overflow queue except in rows that name it. Everything runs in a private
 //! network namespace on loopback.
+//!
+//! Apart: [`channel`], the workers' message channels (`cargo xtask bench --channel`), printed
+//! rather than written to benchmarks.md.
 
 mod alternatives;
+pub mod channel;
 mod client;
 mod cost;
 mod drift;

@@ -484,9 +484,11 @@ pub fn share_while_blocked(addr: SocketAddr, workers: usize, route: &str) -> (f6
     drop(holders);
     let mut slow = [slow];
     let block = Duration::from_millis(2000);
+    // From the request, not from its read: the hold ends no sooner than `block` after it, so
+    // every connection started before then finds the worker held.
+    let begin = Instant::now();
     hold_with(&mut slow, route, block.as_millis() as u64);
     let [mut slow] = slow;
-    let begin = Instant::now();
     let results: Vec<(Duration, Reply)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..32)
             .map(|_| {

@@ -33,6 +33,8 @@ pub fn run() -> Result<()> {
     for (name, note) in sysctls() {
         println!("sysctl        {name} = {note}");
     }
+    let (reads_sockets, diag) = sock_diag();
+    println!("sock_diag     {diag}");
     println!();
     if let Err(e) = capabilities::require_bpf() {
         println!("programs      not loaded: no capability to load them");
@@ -63,7 +65,11 @@ pub fn run() -> Result<()> {
         }
     }
     println!();
-    println!("balancer can run here: every feature it uses is present, nothing degrades.");
+    if reads_sockets {
+        println!("balancer can run here: every feature it uses is present, nothing degrades.");
+    } else {
+        println!("balancer can run here, degraded: see sock_diag above.");
+    }
     Ok(())
 }
 
@@ -138,6 +144,24 @@ fn held(caps: u64) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Whether the supervisor can read each worker's connections (the reconciliation); without
+/// it the balancer runs, its loads kept by the programs alone.
+fn sock_diag() -> (bool, String) {
+    match crate::accounting::open_sockets(1) {
+        Ok(_) => (
+            true,
+            "yes (the supervisor reads what each worker holds and corrects any drift)".into(),
+        ),
+        Err(e) => (
+            false,
+            format!(
+            "NO, degrades: loads are not checked against the kernel, a drift stays uncorrected \
+             ({e}); fix: `modprobe tcp_diag`"
+        ),
+        ),
+    }
 }
 
 /// The sysctls that change what happens to connections, with what each value means here.

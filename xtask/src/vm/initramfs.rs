@@ -88,52 +88,87 @@ fn libraries(binaries: &[PathBuf]) -> Result<BTreeSet<PathBuf>> {
     Ok(libs)
 }
 
+/// A copy of the archive `base` with the kernel's own `modules` (files named N-NAME.ko, loaded
+/// in that order by /init) appended as a second archive: the kernel unpacks concatenated
+/// archives one after the other.
+pub fn with_modules(base: &Path, modules: &[PathBuf], out: &Path) -> Result<()> {
+    fs::copy(base, out)?;
+    let files: Vec<(String, PathBuf, u32)> = modules
+        .iter()
+        .map(|m| {
+            let name = m.file_name().unwrap().to_string_lossy();
+            (format!("modules/{name}"), m.clone(), 0o644)
+        })
+        .collect();
+    let f = fs::OpenOptions::new().append(true).open(out)?;
+    let mut w = BufWriter::new(f);
+    entries(&mut w, &files, &[], 1 << 20)?;
+    w.flush()?;
+    Ok(())
+}
+
 /// The cpio archive: every parent directory of every file, /dev/console, then the files.
 fn write(files: &[(String, PathBuf, u32)], out: &Path) -> Result<()> {
-    let mut dirs = BTreeSet::new();
-    for d in ["dev", "proc", "sys", "tmp", "run", "root"] {
-        dirs.insert(d.to_string());
-    }
+    let mut w = BufWriter::new(fs::File::create(out)?);
+    entries(
+        &mut w,
+        files,
+        &["dev", "proc", "sys", "tmp", "run", "root"],
+        1,
+    )?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Writes `dirs`, the parent directories of `files`, then `files` and a trailer, numbering
+/// inodes from `first_ino` (unique within the archives the kernel unpacks together).
+fn entries(
+    w: &mut impl std::io::Write,
+    files: &[(String, PathBuf, u32)],
+    dirs: &[&str],
+    first_ino: u32,
+) -> Result<()> {
+    let mut all_dirs: BTreeSet<String> = dirs.iter().map(|d| d.to_string()).collect();
     for (name, _, _) in files {
         let mut p = Path::new(name).parent();
         while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
-            dirs.insert(d.to_string_lossy().into_owned());
+            all_dirs.insert(d.to_string_lossy().into_owned());
             p = d.parent();
         }
     }
-    let mut w = BufWriter::new(fs::File::create(out)?);
-    let mut ino = 1;
+    let mut ino = first_ino;
     let mut next = || {
         ino += 1;
         ino
     };
     // BTreeSet order puts each directory before what it holds.
-    for d in &dirs {
+    for d in &all_dirs {
         let entry = cpio::newc::Builder::new(d)
             .ino(next())
             .mode(0o040755)
             .nlink(2);
-        entry.write(&mut w, 0).finish()?;
+        entry.write(&mut *w, 0).finish()?;
     }
-    // The console the kernel opens for /init before anything is mounted.
-    let console = cpio::newc::Builder::new("dev/console")
-        .ino(next())
-        .mode(0o020600)
-        .rdev_major(5)
-        .rdev_minor(1)
-        .nlink(1);
-    console.write(&mut w, 0).finish()?;
+    if dirs.contains(&"dev") {
+        // The console the kernel opens for /init before anything is mounted.
+        let console = cpio::newc::Builder::new("dev/console")
+            .ino(next())
+            .mode(0o020600)
+            .rdev_major(5)
+            .rdev_minor(1)
+            .nlink(1);
+        console.write(&mut *w, 0).finish()?;
+    }
     for (name, path, mode) in files {
         let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let entry = cpio::newc::Builder::new(name)
             .ino(next())
             .mode(0o100000 | mode)
             .nlink(1);
-        let mut f = entry.write(&mut w, data.len() as u32);
+        let mut f = entry.write(&mut *w, data.len() as u32);
         f.write_all(&data)?;
         f.finish()?;
     }
-    cpio::newc::trailer(&mut w)?;
-    w.flush()?;
+    cpio::newc::trailer(&mut *w)?;
     Ok(())
 }

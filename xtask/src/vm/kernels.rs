@@ -78,9 +78,17 @@ pub fn by_series(series: &str) -> Result<&'static Kernel> {
         })
 }
 
+/// The modules the balancer needs that Debian's cloud kernels build as modules, in load order:
+/// sock_diag for TCP and UDP sockets, with which the supervisor reads what each worker holds.
+/// On a Debian host the kernel loads them on the first request; the guest has no module tree
+/// for that, so /init loads them.
+const MODULES: &[&str] = &["inet_diag", "tcp_diag", "udp_diag"];
+
 /// A kernel ready to boot.
 pub struct Fetched {
     pub vmlinuz: PathBuf,
+    /// Its [`MODULES`] (those it does not build in), uncompressed, named N-NAME.ko.
+    pub modules: Vec<PathBuf>,
     /// The Debian package it came from, e.g. linux-image-6.1.0-43-cloud-amd64-unsigned 6.1.162-1.
     pub package: String,
 }
@@ -90,9 +98,11 @@ pub fn fetch(k: &Kernel, vm_dir: &Path) -> Result<Fetched> {
     let dir = vm_dir.join("kernels").join(k.series);
     let vmlinuz = dir.join("vmlinuz");
     let package_file = dir.join("package");
-    if vmlinuz.exists() && package_file.exists() {
+    let modules_dir = dir.join("modules");
+    if vmlinuz.exists() && package_file.exists() && modules_dir.exists() {
         return Ok(Fetched {
             vmlinuz,
+            modules: listed(&modules_dir)?,
             package: fs::read_to_string(&package_file)?.trim().to_string(),
         });
     }
@@ -105,11 +115,15 @@ pub fn fetch(k: &Kernel, vm_dir: &Path) -> Result<Fetched> {
         match apt.download(name, &unpack) {
             Ok(deb) => {
                 let version = deb_field(&deb, "Version")?;
-                extract_vmlinuz(&deb, &unpack, &vmlinuz)?;
+                extract(&deb, &unpack, &vmlinuz, &modules_dir)?;
                 let package = format!("{name} {version}");
                 fs::write(&package_file, format!("{package}\n"))?;
                 let _ = fs::remove_dir_all(&unpack);
-                return Ok(Fetched { vmlinuz, package });
+                return Ok(Fetched {
+                    vmlinuz,
+                    modules: listed(&modules_dir)?,
+                    package,
+                });
             }
             Err(e) => eprintln!("xtask: {name}: {e:#}; trying an older build"),
         }
@@ -132,7 +146,18 @@ fn deb_field(deb: &Path, field: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn extract_vmlinuz(deb: &Path, unpack: &Path, to: &Path) -> Result<()> {
+fn listed(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Copies the package's vmlinuz to `to` and its [`MODULES`] to `modules`, decompressed (the
+/// guest's busybox `insmod` takes plain ELF).
+fn extract(deb: &Path, unpack: &Path, to: &Path, modules: &Path) -> Result<()> {
     let tree = unpack.join("tree");
     let status = Command::new("dpkg-deb")
         .arg("-x")
@@ -151,6 +176,29 @@ fn extract_vmlinuz(deb: &Path, unpack: &Path, to: &Path) -> Result<()> {
         })
         .context("the package holds no boot/vmlinuz-*")?;
     fs::create_dir_all(to.parent().unwrap())?;
+    let _ = fs::remove_dir_all(modules);
+    fs::create_dir_all(modules)?;
+    let release = boot.file_name().unwrap().to_string_lossy()["vmlinuz-".len()..].to_string();
+    let ipv4 = tree.join(format!("lib/modules/{release}/kernel/net/ipv4"));
+    for (i, name) in MODULES.iter().enumerate() {
+        let out = modules.join(format!("{i}-{name}.ko"));
+        let plain = ipv4.join(format!("{name}.ko"));
+        let (tool, packed) = [("xz", "xz"), ("zstd", "zst")]
+            .iter()
+            .map(|(tool, ext)| (*tool, ipv4.join(format!("{name}.ko.{ext}"))))
+            .find(|(_, p)| p.exists())
+            .unwrap_or(("", PathBuf::new()));
+        if plain.exists() {
+            fs::copy(&plain, &out)?;
+        } else if !tool.is_empty() {
+            let data = Command::new(tool).arg("-dc").arg(&packed).output()?;
+            if !data.status.success() {
+                bail!("{tool} -dc {} failed", packed.display());
+            }
+            fs::write(&out, data.stdout)?;
+        }
+        // Absent: built into this kernel.
+    }
     fs::copy(&boot, to)?;
     Ok(())
 }
@@ -250,7 +298,7 @@ mod tests {
 
     #[test]
     fn builds_sort_by_their_numbers() {
-        let mut names = vec![
+        let mut names = [
             "linux-image-6.1.0-9-cloud-amd64-unsigned",
             "linux-image-6.1.0-43-cloud-amd64-unsigned",
         ];

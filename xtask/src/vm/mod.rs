@@ -131,7 +131,9 @@ pub fn run(env: &Env, root: &Path, opts: &Options) -> Result<()> {
         let fetched = kernels::fetch(k, &vm)?;
         eprintln!("xtask: vm: booting {} ({})", k.series, fetched.package);
         let log = vm.join(format!("console-{}.log", k.series));
-        let t = boot::boot(&fetched.vmlinuz, &initrd, &log, LIMIT)?;
+        let own = vm.join(format!("initramfs-{}.cpio", k.series));
+        initramfs::with_modules(&initrd, &fetched.modules, &own)?;
+        let t = boot::boot(&fetched.vmlinuz, &own, &log, LIMIT)?;
         let o = report::Outcome::read(k, &fetched.package, &t);
         print_outcome(&o, &log);
         outcomes.push(o);
@@ -168,6 +170,9 @@ fn print_outcome(o: &report::Outcome, log: &Path) {
     for t in &o.tests {
         let r = if t.passed { "pass" } else { "FAIL" };
         eprintln!("  {r}  {:6.1} s  {} {}", t.seconds, t.bin, t.name);
+        for before in &t.failed_before {
+            eprintln!("        (its first run failed: {before})");
+        }
     }
     for l in &o.run_said {
         eprintln!("  balancer run said: {l}");

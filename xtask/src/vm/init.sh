@@ -55,6 +55,10 @@ else
     rc=$?
     sed 's/^/@@ run-said /' /tmp/run.err
     echo "@@ run $rc"
+    # What the verifier said, behind that line.
+    RUST_LOG=debug timeout -s KILL 60 balancer run --listen 127.0.0.1:8080 --workers 1 2>&1 \
+        | grep -A 400 "the kernel's words" | grep -v '^$' | tail -n 6 | sed 's/^/@@ verifier-said /'
+
 fi
 
 echo "@@ done $(now)"

@@ -59,6 +59,8 @@ pub struct Outcome {
     pub tests: Vec<Test>,
     pub run_rc: Option<i32>,
     pub run_said: Vec<String>,
+    /// The end of the verifier's log behind a refusal.
+    pub verifier_said: Vec<String>,
     pub finished: bool,
     /// Why the run does not meet its expectation; empty when it does.
     pub failures: Vec<String>,
@@ -78,6 +80,7 @@ impl Outcome {
             tests: vec![],
             run_rc: None,
             run_said: vec![],
+            verifier_said: vec![],
             finished: false,
             failures: vec![],
         };
@@ -116,6 +119,7 @@ impl Outcome {
                     }
                 }
                 "run-said" => o.run_said.push(rest.to_string()),
+                "verifier-said" => o.verifier_said.push(rest.to_string()),
                 "run" => o.run_rc = words.first().and_then(|w| w.parse().ok()),
                 "done" => o.finished = true,
                 _ => {}
@@ -306,6 +310,14 @@ pub fn details(outcomes: &[Outcome]) -> String {
             s += "\n";
         }
         s += "```\n";
+        if !o.verifier_said.is_empty() {
+            s += "\nBehind it, the end of the verifier's log (`RUST_LOG=debug`):\n\n```\n";
+            for l in &o.verifier_said {
+                s += l;
+                s += "\n";
+            }
+            s += "```\n";
+        }
     }
     s
 }

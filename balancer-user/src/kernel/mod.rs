@@ -185,7 +185,7 @@ fn refused(e: aya::programs::ProgramError, what: &str) -> anyhow::Error {
 /// The kernel's own words stay available with `RUST_LOG=debug`.
 fn lacking(e: &dyn std::fmt::Display) -> Option<anyhow::Error> {
     let line = crate::check::lacking()?;
-    log::debug!("the kernel's words: {e}");
+    ::log::debug!("the kernel's words: {e}");
     Some(anyhow!(line))
 }
 

@@ -260,7 +260,14 @@ pub fn open_sockets(port: u16) -> std::io::Result<Sockets> {
                     }
                     NetlinkPayload::Done(_) => break 'dump,
                     // A kernel without IPv6 answers the AF_INET6 dump with an error.
-                    NetlinkPayload::Error(_) => break 'dump,
+                    NetlinkPayload::Error(_) if family == AF_INET6 => break 'dump,
+                    // No TCP sock_diag (tcp_diag not loaded and not loadable): nothing was
+                    // read, which must not pass for "no connection open".
+                    NetlinkPayload::Error(e) => {
+                        return Err(std::io::Error::other(format!(
+                        "sock_diag cannot list TCP sockets (is the tcp_diag module loaded?): {e}"
+                    )))
+                    }
                     _ => {}
                 }
                 if message.header.length == 0 {

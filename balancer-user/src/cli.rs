@@ -169,6 +169,10 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Check whether the balancer can run on this host: each kernel feature it uses (probed by
+    /// loading), its programs through the verifier, capabilities and sysctls. Exits non-zero
+    /// with the fix when it cannot run.
+    Check,
 }
 
 #[derive(clap::Args, Debug)]

@@ -18,11 +18,13 @@
 //!   --watch`), [`metrics`] (Prometheus).
 //! - The workers: [`worker`] (starting one, and the built-in demo worker), [`capabilities`]
 //!   (what the supervisor needs and what workers never get).
+//! - Before deploying: [`check`] (what this kernel has of what the programs use).
 
 pub mod accounting;
 pub mod backoff;
 pub mod capabilities;
 pub mod channel;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;

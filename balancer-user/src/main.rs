@@ -67,6 +67,7 @@ fn dispatch(command: Command, json_logs: bool) -> Result<()> {
             Ok(())
         }
         Command::Stop { target } => control::call(&target.path()?, "stop").map(drop),
+        Command::Check => balancer::check::run(),
         Command::Logs {
             slot,
             lines,

@@ -5,6 +5,7 @@
 
 mod bench;
 mod setup;
+mod vm;
 
 use std::process::{Command, ExitCode};
 
@@ -56,6 +57,14 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Boot Debian kernels in QEMU and run `balancer check` and the core end-to-end checks in
+    /// each (needs root). Without --kernel: the whole matrix, writing docs/kernels.md and
+    /// README's kernel table.
+    Vm {
+        /// A kernel series of the matrix (6.1, 6.12, 5.10); repeat for several.
+        #[arg(long = "kernel", value_name = "SERIES")]
+        kernels: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,7 +80,7 @@ fn main() -> ExitCode {
 fn run(task: Task) -> Result<()> {
     let env = setup::ensure(matches!(
         task,
-        Task::Setup | Task::Test { .. } | Task::Bench { .. }
+        Task::Setup | Task::Test { .. } | Task::Bench { .. } | Task::Vm { .. }
     ))?;
     match task {
         Task::Setup => Ok(()),
@@ -128,6 +137,7 @@ fn run(task: Task) -> Result<()> {
             };
             bench::run(&root().join("target/release/balancer"), &root(), &opts)
         }
+        Task::Vm { kernels } => vm::run(&env, &root(), &vm::Options { kernels }),
         Task::Test { args } => {
             cargo(&env, &["fmt", "--all", "--", "--check"]).context("run `cargo fmt --all`")?;
             cargo(&env, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
@@ -147,6 +157,7 @@ fn run(task: Task) -> Result<()> {
             if !status.success() {
                 bail!("tests failed");
             }
+            vm_leg(&env)?;
             // The benchmark is no pass/fail test, but it must keep running: --quick once,
             // written outside docs/.
             let skip = std::env::var_os("BALANCER_SKIP_BENCH_SMOKE").is_some();
@@ -176,6 +187,23 @@ fn run(task: Task) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The 6.1 kernel in a VM: `balancer check` and the core checks on what Debian 12 and Amazon
+/// Linux 2023 run, on every change.
+fn vm_leg(env: &setup::Env) -> Result<()> {
+    let skip = std::env::var_os("BALANCER_SKIP_VM").is_some();
+    if skip && std::env::var_os("CI").is_some() {
+        bail!("BALANCER_SKIP_VM is set under CI: the 6.1 kernel leg must run there; unset it");
+    }
+    if skip {
+        eprintln!("xtask: BALANCER_SKIP_VM is set: the 6.1 kernel leg skipped");
+        return Ok(());
+    }
+    let opts = vm::Options {
+        kernels: vec!["6.1".into()],
+    };
+    vm::run(env, &root(), &opts).context("the 6.1 kernel leg (cargo xtask vm --kernel 6.1) failed")
 }
 
 fn root() -> std::path::PathBuf {

@@ -39,6 +39,10 @@ const TEST_PACKAGES: &[&str] = &[
     "systemd",
     "nginx-light",
     "haproxy",
+    // `cargo xtask vm`: the emulator, the guest's shell and tools, objcopy for its binaries.
+    "qemu-system-x86",
+    "busybox-static",
+    "binutils",
 ];
 /// PyPI packages the tests use, with a command that succeeds once each is installed: a strict
 /// OpenMetrics parser, the Kubernetes schema validator, the Containerfile linter.

@@ -80,7 +80,7 @@ impl Steering {
                 if is_permission_error(&e) {
                     anyhow!(capabilities::refused())
                 } else {
-                    anyhow!("cannot load the steering program: {e}")
+                    lacking(&e).unwrap_or_else(|| anyhow!("cannot load the steering program: {e}"))
                 }
             })?;
         // Must be taken before the program is loaded: it owns the log map the program uses.
@@ -176,8 +176,17 @@ fn refused(e: aya::programs::ProgramError, what: &str) -> anyhow::Error {
     if e.to_string().contains("Operation not permitted") {
         anyhow!(capabilities::refused())
     } else {
-        anyhow!("the kernel refused {what}: {e}")
+        lacking(&e).unwrap_or_else(|| anyhow!("the kernel refused {what}: {e}"))
     }
+}
+
+/// On an older kernel, the feature it lacks says more than the verifier's pages: the probes of
+/// `balancer check` name it and the version that has it.
+/// The kernel's own words stay available with `RUST_LOG=debug`.
+fn lacking(e: &dyn std::fmt::Display) -> Option<anyhow::Error> {
+    let line = crate::check::lacking()?;
+    ::log::debug!("the kernel's words: {e}");
+    Some(anyhow!(line))
 }
 
 fn is_permission_error(e: &aya::EbpfError) -> bool {

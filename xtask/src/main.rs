@@ -4,6 +4,7 @@
 //! that the two commands in the README work on a fresh machine.
 
 mod bench;
+mod dist;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -53,6 +54,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build the release artefacts in target/dist/: a static x86_64 binary (musl, the eBPF
+    /// program embedded), a .deb, an OCI image, an npm package, a wheel, and SHA256SUMS.
+    Dist,
 }
 
 fn main() -> ExitCode {
@@ -124,6 +128,8 @@ fn run(task: Task) -> Result<()> {
             cargo(&env, &["fmt", "--all", "--", "--check"]).context("run `cargo fmt --all`")?;
             cargo(&env, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
             clippy_ebpf(&env)?;
+            // tests/dist.rs installs the release artefacts: built first, as a release would.
+            dist::run(&env, &root())?;
             // The end-to-end tests are integration tests of `balancer`: cargo builds the binary
             // they run and names it to them (CARGO_BIN_EXE_balancer).
             let mut test = vec!["test", "--", "--test-threads=2"];
@@ -165,6 +171,7 @@ fn run(task: Task) -> Result<()> {
             }
             Ok(())
         }
+        Task::Dist => dist::run(&env, &root()),
     }
 }
 

@@ -73,7 +73,8 @@ fn assert_version(program: &mut Command) {
     let v = ok(program.arg("--version"));
     assert!(
         v.starts_with(&format!("balancer {VERSION} (commit {}", head())),
-        "{v}"
+        "not built from HEAD ({}): run `cargo xtask dist` again. It says: {v}",
+        head()
     );
     assert!(v.contains("Linux 5.17+") && v.contains("CAP_BPF"), "{v}");
 }

@@ -133,7 +133,8 @@ fn the_static_binary_needs_no_loader_and_matches_its_checksums() {
     let sums = ok(Command::new("sha256sum")
         .args(["--check", "--strict", "SHA256SUMS"])
         .current_dir(root().join("target/dist")));
-    assert_eq!(sums.matches(": OK").count(), 5, "{sums}");
+    // Five packaged artefacts, and the aarch64 binary after `cargo xtask dist --aarch64`.
+    assert!(sums.matches(": OK").count() >= 5, "{sums}");
     let b = start_installed(&bin, 8080, 2, &[]);
     assert_serves_and_steers(&b, 2);
 }

@@ -56,7 +56,11 @@ enum Task {
     },
     /// Build the release artefacts in target/dist/: a static x86_64 binary (musl, the eBPF
     /// program embedded), a .deb, an OCI image, an npm package, a wheel, and SHA256SUMS.
-    Dist,
+    Dist {
+        /// Also cross-build the static aarch64 binary (the binary alone, not packaged).
+        #[arg(long)]
+        aarch64: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -129,7 +133,7 @@ fn run(task: Task) -> Result<()> {
             cargo(&env, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
             clippy_ebpf(&env)?;
             // tests/dist.rs installs the release artefacts: built first, as a release would.
-            dist::run(&env, &root())?;
+            dist::run(&env, &root(), false)?;
             // The end-to-end tests are integration tests of `balancer`: cargo builds the binary
             // they run and names it to them (CARGO_BIN_EXE_balancer).
             let mut test = vec!["test", "--", "--test-threads=2"];
@@ -171,7 +175,7 @@ fn run(task: Task) -> Result<()> {
             }
             Ok(())
         }
-        Task::Dist => dist::run(&env, &root()),
+        Task::Dist { aarch64 } => dist::run(&env, &root(), aarch64),
     }
 }
 

@@ -1,5 +1,6 @@
-//! The static binary: `balancer` built for `x86_64-unknown-linux-musl` with the `stripped` profile
-//! (the release build, stripped), the commit named in `balancer --version`.
+//! The static binary: `balancer` built for `x86_64-unknown-linux-musl` (or, cross-built,
+//! `aarch64-unknown-linux-musl`) with the `stripped` profile (the release build, stripped), the
+//! commit named in `balancer --version`.
 //!
 //! Rust's musl target links statically by default, with the C library Rust ships for it, so no
 //! C cross-toolchain is needed; the only step outside cargo is `rustup target add`. The build
@@ -14,34 +15,52 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::setup;
 
-/// The Rust target of the release binary.
-pub const TARGET: &str = "x86_64-unknown-linux-musl";
-/// How the artefacts name it.
-pub const NAME: &str = "x86_64-linux-musl";
+/// A target the release binary is built for.
+pub struct Target {
+    /// The Rust target.
+    pub triple: &'static str,
+    /// How the artefacts name it.
+    pub name: &'static str,
+    /// The linker, where the host's C compiler cannot link for it: rust-lld, with the musl
+    /// start files and C library that Rust ships for the target, needs no cross toolchain.
+    linker: Option<&'static str>,
+}
+
+pub const X86_64: Target = Target {
+    triple: "x86_64-unknown-linux-musl",
+    name: "x86_64-linux-musl",
+    linker: None,
+};
+
+pub const AARCH64: Target = Target {
+    triple: "aarch64-unknown-linux-musl",
+    name: "aarch64-linux-musl",
+    linker: Some("rust-lld"),
+};
 
 /// Builds the binary and returns its path under target/.
-pub fn build(env: &setup::Env, root: &Path) -> Result<PathBuf> {
-    add_target(env)?;
+pub fn build(env: &setup::Env, root: &Path, target: &Target) -> Result<PathBuf> {
+    let triple = target.triple;
+    add_target(env, triple)?;
     let commit = commit(root)?;
-    eprintln!("xtask: dist: building {TARGET} at commit {commit}");
-    let status = env
-        .command("cargo")
-        .args([
-            "build",
-            "--profile",
-            "stripped",
-            "-p",
-            "balancer",
-            "--target",
-            TARGET,
-        ])
+    eprintln!("xtask: dist: building {triple} at commit {commit}");
+    let mut cargo = env.command("cargo");
+    cargo
+        .args(["build", "--profile", "stripped", "-p", "balancer"])
+        .args(["--target", triple])
         .env("BALANCER_COMMIT", &commit)
-        .current_dir(root)
-        .status()?;
-    if !status.success() {
-        bail!("`cargo build --profile stripped --target {TARGET}` failed");
+        .current_dir(root);
+    if let Some(linker) = target.linker {
+        let var = format!(
+            "CARGO_TARGET_{}_LINKER",
+            triple.to_uppercase().replace('-', "_")
+        );
+        cargo.env(var, linker);
     }
-    let binary = root.join("target").join(TARGET).join("stripped/balancer");
+    if !cargo.status()?.success() {
+        bail!("`cargo build --profile stripped --target {triple}` failed");
+    }
+    let binary = root.join("target").join(triple).join("stripped/balancer");
     let elf = std::fs::read(&binary).with_context(|| format!("{}", binary.display()))?;
     if has_interpreter(&elf)? {
         bail!(
@@ -52,8 +71,8 @@ pub fn build(env: &setup::Env, root: &Path) -> Result<PathBuf> {
     Ok(binary)
 }
 
-/// `rustup target add` once: the standard library for musl.
-fn add_target(env: &setup::Env) -> Result<()> {
+/// `rustup target add` once: the target's standard library and musl.
+fn add_target(env: &setup::Env, triple: &str) -> Result<()> {
     let out = env
         .command("rustup")
         .args(["target", "list", "--installed"])
@@ -61,16 +80,16 @@ fn add_target(env: &setup::Env) -> Result<()> {
         .context("cannot run rustup: the release build needs rustup")?;
     if String::from_utf8_lossy(&out.stdout)
         .lines()
-        .any(|l| l.trim() == TARGET)
+        .any(|l| l.trim() == triple)
     {
         return Ok(());
     }
     let status = env
         .command("rustup")
-        .args(["target", "add", TARGET])
+        .args(["target", "add", triple])
         .status()?;
     if !status.success() {
-        bail!("`rustup target add {TARGET}` failed");
+        bail!("`rustup target add {triple}` failed");
     }
     Ok(())
 }

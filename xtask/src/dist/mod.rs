@@ -5,7 +5,8 @@
 //! linked statically against musl, so one file runs on any x86_64 Linux distribution of a new
 //! enough kernel. Every other artefact wraps that same file, the way each ecosystem expects:
 //!
-//! - `balancer-VERSION-x86_64-linux-musl`: the binary itself ([`binary`]);
+//! - `balancer-VERSION-x86_64-linux-musl`: the binary itself ([`binary`]); with `--aarch64`,
+//!   `balancer-VERSION-aarch64-linux-musl` too, cross-built (linked by rust-lld), unpackaged;
 //! - `balancer_VERSION-1_amd64.deb`: the binary, the systemd unit, an example config ([`deb`]);
 //! - `balancer-VERSION-image.tar`: an OCI image holding the binary alone ([`image`]);
 //! - `balancer-VERSION.tgz`: an npm package whose `bin` is the binary ([`npm`]);
@@ -56,15 +57,22 @@ impl Release {
 }
 
 /// Builds every artefact into `root/target/dist` and prints each with its size.
-pub fn run(env: &setup::Env, root: &Path) -> Result<()> {
+pub fn run(env: &setup::Env, root: &Path, aarch64: bool) -> Result<()> {
     let out = root.join("target/dist");
     if out.exists() {
         std::fs::remove_dir_all(&out)?;
     }
     std::fs::create_dir_all(&out)?;
-    let built = binary::build(env, root)?;
-    let binary = out.join(format!("balancer-{VERSION}-{}", binary::NAME));
+    let built = binary::build(env, root, &binary::X86_64)?;
+    let binary = out.join(format!("balancer-{VERSION}-{}", binary::X86_64.name));
     std::fs::copy(&built, &binary)?;
+    if aarch64 {
+        let arm = binary::build(env, root, &binary::AARCH64)?;
+        std::fs::copy(
+            &arm,
+            out.join(format!("balancer-{VERSION}-{}", binary::AARCH64.name)),
+        )?;
+    }
     let release = Release {
         binary,
         root: root.to_path_buf(),

@@ -8,7 +8,7 @@
 
 use std::{
     env,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
@@ -25,6 +25,8 @@ fn main() -> Result<()> {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=BALANCER_EBPF_TOOLCHAIN");
+    println!("cargo:rustc-env=BALANCER_COMMIT={}", commit(&root));
+    println!("cargo:rustc-env=BALANCER_TARGET={}", env::var("TARGET")?);
     let toolchain = env::var("BALANCER_EBPF_TOOLCHAIN")
         .ok()
         .filter(|t| !t.is_empty());
@@ -84,4 +86,42 @@ fn main() -> Result<()> {
     std::fs::copy(&built, out.join("balancer"))
         .with_context(|| format!("cannot copy {}", built.display()))?;
     Ok(())
+}
+
+/// The commit `balancer --version` names: `BALANCER_COMMIT` if set (`cargo xtask dist` sets it,
+/// marking a tree with uncommitted changes), else git's HEAD, watched so that a new commit
+/// rebuilds, else `unknown` (a source tree outside git).
+fn commit(root: &Path) -> String {
+    println!("cargo:rerun-if-env-changed=BALANCER_COMMIT");
+    if let Some(c) = env::var("BALANCER_COMMIT").ok().filter(|c| !c.is_empty()) {
+        return c;
+    }
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        out.status.success().then(|| text.trim().to_string())
+    };
+    let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else {
+        return "unknown".into();
+    };
+    // HEAD names a branch whose ref file (or packed-refs, once packed) moves on each commit.
+    let mut watched = vec!["HEAD".to_string()];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(branch);
+        watched.push("packed-refs".into());
+    }
+    for name in watched {
+        if let Some(path) = git(&["rev-parse", "--git-path", &name]) {
+            let path = root.join(path);
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
+    }
+    commit
 }

@@ -9,8 +9,10 @@ rm -rf "$dir"
 mkdir -p "$dir/rootfs/usr/local/bin" "$dir/rootfs/run" "$dir/rootfs/tmp"
 chmod 1777 "$dir/rootfs/tmp"
 cp "$bin" "$dir/rootfs/usr/local/bin/balancer"
-# ldd prints "name => /path (addr)" or "/path (addr)"; take every absolute path.
-ldd "$bin" | grep -o '/[^ ]*' | while read -r lib; do
+# ldd prints "name => /path (addr)" or "/path (addr)"; take every absolute path. A static
+# binary (`cargo xtask dist`) has none: ldd says "statically linked", and the image holds the
+# binary alone.
+ldd "$bin" | { grep -o '/[^ ]*' || true; } | while read -r lib; do
     cp --parents -L "$lib" "$dir/rootfs/"
 done
 # The built-in worker needs nothing else; account names for --user come from these.

@@ -25,7 +25,8 @@ impl Target {
 #[derive(Parser, Debug)]
 #[command(
     name = "balancer",
-    version,
+    version = crate::version::SHORT,
+    long_version = crate::version::LONG,
     about = "Run N copies of a server on one port; the kernel sends each new connection to the least-loaded copy.",
     long_about = "Run N copies of a server on one port. Each copy (worker) gets its own listening socket \
 on fd 3 (systemd's LISTEN_FDS convention), and an SK_REUSEPORT eBPF program picks, for every new \

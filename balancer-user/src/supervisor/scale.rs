@@ -23,8 +23,7 @@ impl Supervisor {
                 Ok(a) => a,
                 Err(e) => return format!("error: {e:#}"),
             };
-            let backlog =
-                nix::sys::socket::Backlog::new(self.opts.backlog).expect("checked at start");
+            let backlog = listeners::Backlog::new(self.opts.backlog).expect("checked at start");
             for slot in old..n {
                 let listener = match listeners::bind_one(addr, self.opts.transport, backlog) {
                     Ok(l) => l,

@@ -312,7 +312,7 @@ impl Supervisor {
     pub(super) fn replace_listener(&mut self, slot: u32) -> Result<()> {
         let s = &self.slots[slot as usize];
         let addr = s.listener.local_addr()?;
-        let backlog = nix::sys::socket::Backlog::new(self.opts.backlog)?;
+        let backlog = listeners::Backlog::new(self.opts.backlog)?;
         let fresh = listeners::bind_one(addr, self.opts.transport, backlog)?;
         self.steering.insert(slot, &fresh)?;
         let old = std::mem::replace(&mut self.slots[slot as usize].listener, fresh);

@@ -665,7 +665,10 @@ fn an_unmodified_node_worker_under_ip_netns_exec() {
         0,
         "every close seen by the kernel's tracker"
     );
-    let (share, n) = share_while_blocked(b.addr, 2, "/block?ms=");
-    assert!(share < 0.02, "blocked Node worker got {share:.3} of {n}");
-    eprintln!("truth: node under ip netns exec: blocked worker's share {share:.3} of {n}");
+    let (held, n) = sent_while_blocked(b.addr, 2, "/block?ms=");
+    assert!(
+        held <= HELD_OF_TWO_AT_MOST,
+        "blocked Node worker got {held} of {n}"
+    );
+    eprintln!("truth: node under ip netns exec: blocked worker received {held} of {n}");
 }

@@ -479,6 +479,23 @@ pub fn wait_until(within: Duration, what: &str, cond: impl Fn() -> bool) {
 /// during the hold that went to the held worker, and how many started. Every connection must
 /// be answered.
 pub fn share_while_blocked(addr: SocketAddr, workers: usize, route: &str) -> (f64, usize) {
+    let (to_slow, n) = sent_while_blocked(addr, workers, route);
+    (to_slow as f64 / n as f64, n)
+}
+
+/// Clients of [`share_while_blocked`], each opening one connection after another.
+pub const BLOCKED_CLIENTS: usize = 32;
+
+/// The most connections least-loaded may send a held worker of two while
+/// [`BLOCKED_CLIENTS`] clients keep one connection each open: each one sent there waits,
+/// raising its load, and it gets another only while the free worker holds more (ties at
+/// random), so at most half the clients end up waiting on it, however fast the machine
+/// serves the rest; one more for a load read an instant before another CPU's close lands.
+pub const HELD_OF_TWO_AT_MOST: usize = BLOCKED_CLIENTS / 2 + 1;
+
+/// [`share_while_blocked`] as counts: connections that went to the held worker, and all
+/// started during the hold.
+pub fn sent_while_blocked(addr: SocketAddr, workers: usize, route: &str) -> (usize, usize) {
     let mut holders = one_per_slot(addr, workers);
     let slow = holders.remove(0);
     drop(holders);
@@ -490,7 +507,7 @@ pub fn share_while_blocked(addr: SocketAddr, workers: usize, route: &str) -> (f6
     hold_with(&mut slow, route, block.as_millis() as u64);
     let [mut slow] = slow;
     let results: Vec<(Duration, Reply)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..32)
+        let handles: Vec<_> = (0..BLOCKED_CLIENTS)
             .map(|_| {
                 s.spawn(move || {
                     let mut out = Vec::new();
@@ -519,7 +536,7 @@ pub fn share_while_blocked(addr: SocketAddr, workers: usize, route: &str) -> (f6
         .map(|(_, r)| r)
         .collect();
     let to_slow = during.iter().filter(|r| r.slot == slow.slot).count();
-    (to_slow as f64 / during.len() as f64, during.len())
+    (to_slow, during.len())
 }
 
 /// Holds one idle worker per entry of `ms`, in turn, each with one request `ROUTE{ms}` (e.g.

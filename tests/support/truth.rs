@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{get, histogram, share_while_blocked, Balancer};
+use crate::{get, histogram, sent_while_blocked, Balancer, HELD_OF_TWO_AT_MOST};
 
 /// How long after quiescence the loads must be true.
 pub const CONVERGE: Duration = Duration::from_secs(2);
@@ -74,7 +74,8 @@ pub fn converge(b: &Balancer, want: &[u64], within: Duration) -> Converged {
 }
 
 /// Balance on a two-worker balancer works as on a fresh one: 400 connections one at a time split
-/// within 15% of even, and a worker held for 2 s receives under 2% of the new connections.
+/// within 15% of even, and a worker held for 2 s receives no more new connections than
+/// least-loaded can send it ([`HELD_OF_TWO_AT_MOST`]).
 pub fn balance_recovers(b: &Balancer) {
     let replies: Vec<_> = (0..400).map(|_| get(b.addr, "/").unwrap()).collect();
     let h = histogram(&replies, 2);
@@ -83,11 +84,12 @@ pub fn balance_recovers(b: &Balancer) {
         "400 sequential connections split {h:?} (even: 200/200); status: {}",
         b.status().unwrap()
     );
-    let (share, n) = share_while_blocked(b.addr, 2, "/work?ms=");
+    // By count, not share: the share also depends on how fast the machine serves the rest.
+    let (held, n) = sent_while_blocked(b.addr, 2, "/work?ms=");
     assert!(
-        share < 0.02,
-        "the held worker received {share:.3} of {n} new connections; status: {}",
+        held <= HELD_OF_TWO_AT_MOST,
+        "the held worker received {held} of {n} new connections; status: {}",
         b.status().unwrap()
     );
-    eprintln!("balance: sequential split {h:?}, held worker's share {share:.3} of {n}");
+    eprintln!("balance: sequential split {h:?}, held worker received {held} of {n}");
 }

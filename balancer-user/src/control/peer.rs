@@ -99,7 +99,10 @@ mod tests {
     #[test]
     fn a_child_is_below_its_parent_and_others_are_not() {
         // This test process has no children but the one started here.
-        let mut child = std::process::Command::new("sleep").arg("10").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
         let pid = child.id() as i32;
         assert_eq!(worker_ancestor(pid), Some(pid));
         assert_eq!(worker_ancestor(std::process::id() as i32), None);

@@ -77,7 +77,11 @@ fn needs(cmd: &WorkerCommand) -> Vec<Need> {
         };
         needs.push(Need {
             path: std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
-            mode: if meta.is_dir() { libc::X_OK } else { libc::R_OK },
+            mode: if meta.is_dir() {
+                libc::X_OK
+            } else {
+                libc::R_OK
+            },
         });
     }
     needs

@@ -211,7 +211,11 @@ mod tests {
         let first = a.claim(&keys).unwrap();
         assert!(first.iter().all(|n| (FIRST..=LAST).contains(n)));
         assert_eq!(first.iter().collect::<BTreeSet<_>>().len(), 8, "{first:?}");
-        assert_eq!(a.claim(&keys[..2]).unwrap(), first[..2], "held ids come back");
+        assert_eq!(
+            a.claim(&keys[..2]).unwrap(),
+            first[..2],
+            "held ids come back"
+        );
         // Another live holder (a record locked by another open file) never gets them.
         let other = dir.join("1");
         let mut f = File::create(&other).unwrap();

@@ -79,7 +79,12 @@ impl Identity {
     /// Start-up checks, before anything is created but the register's record: the
     /// capabilities switching and signalling the workers needs, the ids of the first `workers`
     /// slots, and that those ids can run `command`.
-    pub fn prepare(&mut self, runtime_dir: &Path, workers: u32, command: &WorkerCommand) -> Result<()> {
+    pub fn prepare(
+        &mut self,
+        runtime_dir: &Path,
+        workers: u32,
+        command: &WorkerCommand,
+    ) -> Result<()> {
         let as_root = match self {
             Identity::Own => nix::unistd::geteuid().is_root(),
             Identity::Account(c) => c.uid == 0,

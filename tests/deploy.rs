@@ -99,7 +99,7 @@ for path in sys.argv[2:]:
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert set(c["securityContext"]["capabilities"]["add"]) == {
-        "BPF", "PERFMON", "SETPCAP", "SETUID", "SETGID", "KILL", "SYS_PTRACE"}
+        "BPF", "PERFMON", "SETPCAP", "SETUID", "SETGID", "KILL", "SYS_PTRACE", "DAC_READ_SEARCH"}
 print("ok")
 "#;
     let out = Command::new("python3")
@@ -242,8 +242,9 @@ impl Drop for Image {
 
 /// The capabilities the image needs (docs/deploy.md): load the program (BPF, PERFMON), start
 /// workers under uids of their own (SETUID, SETGID), stop them (KILL), read their descriptor
-/// tables (SYS_PTRACE), and empty their bounding set (SETPCAP).
-const MIN_CAPS: &str = "--cap-add=BPF,PERFMON,SETPCAP,SETUID,SETGID,KILL,SYS_PTRACE";
+/// tables (SYS_PTRACE, DAC_READ_SEARCH), and empty their bounding set (SETPCAP).
+const MIN_CAPS: &str =
+    "--cap-add=BPF,PERFMON,SETPCAP,SETUID,SETGID,KILL,SYS_PTRACE,DAC_READ_SEARCH";
 
 /// Runs the image with `caps` (podman flags) in this test's network namespace, checks that it
 /// serves and exposes metrics, and stops it.
@@ -477,7 +478,7 @@ fn the_kubernetes_deployment_runs_under_podman_kube_play() {
     ]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "[CAP_BPF CAP_KILL CAP_PERFMON CAP_SETGID CAP_SETPCAP CAP_SETUID CAP_SYS_PTRACE] true",
+        "[CAP_BPF CAP_DAC_READ_SEARCH CAP_KILL CAP_PERFMON CAP_SETGID CAP_SETPCAP CAP_SETUID CAP_SYS_PTRACE] true",
         "the container runs with the manifest's capabilities and a read-only root: {}",
         text(&out)
     );

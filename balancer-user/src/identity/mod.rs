@@ -17,8 +17,8 @@
 //!   it must own. Workers of one account may signal each other.
 //! - **Own** (the supervisor is not root): workers keep the supervisor's uid, minus every
 //!   capability; the control socket then tells them apart by ancestry
-//!   ([`crate::control::peer`]). `--user root` asks for this from root, and says so in one
-//!   warning line.
+//!   ([`crate::control::peer`]). `--user root` (an Account of uid 0) gives the same from
+//!   root, and says so in one warning line.
 //!
 //! [`access`] checks at start that the account can execute and read the worker command.
 
@@ -49,6 +49,8 @@ pub struct Dynamic {
     /// None until [`Identity::prepare`] opens it.
     register: Option<claims::Register>,
     gid: u32,
+    /// The uids of the slots claimed at start, for [`Identity::announce`].
+    uids: Vec<u32>,
 }
 
 impl Identity {
@@ -71,6 +73,7 @@ impl Identity {
                 service: name.to_owned(),
                 register: None,
                 gid: 0,
+                uids: Vec::new(),
             }),
             None => Identity::Own,
         })
@@ -96,7 +99,7 @@ impl Identity {
             d.gid = register.claim(&[format!("gid:{}", d.service)])?[0];
             d.register = Some(register);
             let keys: Vec<String> = (0..workers).map(|s| d.key(s)).collect();
-            d.register.as_mut().expect("opened above").claim(&keys)?;
+            d.uids = d.register.as_mut().expect("opened above").claim(&keys)?;
         }
         if let Some(who) = self.other_account(0)? {
             require_switching()?;
@@ -121,6 +124,27 @@ impl Identity {
                 Some(Credentials { uid, gid: d.gid })
             }
         })
+    }
+
+    /// Says, once the workers run, who they run as.
+    pub fn announce(&self) {
+        match self {
+            Identity::Own => {}
+            Identity::Account(c) => log::info!("workers run as uid {} gid {}", c.uid, c.gid),
+            Identity::Dynamic(d) => {
+                let each: Vec<String> = d
+                    .uids
+                    .iter()
+                    .enumerate()
+                    .map(|(slot, uid)| format!("{slot}:{uid}"))
+                    .collect();
+                log::info!(
+                    "workers run as uids of their own (slot:uid {}) and gid {}",
+                    each.join(" "),
+                    d.gid
+                );
+            }
+        }
     }
 
     /// [`access::check`] for a command of a reload.

@@ -311,6 +311,7 @@ impl Supervisor {
             Err(e) => log::warn!("could not lower capabilities: {e}"),
         }
         sup.announce()?;
+        sup.opts.identity.announce();
         Ok(sup)
     }
 

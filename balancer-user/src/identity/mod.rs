@@ -100,6 +100,7 @@ impl Identity {
             d.register = Some(register);
             let keys: Vec<String> = (0..workers).map(|s| d.key(s)).collect();
             d.uids = d.register.as_mut().expect("opened above").claim(&keys)?;
+            require_mapped(claims::FIRST, claims::LAST)?;
         }
         if let Some(who) = self.other_account(0)? {
             require_switching()?;
@@ -185,6 +186,31 @@ fn require_switching() -> Result<()> {
             if missing.len() == 1 { "it" } else { "them" },
             missing.join(",")
         );
+    }
+    Ok(())
+}
+
+/// In a user namespace (a rootless container) only the ids its maps list exist: refuse a range
+/// it does not map, with the fix, rather than fail at the first worker's setuid.
+fn require_mapped(first: u32, last: u32) -> Result<()> {
+    for (file, what) in [("/proc/self/uid_map", "uid"), ("/proc/self/gid_map", "gid")] {
+        let Ok(map) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        let covered = map.lines().any(|line| {
+            let v: Vec<u64> = line
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            v.len() == 3 && v[0] <= u64::from(first) && u64::from(last) < v[0] + v[2]
+        });
+        if !covered {
+            bail!(
+                "workers run as {what}s {first}-{last}, which this user namespace does not map \
+                 ({file}): map them (a rootless container's subordinate ids, /etc/subuid), or \
+                 pass --user with a mapped account, or --user root"
+            );
+        }
     }
     Ok(())
 }

@@ -107,6 +107,17 @@ fn node_workers_serve_the_overflow_queue_when_free() {
         all_idle(s) && all_up(s)
     });
     let held = hold_on_new_connections(&b, "/block?ms=", &[3000, 500]);
+    // Both inside their handlers, not about to accept with the hold: an event loop that has
+    // not yet run the handler takes what waits on fd 4 in the same turn.
+    let pids = [b.pid_of(0), b.pid_of(1)];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !pids.iter().all(|&p| procfs::in_user_code(p)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holds never began"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let fast = timed_gets(b.addr, 6, "/");
     let held: Vec<Reply> = held.into_iter().map(|t| t.join().unwrap()).collect();
     for (reply, took) in &fast {

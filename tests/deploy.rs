@@ -98,7 +98,8 @@ for path in sys.argv[2:]:
     assert "--metrics=0.0.0.0:9464" in c["args"], c["args"]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert set(c["securityContext"]["capabilities"]["add"]) == {"BPF", "PERFMON", "SETPCAP"}
+    assert set(c["securityContext"]["capabilities"]["add"]) == {
+        "BPF", "PERFMON", "SETPCAP", "SETUID", "SETGID", "KILL", "SYS_PTRACE", "DAC_READ_SEARCH"}
 print("ok")
 "#;
     let out = Command::new("python3")
@@ -239,6 +240,12 @@ impl Drop for Image {
     }
 }
 
+/// The capabilities the image needs (docs/deploy.md): load the program (BPF, PERFMON), start
+/// workers under uids of their own (SETUID, SETGID), stop them (KILL), read their descriptor
+/// tables (SYS_PTRACE, DAC_READ_SEARCH), and empty their bounding set (SETPCAP).
+const MIN_CAPS: &str =
+    "--cap-add=BPF,PERFMON,SETPCAP,SETUID,SETGID,KILL,SYS_PTRACE,DAC_READ_SEARCH";
+
 /// Runs the image with `caps` (podman flags) in this test's network namespace, checks that it
 /// serves and exposes metrics, and stops it.
 fn serves_with(image: &str, name: &str, caps: &[&str]) {
@@ -304,7 +311,7 @@ fn the_container_image_serves_privileged_and_with_minimal_capabilities() {
         &format!("bal-min-{}", std::process::id()),
         &[
             "--cap-drop=all",
-            "--cap-add=BPF,PERFMON,SETPCAP",
+            MIN_CAPS,
             "--security-opt",
             "seccomp=unconfined",
         ],
@@ -338,7 +345,7 @@ fn the_container_image_serves_privileged_and_with_minimal_capabilities() {
         "--network",
         "host",
         "--cap-drop=all",
-        "--cap-add=BPF,PERFMON,SETPCAP",
+        MIN_CAPS,
         image,
         "--listen",
         "127.0.0.1:8081",
@@ -462,7 +469,7 @@ fn the_kubernetes_deployment_runs_under_podman_kube_play() {
     assert!(out.status.success(), "podman kube play: {}", text(&out));
     let container = "balancer-pod-0-balancer";
 
-    // The securityContext as podman applied it: the three capabilities, a read-only root.
+    // The securityContext as podman applied it: the manifest's capabilities, a read-only root.
     let out = podman(&[
         "inspect",
         "--format",
@@ -471,7 +478,7 @@ fn the_kubernetes_deployment_runs_under_podman_kube_play() {
     ]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "[CAP_BPF CAP_PERFMON CAP_SETPCAP] true",
+        "[CAP_BPF CAP_DAC_READ_SEARCH CAP_KILL CAP_PERFMON CAP_SETGID CAP_SETPCAP CAP_SETUID CAP_SYS_PTRACE] true",
         "the container runs with the manifest's capabilities and a read-only root: {}",
         text(&out)
     );

@@ -5,10 +5,6 @@ use std::time::Duration;
 
 use balancer_tests::*;
 
-fn example(path: &str) -> String {
-    format!("{}/../examples/{path}", env!("CARGO_MANIFEST_DIR"))
-}
-
 fn blocked_share(port: u16, command: &[&str], policy: &str) -> (f64, usize) {
     let mut args = vec!["--policy", policy, "--"];
     args.extend_from_slice(command);
@@ -113,6 +109,17 @@ fn node_workers_serve_the_overflow_queue_when_free() {
     // The shorter hold long enough that all six connect before it ends, even on a loaded
     // machine: each then finds both workers held.
     let held = hold_on_new_connections(&b, "/block?ms=", &[4000, 1500]);
+    // Both inside their handlers, not about to accept with the hold: an event loop that has
+    // not yet run the handler takes what waits on fd 4 in the same turn.
+    let pids = [b.pid_of(0), b.pid_of(1)];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !pids.iter().all(|&p| procfs::in_user_code(p)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holds never began"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let fast = timed_gets(b.addr, 6, "/");
     let held: Vec<Reply> = held.into_iter().map(|t| t.join().unwrap()).collect();
     for (reply, took) in &fast {

@@ -246,6 +246,8 @@ fn a_reader_that_never_reads_neither_blocks_the_worker_nor_loses_the_tail() {
     netns();
     let dir = temp_dir("flood");
     std::fs::create_dir_all(&dir).unwrap();
+    // The worker, under a uid of its own, leaves its marker there.
+    writable_by_workers(&dir);
     let done = dir.join("done");
     let script = format!(
         r#"seq 1 200000 | sed 's/^/flood line /'; touch {}; exec sleep 60"#,

@@ -107,7 +107,10 @@ fn prometheus_scrapes_what_the_program_counted() {
             .expect("prometheus not installed: `cargo xtask setup` installs Debian's package"),
     );
     wait_for(Duration::from_secs(30), "a first successful scrape", || {
-        TcpStream::connect(PROMETHEUS).is_ok() && scalar("up{job=\"balancer\"}") == Some(1.0)
+        // Prometheus answers 503 to queries until it is ready, which a loaded machine shows.
+        TcpStream::connect(PROMETHEUS).is_ok()
+            && http_get(PROMETHEUS, "/-/ready").0 == 200
+            && scalar("up{job=\"balancer\"}") == Some(1.0)
     });
     // Every labelled series exists from the start, at 0.
     assert_eq!(

@@ -561,9 +561,11 @@ fn a_worker_that_tries_everything_reaches_no_counter() {
     netns();
     let dir = std::env::temp_dir().join(format!("balancer-intruder-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // The workers' uids are their own: they may add their reports, and no more.
+    writable_by_workers(&dir);
     // SAFETY: set before any thread of this test reads the environment.
     unsafe { std::env::set_var("REPORT_DIR", &dir) };
-    let bin = bin();
+    let bin = worker_bin();
     let b = Balancer::start(
         8080,
         2,
@@ -640,7 +642,7 @@ fn an_unmodified_node_worker_under_ip_netns_exec() {
     // which is what kernel close tracking used to need.
     let ns = NamedNetns::new();
     ns.enter();
-    let server = format!("{}/../examples/node/server.js", env!("CARGO_MANIFEST_DIR"));
+    let server = example("node/server.js");
     let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
     let b = Balancer::launch_under(
         &["ip", "netns", "exec", &ns.0],

@@ -316,7 +316,7 @@ pub struct Reading {
 /// How many of `open` the processes `pids` and their descendants hold, each socket once; None
 /// if a live process's descriptors cannot be read (the kernel lets a process read another's
 /// only if it may trace it: same account and no capability the reader lacks, or
-/// CAP_SYS_PTRACE).
+/// CAP_SYS_PTRACE; and `/proc/PID/fd` of another account takes CAP_DAC_READ_SEARCH).
 pub fn held_by(pids: &[i32], open: &HashSet<u64>) -> Option<u64> {
     let mut seen = HashSet::new();
     let mut todo: Vec<i32> = pids.to_vec();

@@ -85,9 +85,12 @@ pub fn require_worker_isolation(workers_as_root: bool) -> Result<()> {
 /// another account (SETUID, SETGID), keep every capability out of root workers (SETPCAP),
 /// signal workers of another account (KILL), bind listeners for new slots on low ports
 /// (NET_BIND_SERVICE), read the descriptor tables of workers of another account to reconcile
-/// their loads (SYS_PTRACE; workers of its own account, which hold no capability, need none).
-/// Map and program operations go through the fds it already holds and need no capability.
-const KEEP: [Capability; 6] = [
+/// their loads (SYS_PTRACE for the links, DAC_READ_SEARCH for the `/proc/PID/fd` directory, which
+/// is its owner's, mode 0500; workers of its own account, which hold no capability, need
+/// neither). Map and program operations go through the fds it already holds and need no
+/// capability.
+const KEEP: [Capability; 7] = [
+    Capability::CAP_DAC_READ_SEARCH,
     Capability::CAP_KILL,
     Capability::CAP_SETGID,
     Capability::CAP_SETUID,

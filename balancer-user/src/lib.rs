@@ -17,7 +17,8 @@
 //! - Talking to it: [`control`] (the control socket's protocol, server and client, and `status
 //!   --watch`), [`metrics`] (Prometheus).
 //! - The workers: [`worker`] (starting one, and the built-in demo worker), [`capabilities`]
-//!   (what the supervisor needs and what workers never get).
+//!   (what the supervisor needs and what workers never get), [`identity`] (the account each
+//!   worker runs as).
 //! - Before deploying: [`check`] (what this kernel has of what the programs use).
 
 pub mod accounting;
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod health;
+pub mod identity;
 pub mod kernel;
 pub mod listeners;
 pub mod logging;

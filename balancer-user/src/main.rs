@@ -153,13 +153,8 @@ fn options(args: RunArgs, json_logs: bool) -> Result<supervisor::Options> {
             args.reconcile_interval
         );
     }
-    let credentials = match &args.user {
-        Some(user) => Some(balancer::worker::spawn::Credentials::resolve(
-            user,
-            args.group.as_deref(),
-        )?),
-        None => None,
-    };
+    let identity =
+        balancer::identity::Identity::resolve(args.user.as_deref(), args.group.as_deref(), &name)?;
     let recycle = recycling(&args)?;
     let health = health_check(&args)?;
     let logs = balancer::logs::sink::Options {
@@ -172,7 +167,7 @@ fn options(args: RunArgs, json_logs: bool) -> Result<supervisor::Options> {
         health,
         recycle,
         logs,
-        credentials,
+        identity,
         channel: args.channel == balancer::cli::Switch::On,
         listen,
         workers,

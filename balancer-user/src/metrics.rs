@@ -99,6 +99,7 @@ impl prometheus_client::collector::Collector for Snapshot {
         self.encode_slots(&mut e)?;
         self.encode_workers(&mut e)?;
         self.encode_program(&mut e)?;
+        crate::control::peer::encode(&mut e)?;
         self.encode_process(&mut e)
     }
 }

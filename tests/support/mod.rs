@@ -24,9 +24,12 @@ pub mod channel;
 pub mod listen;
 pub mod procfs;
 pub mod raw;
+pub mod reach;
 pub mod stats;
 pub mod truth;
 pub mod workload;
+
+pub use reach::{example, reachable, worker_bin, worker_path, writable_by_workers};
 
 /// Moves the calling thread into a new network namespace with loopback up.
 pub fn netns() {
@@ -167,6 +170,7 @@ impl Balancer {
             .arg("--control")
             .arg(&control)
             .args(extra)
+            .env("PATH", worker_path())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(std::fs::File::create(&log).unwrap())
@@ -761,7 +765,7 @@ pub fn ctl(b: &Balancer, args: &[&str]) -> String {
 pub fn crash_looping_slot_0(workers: u32, code: i32, extra: &[&str]) -> Balancer {
     let script = format!(
         "if [ \"$BALANCER_SLOT\" = 0 ]; then echo boom >&2; exit {code}; fi; exec {} worker",
-        bin().display()
+        worker_bin().display()
     );
     let mut args = vec!["--restart-delay", "0.05"];
     args.extend_from_slice(extra);

@@ -54,3 +54,11 @@ pub fn read_by_server(port: u16, client: std::net::SocketAddr) -> bool {
         .iter()
         .any(|e| e.remote_address == client && e.rx_queue == 0)
 }
+
+/// Whether the main thread of `pid` is running its own code rather than waiting in a system
+/// call (`/proc/PID/syscall` says `running`, or `-1` when preempted in user space): a worker
+/// inside a busy handler, not in its event loop's poll.
+pub fn in_user_code(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .is_ok_and(|s| matches!(s.split_whitespace().next(), Some("running" | "-1")))
+}

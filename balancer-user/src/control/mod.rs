@@ -10,10 +10,11 @@
 //! [`request`]: what a client may ask, parsed. [`status`]: the answer to `status`, and its
 //! table. [`client`]: the client side of every command. [`logs`]: `balancer logs`, served from
 //! the log store. [`services`]: several balancers on one host, found by name. [`watch`]:
-//! `balancer status --watch`.
+//! `balancer status --watch`. [`peer`]: refusing workers.
 
 pub mod client;
 pub mod logs;
+pub mod peer;
 pub mod request;
 pub mod services;
 pub mod status;

@@ -135,7 +135,12 @@ pub async fn accept_control(
         let logs = logs.clone();
         let messages = messages.clone();
         tokio::spawn(async move {
-            let answer = match control::read_request(&mut stream).await {
+            let request = control::read_request(&mut stream).await;
+            // Once the request is read, so that the peer gets the refusal rather than a reset.
+            if let Some(refusal) = control::peer::refusal(&stream) {
+                return control::reply(&mut stream, &refusal).await;
+            }
+            let answer = match request {
                 // Served here: the lines are the log store's, not the loop's to hand out.
                 Ok(Request::Logs {
                     slot,

@@ -37,6 +37,7 @@ mod answers;
 mod health;
 mod inbox;
 mod messaging;
+mod orphans;
 mod readiness;
 mod recycle;
 mod reload;
@@ -61,7 +62,7 @@ use crate::{
     listeners,
     logs::{self, Logs},
     metrics::{self, Ask},
-    worker::spawn::{self, WorkerCommand},
+    worker::spawn::WorkerCommand,
 };
 pub use health::Check;
 use inbox::{Event, Inbox, Input};
@@ -116,8 +117,8 @@ pub struct Options {
     pub recycle: Limits,
     /// Where the workers' output goes besides `balancer logs`.
     pub logs: crate::logs::sink::Options,
-    /// The account workers run as; None: the supervisor's own (minus the BPF capabilities).
-    pub credentials: Option<spawn::Credentials>,
+    /// Who the workers run as.
+    pub identity: crate::identity::Identity,
     /// Each worker gets a message channel (`--channel on`).
     pub channel: bool,
 }
@@ -175,7 +176,7 @@ enum Next {
 }
 
 /// Everything `balancer run` does, from checks to exit.
-pub fn run(opts: Options) -> Result<()> {
+pub fn run(mut opts: Options) -> Result<()> {
     // Checks first: nothing is created until every input is known good.
     listeners::check_count(opts.workers)?;
     let command = match &opts.command {
@@ -183,11 +184,9 @@ pub fn run(opts: Options) -> Result<()> {
         None => WorkerCommand::builtin()?,
     };
     capabilities::require_bpf()?;
-    let workers_as_root = match opts.credentials {
-        Some(c) => c.uid == 0,
-        None => nix::unistd::geteuid().is_root(),
-    };
-    capabilities::require_worker_isolation(workers_as_root)?;
+    let runtime = control::runtime_dir();
+    opts.identity.prepare(&runtime, opts.workers, &command)?;
+    orphans::adopt()?;
     control::prepare_directory(&opts.control)?;
     logs::sink::prepare(&opts.logs)?;
     let (sink, sink_thread) = logs::sink::start(opts.logs.clone())?;
@@ -321,6 +320,7 @@ impl Supervisor {
             Err(e) => log::warn!("could not lower capabilities: {e}"),
         }
         sup.announce()?;
+        sup.opts.identity.announce();
         Ok(sup)
     }
 
@@ -419,6 +419,7 @@ impl Supervisor {
             Input::Hangup => return Next::Reload(None),
             Input::StallTick => {
                 self.watch_stalls();
+                self.reap_orphans();
                 if !self.busy && !self.stopping {
                     if let Some((slot, reason)) = self.due_recycle() {
                         return Next::Recycle(slot, reason);

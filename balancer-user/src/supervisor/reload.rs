@@ -79,7 +79,9 @@ impl Supervisor {
     /// command is resolved again, so a new binary on disk is picked up.
     pub(super) async fn reload(&mut self, inbox: &mut Inbox) -> String {
         if let Some(args) = &self.opts.command {
-            match WorkerCommand::resolve(args.clone()) {
+            let resolved = WorkerCommand::resolve(args.clone())
+                .and_then(|c| self.opts.identity.check_access(&c).map(|()| c));
+            match resolved {
                 Ok(c) => self.command = c,
                 Err(e) => return format!("error: {e:#}; the running workers were kept"),
             }

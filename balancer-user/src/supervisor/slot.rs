@@ -102,6 +102,7 @@ impl Slot {
 
 impl Supervisor {
     pub(super) fn start_worker(&mut self, slot: u32) -> Result<()> {
+        let credentials = self.opts.identity.for_slot(slot)?;
         let s = &mut self.slots[slot as usize];
         // systemd's readiness protocol: the worker may send READY=1 to this (abstract, per
         // worker) datagram socket once it serves.
@@ -118,7 +119,7 @@ impl Supervisor {
                 slot,
                 listener: s.listener.as_fd(),
                 overflow: self.overflow.as_ref().map(|o| o.as_fd()),
-                credentials: self.opts.credentials,
+                credentials,
                 notify: notify.as_ref().map(|_| format!("@{notify_name}")),
                 channel: channel.as_ref().map(|c| c.worker.as_fd()),
             },

@@ -30,6 +30,9 @@ pub const LISTEN_FD: i32 = 3;
 /// The shared overflow listener, when the worker gets one (`--overflow`).
 pub const OVERFLOW_FD: i32 = 4;
 
+/// The supervisor's own executable, as the built-in worker is started.
+const SELF_EXE: &str = "/proc/self/exe";
+
 /// Digits reserved for the pid in `LISTEN_PID=`.
 const PID_DIGITS: usize = 10;
 
@@ -58,13 +61,19 @@ impl WorkerCommand {
         Ok(WorkerCommand { program, args })
     }
 
-    /// The built-in HTTP worker: this very executable, `balancer worker`.
+    /// The built-in HTTP worker: this very executable, `balancer worker`, executed through
+    /// `/proc/self/exe`, which reaches the file without walking its directories: a worker of
+    /// another account runs it even from a directory only root may enter (a build under /root).
     pub fn builtin() -> Result<WorkerCommand> {
         let exe = std::env::current_exe().context("cannot find the balancer executable")?;
         Ok(WorkerCommand {
-            program: exe.clone(),
+            program: PathBuf::from(SELF_EXE),
             args: vec![exe.into_os_string(), "worker".into()],
         })
+    }
+
+    pub fn is_builtin(&self) -> bool {
+        self.program == Path::new(SELF_EXE)
     }
 
     pub fn display(&self) -> String {
@@ -138,8 +147,7 @@ const CAP_NUMBERS: libc::c_int = 64;
 /// What one spawn gives the worker beyond the command.
 pub struct Spawn<'a> {
     pub slot: u32,
-    /// Run the worker as this user and group (std sets them, dropping supplementary groups,
-    /// before `pre_exec`).
+    /// Run the worker as this user and group, with no supplementary group.
     pub credentials: Option<Credentials>,
     /// NOTIFY_SOCKET for the worker (`@name`: an abstract socket), for READY=1.
     pub notify: Option<String>,
@@ -217,17 +225,14 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
     command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    if let Some(c) = spawn.credentials {
-        command.uid(c.uid).gid(c.gid);
-    }
+    // Switched in the child below rather than by std, which would do it before the bounding
+    // set is emptied, and without CAP_SETPCAP by then.
+    let credentials = spawn.credentials;
+    let drop_groups = nix::unistd::geteuid().is_root();
     // SAFETY: the closure runs in the forked child and only makes async-signal-safe calls and
     // writes into memory prepared before the fork (the child's own copy of it).
     unsafe {
         command.pre_exec(move || {
-            // After std's setuid (which clears the parent-death signal), not before.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
             // No capability at all, even as root: the bounding set emptied, so that execve gives
             // a root worker nothing; and the inheritable set cleared. A worker can then neither
             // touch BPF objects nor read or trace the supervisor, and the supervisor, holding
@@ -242,6 +247,20 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
                 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            // The account last: no supplementary group, then the gid, then the uid (which
+            // drops every capability left when it is not root's).
+            if let Some(c) = credentials {
+                if (drop_groups && libc::setgroups(0, std::ptr::null()) != 0)
+                    || libc::setgid(c.gid) != 0
+                    || libc::setuid(c.uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // After the setuid, which clears the parent-death signal.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
             }
             if crate::capabilities::clear_inheritable() != 0 {
                 return Err(std::io::Error::last_os_error());

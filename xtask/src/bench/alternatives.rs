@@ -113,7 +113,8 @@ pub fn measure(bin: &Path, root: &Path, quick: bool, workers: u32) -> Result<Vec
         out.push(one(&start(&env, port())?, n, quick, route, rate)?);
     }
     // Node: the same server script under the cluster module and under balancer.
-    let node = root.join("examples/node/server.js");
+    // Where the workers' own uids can read it, if the checkout is where they cannot.
+    let node = balancer_tests::reachable(&root.join("examples/node/server.js"));
     let node = node.to_str().context("path")?;
     let p = peers::node_cluster(&env, port())?;
     out.push(one(&p, n, quick, "/block?ms=", rate / 3.0)?);

@@ -59,7 +59,10 @@ fn wait_for(path: &Path, within: Duration) -> Result<()> {
 
 fn fresh(dir: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).context("bench scratch directory")
+    std::fs::create_dir_all(dir).context("bench scratch directory")?;
+    // The worker, under a uid of its own, leaves its marker there.
+    balancer_tests::writable_by_workers(dir);
+    Ok(())
 }
 
 pub fn measure(quick: bool) -> Result<Output> {

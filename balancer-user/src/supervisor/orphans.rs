@@ -1,0 +1,62 @@
+//! The workers' descendants stay under the supervisor.
+//!
+//! The supervisor is a child subreaper (`PR_SET_CHILD_SUBREAPER`): a process a worker started
+//! and left behind (a double fork, a daemon) is re-parented to the supervisor rather than to
+//! init. Every process that descends from a worker thus keeps the supervisor among its
+//! ancestors for as long as it lives, which is what the control socket checks to refuse it
+//! ([`crate::control::peer`]), even when it shares the supervisor's uid.
+//!
+//! Those adopted processes are reaped here when they exit, so that none lingers as a zombie.
+//! The supervisor's own workers are left to the tasks that wait for them: only children that
+//! are no slot's worker are waited for, and only once they have exited.
+
+use std::collections::HashSet;
+
+use anyhow::{Context as _, Result};
+use nix::{
+    sys::wait::{waitpid, WaitPidFlag},
+    unistd::Pid,
+};
+
+use super::Supervisor;
+
+/// Makes this process the reaper of its workers' orphans.
+pub(super) fn adopt() -> Result<()> {
+    nix::sys::prctl::set_child_subreaper(true)
+        .context("cannot become the subreaper of the workers (prctl PR_SET_CHILD_SUBREAPER)")
+}
+
+impl Supervisor {
+    /// Reaps adopted processes that have exited.
+    pub(super) fn reap_orphans(&self) {
+        let workers: HashSet<i32> = self
+            .slots
+            .iter()
+            .flat_map(|s| [s.pid, s.retiring.map(|r| r.0)])
+            .flatten()
+            .map(Pid::as_raw)
+            .collect();
+        for child in children() {
+            if !workers.contains(&child) {
+                // WNOHANG: an adopted process still running is left alone.
+                let _ = waitpid(Pid::from_raw(child), Some(WaitPidFlag::WNOHANG));
+            }
+        }
+    }
+}
+
+/// This process's children, from each of its threads' `children` lists.
+fn children() -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}

@@ -3,9 +3,10 @@
 //! deploy/balancer.toml as /etc/balancer/balancer.toml, a conffile that upgrades keep.
 //!
 //! The unit in deploy/ is written for a binary copied by hand to /usr/local/bin, which a
-//! package must not touch: the packaged copy points at /usr/bin instead. `postinst` creates
-//! the system user the unit starts workers as; the service is not started on install, since
-//! the example config runs the built-in demo worker until a command is set.
+//! package must not touch: the packaged copy points at /usr/bin instead. No account is
+//! created: workers run under uids of their own that the supervisor picks (docs/deploy.md,
+//! "What a worker can and cannot do"). The service is not started on install, since the
+//! example config runs the built-in demo worker until a command is set.
 
 use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command};
 
@@ -15,20 +16,10 @@ use super::{checked, Release, VERSION};
 
 /// The Debian revision of this packaging.
 const REVISION: &str = "1";
-/// The user the unit runs workers as.
-const WORKER_USER: &str = "balancer-worker";
-
 const POSTINST: &str = r#"#!/bin/sh
-# The unit starts workers as this user (--user); the supervisor keeps the capabilities.
 set -e
-if [ "$1" = configure ]; then
-    if ! getent passwd balancer-worker >/dev/null; then
-        useradd --system --no-create-home --home-dir /nonexistent \
-            --shell /usr/sbin/nologin balancer-worker
-    fi
-    if [ -d /run/systemd/system ]; then
-        systemctl daemon-reload || true
-    fi
+if [ "$1" = configure ] && [ -d /run/systemd/system ]; then
+    systemctl daemon-reload || true
 fi
 "#;
 
@@ -98,7 +89,6 @@ fn control(root: &Path) -> Result<String> {
          Architecture: amd64\n\
          Maintainer: balancer maintainers <maintainers@balancer.invalid>\n\
          Installed-Size: {kib}\n\
-         Depends: passwd\n\
          Section: net\n\
          Priority: optional\n\
          Description: runs N copies of a server on one port, steered by the kernel\n \
@@ -132,8 +122,8 @@ fn packaged_unit(unit: &str) -> Result<String> {
         .collect::<String>()
         .replace("/usr/local/bin/balancer", "/usr/bin/balancer")
         .replace("/usr/local/share/doc/", "/usr/share/doc/");
-    if !body.contains("ExecStart=/usr/bin/balancer ") || !body.contains(WORKER_USER) {
-        bail!("deploy/systemd/balancer.service: no ExecStart of /usr/local/bin/balancer with --user {WORKER_USER}");
+    if !body.contains("ExecStart=/usr/bin/balancer ") {
+        bail!("deploy/systemd/balancer.service: no ExecStart of /usr/local/bin/balancer");
     }
     Ok(format!(
         "# Installed by the balancer package. Options: /etc/balancer/balancer.toml; then\n\

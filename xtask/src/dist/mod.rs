@@ -56,6 +56,12 @@ impl Release {
     }
 }
 
+/// The static x86_64 binary every artefact holds, built (or found up to date) under target/:
+/// what the kernel matrix boots, so that the binary users install is the one tested there.
+pub fn static_binary(env: &setup::Env, root: &Path) -> Result<PathBuf> {
+    binary::build(env, root, &binary::X86_64)
+}
+
 /// Builds every artefact into `root/target/dist` and prints each with its size.
 pub fn run(env: &setup::Env, root: &Path, aarch64: bool) -> Result<()> {
     let out = root.join("target/dist");

@@ -1,5 +1,6 @@
-//! The guest's whole filesystem, as one initramfs: busybox, the release `balancer`, the
-//! end-to-end test binaries of the core checks, the shared libraries they load, and /init.
+//! The guest's whole filesystem, as one initramfs: busybox, the static `balancer` (the one
+//! every release artefact holds), the end-to-end test binaries of the core checks, the shared
+//! libraries they load, and /init.
 //!
 //! Nothing is shared with the host at run time (Debian's cloud kernels have no 9p, and no
 //! module is loaded), so what the guest runs is exactly what went into the archive. The

@@ -3,9 +3,9 @@
 //!
 //! For each kernel of the matrix ([`kernels::KERNELS`]: Debian's 6.1 and 6.12, and 5.10 as the
 //! case below the minimum) it fetches Debian's cloud kernel package ([`kernels`]), builds an
-//! initramfs holding busybox, the release `balancer` and the end-to-end test binaries
-//! ([`initramfs`]), boots it under QEMU ([`boot`]) and reads the results the guest prints
-//! ([`report`]). Inside, /init runs `balancer check` and then the [`CORE`] checks: the same
+//! initramfs holding busybox, the static `balancer` that every release artefact holds and the
+//! end-to-end test binaries ([`initramfs`]), boots it under QEMU ([`boot`]) and reads the
+//! results the guest prints ([`report`]). Inside, /init runs `balancer check` and then the [`CORE`] checks: the same
 //! test functions `cargo test` runs on the host, each in its own network namespace, unchanged.
 //! A kernel below the minimum must instead refuse, in `balancer check` and in `balancer run`,
 //! with one line naming the missing feature and the version that has it.
@@ -183,11 +183,11 @@ fn print_outcome(o: &report::Outcome, log: &Path) {
     eprintln!("  console: {}", log.display());
 }
 
-/// The release `balancer` and the core checks' test binaries, built the way `cargo xtask
-/// test` builds them (a plain `cargo test` of the workspace), so that after it nothing is
-/// rebuilt.
+/// The static `balancer` that the release artefacts hold (`cargo xtask dist`), and the core
+/// checks' test binaries, built the way `cargo xtask test` builds them (a plain `cargo test`
+/// of the workspace), so that after it nothing is rebuilt.
 fn binaries(env: &Env, root: &Path) -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
-    crate::cargo(env, &["build", "--release", "-p", "balancer"])?;
+    let balancer = crate::dist::static_binary(env, root)?;
     let out = env
         .command("cargo")
         .args([
@@ -220,7 +220,7 @@ fn binaries(env: &Env, root: &Path) -> Result<(PathBuf, Vec<(String, PathBuf)>)>
             bail!("cargo built no test binary {}", c.bin);
         }
     }
-    Ok((root.join("target/release/balancer"), tests))
+    Ok((balancer, tests))
 }
 
 /// Each kernel's measured row must be the committed one, in both files.

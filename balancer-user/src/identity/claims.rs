@@ -173,9 +173,22 @@ fn first_free(key: &str, taken: &BTreeSet<u32>) -> Option<u32> {
 /// No account, group or systemd dynamic user has this number.
 fn unused_on_host(n: u32) -> bool {
     use nix::unistd::{Gid, Group, Uid, User};
-    matches!(User::from_uid(Uid::from_raw(n)), Ok(None))
-        && matches!(Group::from_gid(Gid::from_raw(n)), Ok(None))
+    free(User::from_uid(Uid::from_raw(n))) == Some(true)
+        && free(Group::from_gid(Gid::from_raw(n))) == Some(true)
         && !Path::new(SYSTEMD_IDS).join(n.to_string()).exists()
+}
+
+/// Whether an account lookup found nothing: no entry, or one of the errors getpwuid_r(3)
+/// lists for "not found" (a host without /etc/passwd, such as a minimal VM or image, answers
+/// ENOENT with glibc and musl alike). None for a real failure: then the number counts as
+/// taken.
+fn free<T>(found: nix::Result<Option<T>>) -> Option<bool> {
+    use nix::errno::Errno;
+    match found {
+        Ok(entry) => Some(entry.is_none()),
+        Err(Errno::ENOENT | Errno::ESRCH | Errno::EBADF | Errno::EPERM) => Some(true),
+        Err(_) => None,
+    }
 }
 
 /// 64-bit FNV-1a: a hash whose value never changes with the compiler or the platform.
@@ -188,6 +201,15 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lookup_that_finds_no_account_frees_the_number() {
+        use nix::errno::Errno;
+        assert_eq!(free::<()>(Ok(None)), Some(true));
+        assert_eq!(free(Ok(Some(()))), Some(false));
+        assert_eq!(free::<()>(Err(Errno::ENOENT)), Some(true));
+        assert_eq!(free::<()>(Err(Errno::EIO)), None);
+    }
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("balancer-ids-{name}-{}", std::process::id()));

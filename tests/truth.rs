@@ -283,12 +283,9 @@ fn a_hash_episode_neither_blinds_nor_skews_the_policies() {
     balance_recovers(&b);
 }
 
-#[test]
-fn fallbacks_to_the_kernel_hash_are_counted_by_the_reconciliation() {
-    netns();
-    // Without the overflow queue, where a connection waits when no slot is up (see below).
-    let b = Balancer::start(8080, 2, &["--restart-delay", "5", "--overflow", "off"]);
-    // Both workers gone: no slot is up, every SYN falls back to the kernel's hash.
+/// SIGKILLs both workers of `b` and waits until neither slot has one (a long --restart-delay
+/// keeps them down meanwhile).
+fn kill_both_workers(b: &Balancer) {
     for slot in 0..2 {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(b.pid_of(slot)),
@@ -303,6 +300,15 @@ fn fallbacks_to_the_kernel_hash_are_counted_by_the_reconciliation() {
             .iter()
             .all(|x| x["pid"].is_null())
     });
+}
+
+#[test]
+fn fallbacks_to_the_kernel_hash_are_counted_by_the_reconciliation() {
+    netns();
+    // Without the overflow queue, where a connection waits when no slot is up (see below).
+    let b = Balancer::start(8080, 2, &["--restart-delay", "5", "--overflow", "off"]);
+    // Both workers gone: no slot is up, every SYN falls back to the kernel's hash.
+    kill_both_workers(&b);
     let queued: Vec<_> = (0..6).map(|_| connect(b.addr).unwrap()).collect();
     assert!(program(&b, "no_slot_up") >= 6);
     let per_slot = b.per_slot("queued");
@@ -315,20 +321,7 @@ fn fallbacks_to_the_kernel_hash_are_counted_by_the_reconciliation() {
 fn with_no_slot_up_connections_wait_in_the_overflow_queue_counted_there() {
     netns();
     let b = Balancer::start(8080, 2, &["--restart-delay", "3"]);
-    for slot in 0..2 {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(b.pid_of(slot)),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
-    }
-    b.wait_for(Duration::from_secs(5), "both slots down", |s| {
-        s["slots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|x| x["pid"].is_null())
-    });
+    kill_both_workers(&b);
     // Not left to the kernel's hash, which counts nothing: the shared queue, counted there,
     // and served by the first worker back.
     let waiting: Vec<_> = (0..6)

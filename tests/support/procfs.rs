@@ -29,14 +29,14 @@ pub fn descendants(pid: i32) -> Vec<i32> {
 /// The TCP sockets of this thread's network namespace (each test unshares its own, on its
 /// thread: `/proc/self/net` would show the main thread's) whose local port is `port`.
 fn sockets_on(port: u16) -> Vec<procfs::net::TcpNetEntry> {
+    // An unreadable table must fail the test: read as empty, every wait on it would pass.
     let task = format!("/proc/self/task/{}", nix::unistd::gettid());
-    let Ok(me) = procfs::process::Process::new_with_root(task.into()) else {
-        return Vec::new();
-    };
-    me.tcp()
-        .into_iter()
-        .chain(me.tcp6())
-        .flatten()
+    let me = procfs::process::Process::new_with_root(task.clone().into())
+        .unwrap_or_else(|e| panic!("{task}: {e}"));
+    let v4 = me.tcp().unwrap_or_else(|e| panic!("{task}/net/tcp: {e}"));
+    let v6 = me.tcp6().unwrap_or_else(|e| panic!("{task}/net/tcp6: {e}"));
+    v4.into_iter()
+        .chain(v6)
         .filter(|e| e.local_address.port() == port)
         .collect()
 }

@@ -7,10 +7,9 @@
 //! - The kernel: [`kernel`] (the steering program, the close tracker and each of their maps),
 //!   [`listeners`] (the reuseport group of listening sockets).
 //! - The supervisor: [`supervisor`] (one event loop over a slot's lifecycle, reload, scale and
-//!   stop) and the pure decisions it takes, each testable without a kernel: [`accounting`]
-//!   (the load and how it is kept true), [`backoff`] (restart pacing), [`stall`] (when a worker
-//!   has stopped accepting), [`health`] (what health probes mean), [`sticky`] (the `sticky`
-//!   policy's table).
+//!   stop), [`rules`] (the pure decisions it takes, each testable without a kernel: the load
+//!   books, restart pacing, stalls, health verdicts, recycling, the `sticky` policy's table),
+//!   [`inspect`] (what the kernel holds, read through sock_diag and /proc, for the books).
 //! - The workers' output: [`logs`] (captured line by line, kept, followed, written out).
 //! - Talking to the workers: [`channel`] (a message channel per worker, both ways, and
 //!   `balancer send`, `signal` and `messages`).
@@ -21,23 +20,20 @@
 //!   worker runs as).
 //! - Before deploying: [`check`] (what this kernel has of what the programs use).
 
-pub mod accounting;
-pub mod backoff;
 pub mod capabilities;
 pub mod channel;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;
-pub mod health;
 pub mod identity;
+pub mod inspect;
 pub mod kernel;
 pub mod listeners;
 pub mod logging;
 pub mod logs;
 pub mod metrics;
-pub mod stall;
-pub mod sticky;
+pub mod rules;
 pub mod supervisor;
 pub mod version;
 pub mod worker;

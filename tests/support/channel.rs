@@ -5,7 +5,7 @@
 use std::{
     io::{BufRead as _, Write as _},
     os::unix::net::UnixStream,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -64,18 +64,13 @@ pub fn wait_messages(
     what: &str,
     cond: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
-    let deadline = Instant::now() + within;
-    loop {
-        let m = messages(b);
-        if cond(&m) {
-            return m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; messages: {m:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::poll(
+        within,
+        Duration::from_millis(20),
+        || messages(b),
+        |m| cond(m),
+    )
+    .unwrap_or_else(|m| panic!("timed out waiting for {what}; messages: {m:?}"))
 }
 
 /// What [`ECHO_WORKER`] `pid` answered it got, in order.

@@ -49,6 +49,17 @@ enum Task {
         /// Measure only the workers' message channels and print their table.
         #[arg(long)]
         channel: bool,
+        /// Run only these parts (comma-separated); the other sections of benchmarks.md keep the
+        /// text of the one already there, or say that they were not run.
+        #[arg(long, value_delimiter = ',', value_name = "PARTS")]
+        only: Vec<bench::Part>,
+    },
+    /// Hold idle connections open for the benchmark (its own child processes).
+    #[command(hide = true)]
+    Hold {
+        to: std::net::SocketAddrV4,
+        count: usize,
+        first: usize,
     },
     /// Build the container image `balancer:latest` with podman (deploy/Containerfile).
     Image,
@@ -76,7 +87,12 @@ enum Task {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse().task) {
+    let result = match Cli::parse().task {
+        // A child of the benchmark: nothing to set up.
+        Task::Hold { to, count, first } => bench::held::hold(to, count, first),
+        task => run(task),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xtask: error: {e:#}");
@@ -94,7 +110,7 @@ fn run(task: Task) -> Result<()> {
         Task::Setup => Ok(()),
         Task::Run { args } => {
             cargo(&env, &["build", "--release", "-p", "balancer"])?;
-            let mut cmd = Command::new(root().join("target/release/balancer"));
+            let mut cmd = Command::new(release_binary());
             cmd.arg("run");
             if args.is_empty() {
                 cmd.args(["--listen", "0.0.0.0:8080"]);
@@ -102,102 +118,121 @@ fn run(task: Task) -> Result<()> {
             cmd.args(&args);
             exec(cmd)
         }
-        Task::Image => {
-            cargo(&env, &["build", "--release", "-p", "balancer"])?;
-            let context = root().join("target/image");
-            let status = Command::new(root().join("deploy/build-context.sh"))
-                .arg(root().join("target/release/balancer"))
-                .arg(&context)
-                .status()?;
-            if !status.success() {
-                bail!("deploy/build-context.sh failed");
-            }
-            let status = Command::new("podman")
-                .env("CONTAINERS_CONF", root().join("deploy/containers.conf"))
-                .args(["build", "-t", "balancer:latest", "-f"])
-                .arg(context.join("Containerfile"))
-                .arg(&context)
-                .status()
-                .context("podman not found: apt-get install podman runc")?;
-            if !status.success() {
-                bail!("podman build failed");
-            }
-            Ok(())
-        }
+        Task::Image => image(&env),
         Task::Bench {
             quick,
             out,
             workers,
             many_core,
             channel,
+            only,
         } => {
             cargo(&env, &["build", "--release", "-p", "balancer"])?;
             if channel {
                 balancer_tests::netns();
-                return bench::channel::run(&root().join("target/release/balancer"), quick);
+                return bench::channel::run(&release_binary(), quick);
             }
             let out = out.unwrap_or_else(|| root().join("docs"));
             let opts = bench::Options {
                 quick,
+                only,
                 workers,
                 many_core,
                 out: &out,
             };
-            bench::run(&root().join("target/release/balancer"), &root(), &opts)
+            bench::run(&release_binary(), &root(), &opts)
         }
         Task::Vm { kernels } => vm::run(&env, &root(), &vm::Options { kernels }),
-        Task::Test { args } => {
-            cargo(&env, &["fmt", "--all", "--", "--check"]).context("run `cargo fmt --all`")?;
-            cargo(&env, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
-            clippy_ebpf(&env)?;
-            // tests/dist.rs installs the release artefacts: built first, as a release would.
-            dist::run(&env, &root(), false)?;
-            // The end-to-end tests are integration tests of `balancer`: cargo builds the binary
-            // they run and names it to them (CARGO_BIN_EXE_balancer).
-            // Every test binary runs even after one fails, so that a run reports every
-            // failure; cargo still exits non-zero.
-            let mut test = vec!["test", "--no-fail-fast", "--", "--test-threads=2"];
-            test.extend(args.iter().map(String::as_str));
-            let status = env
-                .command("cargo")
-                .args(&test)
-                .env_remove("BALANCER_BIN")
-                .current_dir(root())
-                .status()?;
-            if !status.success() {
-                bail!("tests failed");
-            }
-            vm_leg(&env)?;
-            // The benchmark is no pass/fail test, but it must keep running: --quick once,
-            // written outside docs/.
-            let skip = std::env::var_os("BALANCER_SKIP_BENCH_SMOKE").is_some();
-            if skip && std::env::var_os("CI").is_some() {
-                bail!("BALANCER_SKIP_BENCH_SMOKE is set under CI: the benchmark smoke run must run there; unset it");
-            }
-            if skip {
-                eprintln!("xtask: BALANCER_SKIP_BENCH_SMOKE is set: benchmark smoke run skipped");
-            } else {
-                cargo(&env, &["build", "--release", "-p", "balancer"])?;
-                let out = root().join("target/bench-smoke");
-                // The many-core table forced on any machine: its code runs here too, not only
-                // where 8 cores happen to be.
-                let opts = bench::Options {
-                    quick: true,
-                    workers: bench::DEFAULT_WORKERS,
-                    many_core: true,
-                    out: &out,
-                };
-                bench::run(&root().join("target/release/balancer"), &root(), &opts)
-                    .context("benchmark smoke run (cargo xtask bench --quick) failed")?;
-                eprintln!(
-                    "xtask: benchmark smoke run ok: {}",
-                    out.join("benchmarks.md").display()
-                );
-            }
-            Ok(())
-        }
+        Task::Test { args } => test(&env, &args),
         Task::Dist { aarch64 } => dist::run(&env, &root(), aarch64),
+        Task::Hold { .. } => unreachable!("handled in main"),
     }
+}
+
+fn release_binary() -> std::path::PathBuf {
+    root().join("target/release/balancer")
+}
+
+/// `cargo xtask image`: the container image, from the release binary.
+fn image(env: &setup::Env) -> Result<()> {
+    cargo(env, &["build", "--release", "-p", "balancer"])?;
+    let context = root().join("target/image");
+    let status = Command::new(root().join("deploy/build-context.sh"))
+        .arg(release_binary())
+        .arg(&context)
+        .status()?;
+    if !status.success() {
+        bail!("deploy/build-context.sh failed");
+    }
+    let status = Command::new("podman")
+        .env("CONTAINERS_CONF", root().join("deploy/containers.conf"))
+        .args(["build", "-t", "balancer:latest", "-f"])
+        .arg(context.join("Containerfile"))
+        .arg(&context)
+        .status()
+        .context("podman not found: apt-get install podman runc")?;
+    if !status.success() {
+        bail!("podman build failed");
+    }
+    Ok(())
+}
+
+/// `cargo xtask test`: lints, the release artefacts, every test, the 6.1 kernel leg, the
+/// benchmark's smoke run.
+fn test(env: &setup::Env, args: &[String]) -> Result<()> {
+    cargo(env, &["fmt", "--all", "--", "--check"]).context("run `cargo fmt --all`")?;
+    cargo(env, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    clippy_ebpf(env)?;
+    // tests/dist.rs installs the release artefacts: built first, as a release would.
+    dist::run(env, &root(), false)?;
+    // The end-to-end tests are integration tests of `balancer`: cargo builds the binary
+    // they run and names it to them (CARGO_BIN_EXE_balancer).
+    // Every test binary runs even after one fails, so that a run reports every
+    // failure; cargo still exits non-zero.
+    let mut test = vec!["test", "--no-fail-fast", "--", "--test-threads=2"];
+    test.extend(args.iter().map(String::as_str));
+    let status = env
+        .command("cargo")
+        .args(&test)
+        .env_remove("BALANCER_BIN")
+        .current_dir(root())
+        .status()?;
+    if !status.success() {
+        bail!("tests failed");
+    }
+    vm_leg(env)?;
+    bench_smoke(env)
+}
+
+/// The benchmark is no pass/fail test, but it must keep running: --quick once, written
+/// outside docs/.
+fn bench_smoke(env: &setup::Env) -> Result<()> {
+    let skip = std::env::var_os("BALANCER_SKIP_BENCH_SMOKE").is_some();
+    if skip && std::env::var_os("CI").is_some() {
+        bail!("BALANCER_SKIP_BENCH_SMOKE is set under CI: the benchmark smoke run must run there; unset it");
+    }
+    if skip {
+        eprintln!("xtask: BALANCER_SKIP_BENCH_SMOKE is set: benchmark smoke run skipped");
+        return Ok(());
+    }
+    cargo(env, &["build", "--release", "-p", "balancer"])?;
+    let out = root().join("target/bench-smoke");
+    // The many-core table forced on any machine: its code runs here too, not only
+    // where 8 cores happen to be.
+    let opts = bench::Options {
+        quick: true,
+        only: Vec::new(),
+        workers: bench::DEFAULT_WORKERS,
+        many_core: true,
+        out: &out,
+    };
+    bench::run(&release_binary(), &root(), &opts)
+        .context("benchmark smoke run (cargo xtask bench --quick) failed")?;
+    eprintln!(
+        "xtask: benchmark smoke run ok: {}",
+        out.join("benchmarks.md").display()
+    );
+    Ok(())
 }
 
 /// The 6.1 kernel in a VM: `balancer check` and the core checks on what Debian 12 and Amazon

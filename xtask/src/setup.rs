@@ -27,8 +27,9 @@ const BUILD_PACKAGES: &[&str] = &[
 /// for the image and `kube play` tests (catatonit, a recommends that `--no-install-recommends`
 /// leaves out, is what podman builds its pod infra image from without a registry; the CNI
 /// plugins, one of two network stacks that would satisfy podman, are the one the tests run
-/// with), systemd-analyze for the unit, the benchmark's peers (nginx, HAProxy), Node.js for the
-/// examples, debootstrap for the clean Debian root the .deb is installed into.
+/// with), systemd-analyze for the unit, the benchmark's peers (nginx, HAProxy) and the reference
+/// load generator its client is checked against (wrk), Node.js for the examples, debootstrap for
+/// the clean Debian root the .deb is installed into.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "prometheus",
@@ -39,6 +40,7 @@ const TEST_PACKAGES: &[&str] = &[
     "systemd",
     "nginx-light",
     "haproxy",
+    "wrk",
     // `cargo xtask vm`: the emulator, the guest's shell and tools, objcopy for its binaries.
     "qemu-system-x86",
     "busybox-static",
@@ -148,8 +150,16 @@ pub fn ensure(for_tests: bool) -> Result<Env> {
         &std::env::var_os("PATH").unwrap_or_default(),
     ));
     let path = std::env::join_paths(paths)?;
+    let toolchain = toolchain(for_tests)?;
+    bpf_linker(&bin)?;
+    if for_tests {
+        test_tools(&path)?;
+    }
+    Ok(Env { toolchain, path })
+}
 
-    // The toolchain for the eBPF crate.
+/// The toolchain for the eBPF crate, with rust-src (and clippy, `for_tests`).
+fn toolchain(for_tests: bool) -> Result<String> {
     let toolchain = match llvm_major("nightly") {
         Some(v) if v <= LLVM_MAJOR => "nightly".to_string(),
         found => {
@@ -201,31 +211,36 @@ pub fn ensure(for_tests: bool) -> Result<Env> {
             &toolchain,
         ]))?;
     }
+    Ok(toolchain)
+}
 
-    // bpf-linker, built against LLVM 22.
+/// bpf-linker, built against LLVM 22, in `bin`.
+fn bpf_linker(bin: &std::path::Path) -> Result<()> {
     let linker = bin.join("bpf-linker");
     let have = quiet(Command::new(&linker).arg("--version")).unwrap_or_default();
-    if !have.contains(BPF_LINKER) {
-        apt_install(BUILD_PACKAGES)?;
-        run(Command::new("cargo")
-            .args([
-                "install",
-                "--locked",
-                "--force",
-                "bpf-linker",
-                "--version",
-                BPF_LINKER,
-            ])
-            .args([
-                "--no-default-features",
-                "--features",
-                &format!("llvm-{LLVM_MAJOR}"),
-            ])
-            .env("LLVM_PREFIX", format!("/usr/lib/llvm-{LLVM_MAJOR}")))?;
+    if have.contains(BPF_LINKER) {
+        return Ok(());
     }
-    if !for_tests {
-        return Ok(Env { toolchain, path });
-    }
+    apt_install(BUILD_PACKAGES)?;
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "--locked",
+            "--force",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER,
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{LLVM_MAJOR}"),
+        ])
+        .env("LLVM_PREFIX", format!("/usr/lib/llvm-{LLVM_MAJOR}")))
+}
+
+/// What the tests and the benchmark use: Debian packages, Node.js and npm, PyPI packages.
+fn test_tools(path: &std::ffi::OsStr) -> Result<()> {
     apt_install(TEST_PACKAGES)?;
     // The example workers' tests run Node.js; Debian's package where the machine has none.
     if quiet(Command::new("node").arg("--version")).is_none() {
@@ -237,7 +252,7 @@ pub fn ensure(for_tests: bool) -> Result<Env> {
     }
     let mut installed = false;
     for (probe, package) in PIP_PACKAGES {
-        if quiet(Command::new(probe[0]).args(&probe[1..]).env("PATH", &path)).is_none() {
+        if quiet(Command::new(probe[0]).args(&probe[1..]).env("PATH", path)).is_none() {
             run(Command::new("python3").args(["-m", "pip", "install", "-q", package]))?;
             installed = true;
         }
@@ -246,5 +261,5 @@ pub fn ensure(for_tests: bool) -> Result<Env> {
     if installed && quiet(Command::new("pyenv").arg("--version")).is_some() {
         run(Command::new("pyenv").arg("rehash"))?;
     }
-    Ok(Env { toolchain, path })
+    Ok(())
 }

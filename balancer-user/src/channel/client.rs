@@ -1,19 +1,31 @@
 //! `balancer send`, `balancer signal` and `balancer messages`: each checks its input before it
-//! connects (a message that is not JSON never reaches the supervisor), writes its request the
-//! one way [`request`](super::request) defines, and prints the answer.
+//! connects (a message that is not JSON never reaches the supervisor), sends its
+//! [`Request`], and prints the answer.
 
-use std::io::{BufRead as _, Write as _};
-
-use anyhow::{bail, Context as _, Result};
+use std::io::Write as _;
 
 use super::{
     received::Received,
-    request::{self, Outgoing},
+    request::{self, ChannelRequest, Outgoing},
 };
-use crate::{cli::Command, control};
+use crate::{
+    cli::{Command, Target},
+    control::{self, Request},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("give a JSON message, or --clear")]
+    NoMessage,
+    /// The message is not JSON, or too long.
+    #[error("{0}")]
+    BadMessage(String),
+    #[error(transparent)]
+    Control(#[from] control::Error),
+}
 
 /// Runs one of the three commands.
-pub fn run(command: Command) -> Result<()> {
+pub fn run(command: Command) -> Result<(), Error> {
     match command {
         Command::Send {
             json,
@@ -22,61 +34,52 @@ pub fn run(command: Command) -> Result<()> {
             clear,
             target,
         } => {
-            let line = match (clear, json) {
-                (true, _) => request::clear_line(),
-                (false, Some(json)) => Outgoing {
+            let request = match (clear, json) {
+                (true, _) => ChannelRequest::Clear,
+                (false, Some(json)) => ChannelRequest::Send(Outgoing {
                     slot,
                     keep,
-                    json: request::message(&json).map_err(anyhow::Error::msg)?,
-                }
-                .line(),
-                (false, None) => bail!("give a JSON message, or --clear"),
+                    json: request::message(&json).map_err(Error::BadMessage)?,
+                }),
+                (false, None) => return Err(Error::NoMessage),
             };
-            println!("{}", control::call(&target.path()?, &line)?);
-            Ok(())
+            call(&target, request)
         }
         Command::Signal {
             signal,
             slot,
             target,
-        } => {
-            let line = request::signal_line(slot, signal);
-            println!("{}", control::call(&target.path()?, &line)?);
-            Ok(())
+        } => call(&target, ChannelRequest::Signal { slot, signal }),
+        Command::Messages { stream, target } => {
+            let request = Request::Channel(ChannelRequest::Messages {
+                slot: stream.slot,
+                follow: stream.follow,
+            });
+            Ok(messages(&target.path()?, &request, stream.json)?)
         }
-        Command::Messages {
-            slot,
-            follow,
-            json,
-            target,
-        } => messages(&target.path()?, &request::messages_line(slot, follow), json),
         _ => unreachable!("only the channel's commands come here"),
     }
 }
 
+fn call(target: &Target, request: ChannelRequest) -> Result<(), Error> {
+    let answer = control::call(&target.path()?, &Request::Channel(request))?;
+    println!("{answer}");
+    Ok(())
+}
+
 /// Prints the messages the supervisor sends, as they come (human: prefixed with slot and pid;
 /// `json`: as sent), until it closes the connection or, with `follow`, forever.
-fn messages(path: &std::path::Path, line: &str, json: bool) -> Result<()> {
-    let mut stream = std::os::unix::net::UnixStream::connect(path).with_context(|| {
-        format!(
-            "no balancer answers on {}: is it running? (pass --control if it uses another socket)",
-            path.display()
-        )
-    })?;
-    writeln!(stream, "{line}")?;
+fn messages(path: &std::path::Path, request: &Request, json: bool) -> Result<(), control::Error> {
     let mut out = std::io::stdout().lock();
-    for answer in std::io::BufReader::new(stream).lines() {
-        let answer = answer.context("reading the supervisor's answer")?;
-        if let Some(err) = answer.strip_prefix("error: ") {
-            bail!("the supervisor refused `{line}`: {err}");
-        }
+    control::client::stream(path, request, |line| {
         if json {
-            writeln!(out, "{answer}")?;
-            continue;
+            return Ok(writeln!(out, "{line}")?);
         }
-        let r: Received = serde_json::from_str(&answer)
-            .with_context(|| format!("unexpected answer line {answer:?}"))?;
-        writeln!(out, "slot {} pid {}: {}", r.slot, r.pid, r.message)?;
-    }
-    Ok(())
+        let r: Received = control::client::decode(line)?;
+        Ok(writeln!(
+            out,
+            "slot {} pid {}: {}",
+            r.slot, r.pid, r.message
+        )?)
+    })
 }

@@ -15,17 +15,36 @@ mod probes;
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
-
 pub use probes::{missing, Feature, Found, FEATURES};
 
 use crate::capabilities;
 
+/// Why the balancer cannot run on this host, in the one line the report ends with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// This process may not load the programs (see [`crate::capabilities`]).
+    #[error(transparent)]
+    Capability(Box<dyn std::error::Error + Send + Sync>),
+    /// The kernel lacks features the programs use: their names and the version to run.
+    #[error("{0}")]
+    Lacking(String),
+    #[error("the kernel refused the programs although every probed feature is present")]
+    Refused(#[source] crate::kernel::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
 /// Prints the report; fails with the one line that says why the balancer cannot run here.
+///
+/// # Errors
+///
+/// [`Error::Capability`] without the capability to load the programs, [`Error::Lacking`]
+/// when a probe finds a feature missing, [`Error::Refused`] when the kernel refuses the
+/// programs all the same.
 pub fn run() -> Result<()> {
     println!("kernel {}", release());
     println!();
-    let found: Vec<(&Feature, Found)> = FEATURES.iter().map(|f| (f, (f.probe)())).collect();
+    let found: Vec<(&Feature, Found)> = FEATURES.iter().map(|f| (f, f.probe())).collect();
     print!("{}", table(&found));
     println!();
     let caps = capabilities::effective().unwrap_or(0);
@@ -38,7 +57,7 @@ pub fn run() -> Result<()> {
     println!();
     if let Err(e) = capabilities::require_bpf() {
         println!("programs      not loaded: no capability to load them");
-        bail!(e)
+        return Err(Error::Capability(e.into()));
     }
     let lacking: Vec<&Feature> = found
         .iter()
@@ -47,7 +66,7 @@ pub fn run() -> Result<()> {
         .collect();
     if !lacking.is_empty() {
         println!("programs      not loaded: this kernel lacks what they use");
-        bail!(refusal(&lacking))
+        return Err(Error::Lacking(refusal(&lacking)));
     }
     let start = Instant::now();
     match crate::kernel::Steering::load(1024) {
@@ -60,8 +79,8 @@ pub fn run() -> Result<()> {
             );
         }
         Err(e) => {
-            println!("programs      refused: {e:#}");
-            bail!("the kernel refused the programs although every probed feature is present: {e:#}")
+            println!("programs      refused: {}", chain(&e));
+            return Err(Error::Refused(e));
         }
     }
     println!();
@@ -71,6 +90,14 @@ pub fn run() -> Result<()> {
         println!("balancer can run here, degraded: see sock_diag above.");
     }
     Ok(())
+}
+
+/// `e` and its causes on one line, as the binary reports an error.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let causes: Vec<String> = std::iter::successors(Some(e), |&e| e.source())
+        .map(ToString::to_string)
+        .collect();
+    causes.join(": ")
 }
 
 /// The programs `balancer run` loads, as the report names them.
@@ -149,7 +176,7 @@ fn held(caps: u64) -> String {
 /// Whether the supervisor can read each worker's connections (the reconciliation); without
 /// it the balancer runs, its loads kept by the programs alone.
 fn sock_diag() -> (bool, String) {
-    match crate::accounting::open_sockets(1) {
+    match crate::inspect::open_sockets(1) {
         Ok(_) => (
             true,
             "yes (the supervisor reads what each worker holds and corrects any drift)".into(),

@@ -20,6 +20,7 @@ use aya::{
     programs::ProgramType,
     sys::{is_helper_supported, is_map_supported, is_program_supported, BpfHelper},
 };
+use Probe::*;
 
 /// What a probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,102 +39,89 @@ pub struct Feature {
     pub since: &'static str,
     /// What in the balancer needs it.
     pub used_for: &'static str,
-    pub probe: fn() -> Found,
+    probe: Probe,
+}
+
+/// How a feature is asked of the kernel.
+#[derive(Clone, Copy)]
+enum Probe {
+    /// A program type, by aya's probe.
+    Program(ProgramType),
+    /// A map type, by aya's probe.
+    Map(MapType),
+    /// A helper as the steering program calls it: from an SK_REUSEPORT program.
+    Helper(BpfHelper),
+    /// A tp_btf program on a tracepoint, calling a helper if one is given (see [`tracing`]).
+    Tracing(&'static str, Option<BpfHelper>),
+    /// The kernel's type information (see [`btf`]).
+    Btf,
+    /// A probe of its own, for what the kinds above do not ask.
+    Own(fn() -> Found),
+}
+
+impl Feature {
+    const fn new(
+        name: &'static str,
+        since: &'static str,
+        used_for: &'static str,
+        probe: Probe,
+    ) -> Self {
+        Feature {
+            name,
+            since,
+            used_for,
+            probe,
+        }
+    }
+
+    /// Asks the running kernel.
+    pub fn probe(&self) -> Found {
+        match self.probe {
+            Probe::Program(t) => found(is_program_supported(t)),
+            Probe::Map(t) => found(is_map_supported(t)),
+            Probe::Helper(h) => found(is_helper_supported(ProgramType::SkReuseport, h)),
+            Probe::Tracing(name, helper) => tracing(name, helper),
+            Probe::Btf => btf(),
+            Probe::Own(probe) => probe(),
+        }
+    }
 }
 
 /// Every feature, in the order the kernel gained them (the oldest first), so that the first
 /// missing one on an old kernel names the least upgrade that would not be enough alone, and the
 /// last names the version to run.
+#[rustfmt::skip]
 pub const FEATURES: &[Feature] = &[
-    Feature {
-        name: "SK_REUSEPORT programs",
-        since: "4.19",
-        used_for: "the steering program",
-        probe: || program(ProgramType::SkReuseport),
-    },
-    Feature {
-        name: "REUSEPORT_SOCKARRAY maps",
-        since: "4.19",
-        used_for: "the listeners the program chooses among",
-        probe: || map(MapType::ReuseportSockArray),
-    },
-    Feature {
-        name: "bpf_sk_select_reuseport helper",
-        since: "4.19",
-        used_for: "handing a connection to the chosen listener",
-        probe: || helper(BpfHelper::BPF_FUNC_sk_select_reuseport),
-    },
-    Feature {
-        name: "bpf_skb_load_bytes_relative helper",
-        since: "4.19",
-        used_for: "reading the TCP flags and addresses of a segment",
-        probe: || helper(BpfHelper::BPF_FUNC_skb_load_bytes_relative),
-    },
-    Feature {
-        name: "SK_STORAGE maps",
-        since: "5.2",
-        used_for: "each listener's slot, on the socket",
-        probe: || map(MapType::SkStorage),
-    },
-    Feature {
-        name: "BTF type information (/sys/kernel/btf/vmlinux)",
-        since: "5.5",
-        used_for: "the close tracker's tracepoint arguments",
-        probe: btf,
-    },
-    Feature {
-        name: "tp_btf program on inet_sock_set_state",
-        since: "5.5",
-        used_for: "the close tracker: every TCP state change",
-        probe: || tracing("inet_sock_set_state", None),
-    },
-    Feature {
-        name: "tp_btf program on tcp_rcv_space_adjust",
-        since: "5.5",
-        used_for: "the taker tracker: which worker took an overflow connection",
-        probe: || tracing("tcp_rcv_space_adjust", None),
-    },
-    Feature {
-        name: "BPF_F_MMAPABLE array maps",
-        since: "5.5",
-        used_for: "slot loads shared with the supervisor without a syscall",
-        probe: mmapable_array,
-    },
-    Feature {
-        name: "bpf_ktime_get_coarse_ns helper",
-        since: "5.11",
-        used_for: "the window in which connection records are honoured",
-        probe: || helper(BpfHelper::BPF_FUNC_ktime_get_coarse_ns),
-    },
-    Feature {
-        name: "bpf_sk_storage_get from tp_btf programs",
-        since: "5.11",
-        used_for: "the close tracker finding a connection's slot on its socket",
-        probe: || {
-            tracing(
-                "inet_sock_set_state",
-                Some(BpfHelper::BPF_FUNC_sk_storage_get),
-            )
-        },
-    },
-    Feature {
-        name: "SK_REUSEPORT select-or-migrate attach type",
-        since: "5.14",
-        used_for: "moving a closing listener's queued connections to a live worker",
-        probe: migrate_attach_type,
-    },
-    Feature {
-        name: "bpf_get_socket_cookie from SK_REUSEPORT",
-        since: "5.14",
-        used_for: "knowing which listener a migrating connection leaves",
-        probe: || helper(BpfHelper::BPF_FUNC_get_socket_cookie),
-    },
-    Feature {
-        name: "bpf_loop helper",
-        since: "5.17",
-        used_for: "the least-loaded scan over up to 1024 slots",
-        probe: || helper(BpfHelper::BPF_FUNC_loop),
-    },
+    Feature::new("SK_REUSEPORT programs", "4.19",
+        "the steering program", Program(ProgramType::SkReuseport)),
+    Feature::new("REUSEPORT_SOCKARRAY maps", "4.19",
+        "the listeners the program chooses among", Map(MapType::ReuseportSockArray)),
+    Feature::new("bpf_sk_select_reuseport helper", "4.19",
+        "handing a connection to the chosen listener", Helper(BpfHelper::BPF_FUNC_sk_select_reuseport)),
+    Feature::new("bpf_skb_load_bytes_relative helper", "4.19",
+        "reading the TCP flags and addresses of a segment", Helper(BpfHelper::BPF_FUNC_skb_load_bytes_relative)),
+    Feature::new("SK_STORAGE maps", "5.2",
+        "each listener's slot, on the socket", Map(MapType::SkStorage)),
+    Feature::new("BTF type information (/sys/kernel/btf/vmlinux)", "5.5",
+        "the close tracker's tracepoint arguments", Btf),
+    Feature::new("tp_btf program on inet_sock_set_state", "5.5",
+        "the close tracker: every TCP state change", Tracing("inet_sock_set_state", None)),
+    Feature::new("tp_btf program on tcp_rcv_space_adjust", "5.5",
+        "the taker tracker: which worker took an overflow connection",
+        Tracing("tcp_rcv_space_adjust", None)),
+    Feature::new("BPF_F_MMAPABLE array maps", "5.5",
+        "slot loads shared with the supervisor without a syscall", Own(mmapable_array)),
+    Feature::new("bpf_ktime_get_coarse_ns helper", "5.11",
+        "the window in which connection records are honoured", Helper(BpfHelper::BPF_FUNC_ktime_get_coarse_ns)),
+    Feature::new("bpf_sk_storage_get from tp_btf programs", "5.11",
+        "the close tracker finding a connection's slot on its socket",
+        Tracing("inet_sock_set_state", Some(BpfHelper::BPF_FUNC_sk_storage_get))),
+    Feature::new("SK_REUSEPORT select-or-migrate attach type", "5.14",
+        "moving a closing listener's queued connections to a live worker", Own(migrate_attach_type)),
+    Feature::new("bpf_get_socket_cookie from SK_REUSEPORT", "5.14",
+        "knowing which listener a migrating connection leaves", Helper(BpfHelper::BPF_FUNC_get_socket_cookie)),
+    Feature::new("bpf_loop helper", "5.17",
+        "the least-loaded scan over up to 1024 slots", Helper(BpfHelper::BPF_FUNC_loop)),
 ];
 
 fn found(r: Result<bool, impl std::fmt::Display>) -> Found {
@@ -142,19 +130,6 @@ fn found(r: Result<bool, impl std::fmt::Display>) -> Found {
         Ok(false) => Found::No,
         Err(e) => Found::Unknown(e.to_string()),
     }
-}
-
-fn program(t: ProgramType) -> Found {
-    found(is_program_supported(t))
-}
-
-fn map(t: MapType) -> Found {
-    found(is_map_supported(t))
-}
-
-/// A helper as the steering program calls it: from an SK_REUSEPORT program.
-fn helper(h: BpfHelper) -> Found {
-    found(is_helper_supported(ProgramType::SkReuseport, h))
 }
 
 fn btf() -> Found {
@@ -183,21 +158,17 @@ fn tracing(name: &str, helper: Option<BpfHelper>) -> Found {
         .into_iter()
         .collect();
     insns.extend([0xb7, 0x95]);
-    let license = CString::new("GPL").unwrap();
     let mut log = vec![0u8; 4096];
-    let attr = ProgLoad {
-        prog_type: BPF_PROG_TYPE_TRACING,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
-        expected_attach_type: BPF_TRACE_RAW_TP,
-        attach_btf_id: id,
-        ..ProgLoad::default()
-    };
-    let r = bpf(BPF_PROG_LOAD, &attr);
+    let r = load_program(
+        ProgLoad {
+            prog_type: BPF_PROG_TYPE_TRACING,
+            expected_attach_type: BPF_TRACE_RAW_TP,
+            attach_btf_id: id,
+            ..ProgLoad::default()
+        },
+        &insns,
+        Some(&mut log),
+    );
     let log = String::from_utf8_lossy(&log);
     let log = log.trim_end_matches('\0');
     match r {
@@ -282,6 +253,21 @@ fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `BPF_PROG_LOAD` of `insns` (GPL) with the rest of `attr`, the verifier writing its log
+/// into `log` if given; the program is closed again at once.
+fn load_program(mut attr: ProgLoad, insns: &[u64], log: Option<&mut [u8]>) -> std::io::Result<()> {
+    let license = CString::new("GPL").unwrap();
+    attr.insn_cnt = insns.len() as u32;
+    attr.insns = insns.as_ptr() as u64;
+    attr.license = license.as_ptr() as u64;
+    if let Some(log) = log {
+        attr.log_level = 1;
+        attr.log_size = log.len() as u32;
+        attr.log_buf = log.as_mut_ptr() as u64;
+    }
+    bpf(BPF_PROG_LOAD, &attr)
+}
+
 /// Yes when the kernel made the object, No when it refused it with one of `refusals` (what an
 /// older kernel answers), Unknown on anything else (EPERM: no capability).
 fn judged(r: std::io::Result<()>, refusals: &[i32]) -> Found {
@@ -311,23 +297,17 @@ fn mmapable_array() -> Found {
 fn migrate_attach_type() -> Found {
     // ldxdw r0, [r1 + 48] (opcode 0x79, src r1, offset 48); mov64 r0, 0 (0xb7); exit (0x95).
     let insns: [u64; 3] = [0x0030_1079, 0xb7, 0x95];
-    let license = CString::new("GPL").unwrap();
     let attr = ProgLoad {
         prog_type: BPF_PROG_TYPE_SK_REUSEPORT,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
         expected_attach_type: BPF_SK_REUSEPORT_SELECT_OR_MIGRATE,
         ..ProgLoad::default()
     };
+    let r = load_program(attr, &insns, None);
     // An unknown attach type: EINVAL; a context field the verifier does not know: EACCES.
-    judged(bpf(BPF_PROG_LOAD, &attr), &[libc::EINVAL, libc::EACCES])
+    judged(r, &[libc::EINVAL, libc::EACCES])
 }
 
 /// The features this kernel lacks, in [`FEATURES`] order, with what each probe found.
 pub fn missing() -> Vec<&'static Feature> {
-    FEATURES
-        .iter()
-        .filter(|f| (f.probe)() == Found::No)
-        .collect()
+    FEATURES.iter().filter(|f| f.probe() == Found::No).collect()
 }

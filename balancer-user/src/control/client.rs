@@ -1,34 +1,36 @@
-//! The client side of every command: one request, one answer (or, for `balancer logs`, a
-//! stream of lines).
+//! The client side of every command: one request, one answer ([`call`]), or a stream of answer
+//! lines until the supervisor closes the connection ([`stream`]: `balancer logs` and
+//! `balancer messages`).
 
 use std::{
     io::{BufRead as _, Write as _},
+    os::unix::net::UnixStream,
     path::Path,
     time::Duration,
 };
 
-use anyhow::{bail, Context as _, Result};
+use super::{Answer, Error, Request, Result};
 
-/// Sends `request` to the supervisor behind `path` and returns its one-line answer.
-pub fn call(path: &Path, request: &str) -> Result<String> {
-    let mut stream = std::os::unix::net::UnixStream::connect(path).with_context(|| {
-        format!(
-            "no balancer answers on {}: is it running? (pass --control if it uses another socket)",
-            path.display()
-        )
+/// How long an answer that is not [long](Request::is_long) may take.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+fn connect(path: &Path, request: &Request) -> Result<UnixStream> {
+    let mut stream = UnixStream::connect(path).map_err(|source| Error::NotRunning {
+        path: path.to_owned(),
+        source,
     })?;
-    // A reload or a scale answers when it is done, which takes as long as the workers take to
-    // get ready and to drain: wait for it. Anything else answers at once.
-    let long = request.starts_with("reload") || request.starts_with("scale");
-    let limit = Duration::from_secs(10);
-    stream.set_read_timeout((!long).then_some(limit))?;
     writeln!(stream, "{request}")?;
-    let mut answer = String::new();
-    match std::io::BufReader::new(&mut stream).read_line(&mut answer) {
-        Ok(0) => bail!(
-            "the supervisor closed the connection without answering `{request}` (it is stopping, \
-             or it exited)"
-        ),
+    Ok(stream)
+}
+
+/// Sends `request` to the supervisor behind `path` and returns its one-line answer's JSON.
+pub fn call(path: &Path, request: &Request) -> Result<String> {
+    let mut stream = connect(path, request)?;
+    // A reload or a scale answers when it is done: wait for it. Anything else answers at once.
+    stream.set_read_timeout((!request.is_long()).then_some(ANSWER_WITHIN))?;
+    let mut line = String::new();
+    match std::io::BufReader::new(&mut stream).read_line(&mut line) {
+        Ok(0) => return Err(Error::Closed(request.clone())),
         Ok(_) => {}
         Err(e)
             if matches!(
@@ -36,52 +38,70 @@ pub fn call(path: &Path, request: &str) -> Result<String> {
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
             ) =>
         {
-            bail!("the supervisor did not answer `{request}` within {limit:?}")
+            return Err(Error::Timeout {
+                request: request.clone(),
+                limit: ANSWER_WITHIN,
+            })
         }
-        Err(e) => return Err(e).context(format!("reading the answer to `{request}`")),
+        Err(source) => {
+            return Err(Error::ReadAnswer {
+                request: request.clone(),
+                source,
+            })
+        }
     }
-    let answer = answer.trim_end().to_string();
-    if let Some(err) = answer.strip_prefix("error: ") {
-        bail!("the supervisor refused `{request}`: {err}");
+    refused(request, Answer::parse(&line))
+}
+
+fn refused(request: &Request, answer: Answer) -> Result<String> {
+    answer.into_result().map_err(|reason| Error::Refused {
+        request: request.clone(),
+        reason,
+    })
+}
+
+/// Sends `request` and hands each line of the answer to `each` as it comes, until the
+/// supervisor closes the connection (with `follow`, never).
+pub fn stream(
+    path: &Path,
+    request: &Request,
+    mut each: impl FnMut(&str) -> Result<()>,
+) -> Result<()> {
+    let stream = connect(path, request)?;
+    for line in std::io::BufReader::new(stream).lines() {
+        let line = line.map_err(Error::ReadStream)?;
+        each(&refused(request, Answer::parse(&line))?)?;
     }
-    Ok(answer)
+    Ok(())
+}
+
+/// Reads one streamed line as the JSON of a `T`.
+pub fn decode<T: serde::de::DeserializeOwned>(line: &str) -> Result<T> {
+    serde_json::from_str(line).map_err(|source| Error::Unexpected {
+        line: line.to_owned(),
+        source,
+    })
 }
 
 /// `balancer logs`: prints the lines the supervisor sends, as they come (human: prefixed with
 /// slot and pid; `json`: as sent), until it closes the connection or, with `follow`, forever.
 pub fn logs(path: &Path, slot: Option<u32>, lines: usize, follow: bool, json: bool) -> Result<()> {
     use std::io::IsTerminal as _;
-    let mut stream = std::os::unix::net::UnixStream::connect(path).with_context(|| {
-        format!(
-            "no balancer answers on {}: is it running? (pass --control if it uses another socket)",
-            path.display()
-        )
-    })?;
-    let mut request = format!("logs lines {lines}");
-    if let Some(s) = slot {
-        request.push_str(&format!(" slot {s}"));
-    }
-    if follow {
-        request.push_str(" follow");
-    }
-    writeln!(stream, "{request}")?;
+    let request = Request::Logs {
+        slot,
+        lines,
+        follow,
+    };
     let colour = std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
     let mut text = String::new();
-    for line in std::io::BufReader::new(stream).lines() {
-        let line = line.context("reading the supervisor's answer")?;
-        if let Some(err) = line.strip_prefix("error: ") {
-            bail!("the supervisor refused `{request}`: {err}");
-        }
+    stream(path, &request, |line| {
         if json {
             writeln!(out, "{line}")?;
-            continue;
+            return Ok(());
         }
-        let l: crate::logs::Line = serde_json::from_str(&line)
-            .with_context(|| format!("unexpected answer line {line:?}"))?;
         text.clear();
-        crate::logs::sink::human(&l, colour, &mut text);
-        out.write_all(text.as_bytes())?;
-    }
-    Ok(())
+        crate::logs::sink::human(&decode(line)?, colour, &mut text);
+        Ok(out.write_all(text.as_bytes())?)
+    })
 }

@@ -7,12 +7,14 @@
 //! line and the connection is closed; a client can neither crash nor stall the supervisor.
 
 //!
-//! [`request`]: what a client may ask, parsed. [`status`]: the answer to `status`, and its
-//! table. [`client`]: the client side of every command. [`logs`]: `balancer logs`, served from
+//! [`request`]: what a client may ask, written and parsed. [`answer`]: what it is answered.
+//! [`status`]: the answer to `status`, and its table. [`error`]: what can go wrong. [`client`]: the client side of every command. [`logs`]: `balancer logs`, served from
 //! the log store. [`services`]: several balancers on one host, found by name. [`watch`]:
 //! `balancer status --watch`. [`peer`]: refusing workers.
 
+pub mod answer;
 pub mod client;
+pub mod error;
 pub mod logs;
 pub mod peer;
 pub mod request;
@@ -26,12 +28,15 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context as _, Result};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
+pub use answer::Answer;
 pub use client::{call, logs};
+pub use error::Error;
 pub use logs::serve_logs;
 pub use request::{parse_request, Request, MAX_WEIGHT};
+
+type Result<T, E = Error> = std::result::Result<T, E>;
 pub use services::{check_name, find, path_for, render_services, running, runtime_dir, Service};
 pub use status::{render, OverflowStatus, SlotStatus, Status};
 
@@ -49,7 +54,10 @@ pub fn prepare_directory(path: &Path) -> Result<()> {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+            .map_err(|source| Error::CreateDirectory {
+                dir: dir.to_owned(),
+                source,
+            })?;
     }
     check_private(dir)
 }
@@ -58,19 +66,15 @@ pub fn prepare_directory(path: &Path) -> Result<()> {
 /// socket or take its name first.
 fn check_private(dir: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(dir).with_context(|| {
-        format!(
-            "cannot read the control socket's directory {}",
-            dir.display()
-        )
+    let meta = std::fs::metadata(dir).map_err(|source| Error::ReadDirectory {
+        dir: dir.to_owned(),
+        source,
     })?;
     let me = nix::unistd::geteuid().as_raw();
     if meta.mode() & 0o022 != 0 || (meta.uid() != me && meta.uid() != 0) {
-        bail!(
-            "the control socket's directory {} can be written by other users: pass --control \
-             with a path in a private directory (such as $XDG_RUNTIME_DIR)",
-            dir.display()
-        );
+        return Err(Error::SharedDirectory {
+            dir: dir.to_owned(),
+        });
     }
     Ok(())
 }
@@ -81,28 +85,31 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
     prepare_directory(path)?;
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "control socket {} is in use by another running balancer: stop it (`balancer stop --control {}`) or pass another --control",
-                path.display(),
-                path.display()
-            );
+            return Err(Error::InUse {
+                path: path.to_owned(),
+            });
         }
-        std::fs::remove_file(path).with_context(|| {
-            format!("cannot remove the stale control socket {}", path.display())
+        std::fs::remove_file(path).map_err(|source| Error::RemoveStale {
+            path: path.to_owned(),
+            source,
         })?;
     }
     // The umask makes the socket 0600 from its creation: no window in which others may connect.
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let listener = tokio::net::UnixListener::bind(path);
     nix::sys::stat::umask(old);
-    let listener =
-        listener.with_context(|| format!("cannot create the control socket {}", path.display()))?;
+    let listener = listener.map_err(|source| Error::Bind {
+        path: path.to_owned(),
+        source,
+    })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
 
 /// Reads one request from `stream`, bounded in size and time.
-pub async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request, String> {
+pub async fn read_request(
+    stream: &mut tokio::net::UnixStream,
+) -> std::result::Result<Request, String> {
     let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(
         stream,
         crate::channel::request::MAX_LINE as u64 + 1,
@@ -115,9 +122,14 @@ pub async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request
     }
 }
 
-pub async fn reply(stream: &mut tokio::net::UnixStream, body: &str) {
+/// Writes one answer line: an [`Answer`], or an answer already written as its line.
+pub async fn reply(
+    stream: &mut tokio::net::UnixStream,
+    answer: &(impl std::fmt::Display + ?Sized),
+) {
+    let line = answer.to_string();
     let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        stream.write_all(body.as_bytes()).await?;
+        stream.write_all(line.as_bytes()).await?;
         stream.write_all(b"\n").await
     })
     .await;

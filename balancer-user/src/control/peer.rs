@@ -32,7 +32,7 @@ static LOGGED_AT: AtomicU64 = AtomicU64::new(0);
 const MAX_DEPTH: usize = 4096;
 
 /// The refusal for a connection from `stream`'s peer, or None to serve it.
-pub fn refusal(stream: &tokio::net::UnixStream) -> Option<String> {
+pub fn refusal(stream: &tokio::net::UnixStream) -> Option<super::Answer> {
     let pid = stream.peer_cred().ok()?.pid()?;
     let worker = worker_ancestor(pid)?;
     REFUSED.fetch_add(1, Ordering::Relaxed);
@@ -50,11 +50,10 @@ pub fn refusal(stream: &tokio::net::UnixStream) -> Option<String> {
             REFUSED.load(Ordering::Relaxed)
         );
     }
-    Some(
-        "error: refused: this balancer's workers and their processes may not use its control \
-         socket"
+    Some(super::Answer::Err(
+        "refused: this balancer's workers and their processes may not use its control socket"
             .into(),
-    )
+    ))
 }
 
 /// The worker (a child of this process) that `pid` is or descends from.

@@ -3,10 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{call, Status};
+use super::{call, Error, Request, Result, Status};
 
 /// The directory every balancer of this user puts its control socket in, one socket per
 /// service (`<name>.sock`), which is how `balancer ls` finds them: `$BALANCER_RUNTIME_DIR` if
@@ -39,10 +38,7 @@ pub fn check_name(name: &str) -> Result<()> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !ok {
-        bail!(
-            "bad --name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.', not starting \
-             with '.'"
-        );
+        return Err(Error::BadName(name.to_owned()));
     }
     Ok(())
 }
@@ -70,7 +66,7 @@ pub fn running() -> Vec<Service> {
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "sock"))
         .filter_map(|control| {
-            let answer = call(&control, "status").ok()?;
+            let answer = call(&control, &Request::Status).ok()?;
             let s: Status = serde_json::from_str(&answer).ok()?;
             Some(Service {
                 name: s.name.clone(),
@@ -108,29 +104,22 @@ pub fn find(control: Option<PathBuf>, name: Option<&str>) -> Result<PathBuf> {
             return Ok(s.control.clone());
         }
         let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
-        bail!(
-            "no balancer named {name:?} runs here (running: {}); `balancer ls` lists them",
-            if names.is_empty() {
+        return Err(Error::NoSuchName {
+            name: name.to_owned(),
+            running: if names.is_empty() {
                 "none".into()
             } else {
                 names.join(", ")
-            }
-        );
+            },
+        });
     }
     let services = running();
     match services.as_slice() {
         [one] => Ok(one.control.clone()),
-        [] => bail!(
-            "no balancer runs here (none answers in {}): start one with `balancer run`, or \
-             pass --control",
-            dir.display()
-        ),
+        [] => Err(Error::NoneRunning { dir }),
         many => {
             let names: Vec<&str> = many.iter().map(|s| s.name.as_str()).collect();
-            bail!(
-                "several balancers run here ({}): pick one with --name",
-                names.join(", ")
-            )
+            Err(Error::Several(names.join(", ")))
         }
     }
 }

@@ -10,9 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
-
-use crate::control::{self, Status};
+use crate::control::{self, Error, Request, Result, Status};
 
 const BAR: usize = 30;
 
@@ -56,12 +54,7 @@ pub fn frame(status: &Status, previous: Option<(&Status, Duration)>) -> String {
 /// Redraws until interrupted; a closed stdout (`| head`) ends it quietly.
 pub fn run(path: &Path) -> Result<()> {
     match watch(path) {
-        Err(e)
-            if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
-        {
-            Ok(())
-        }
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other,
     }
 }
@@ -70,7 +63,8 @@ fn watch(path: &Path) -> Result<()> {
     let tty = std::io::stdout().is_terminal();
     let mut previous: Option<(Status, Instant)> = None;
     loop {
-        let status: Status = serde_json::from_str(&control::call(path, "status")?)?;
+        let answer = control::call(path, &Request::Status)?;
+        let status: Status = serde_json::from_str(&answer).map_err(Error::BadStatus)?;
         let now = Instant::now();
         let text = frame(&status, previous.as_ref().map(|(s, t)| (s, now - *t)));
         let mut out = std::io::stdout().lock();

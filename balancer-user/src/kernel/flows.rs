@@ -9,10 +9,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use anyhow::{Context as _, Result};
+use aya::maps::{HashMap, MapData};
 use balancer_common::maps::{Flow, FlowKey, FLOW_PROBE};
 
-use super::Steering;
+use super::{Error, Result};
 
 /// The key the program builds from a SYN from `client` to `server`: addresses as in the
 /// packet (IPv4 in the first word), ports as the TCP header's first word.
@@ -34,35 +34,35 @@ pub fn key(client: SocketAddr, server: SocketAddr) -> FlowKey {
     }
 }
 
-impl Steering {
+/// The `FLOWS` map.
+pub struct Flows(HashMap<MapData, FlowKey, Flow>);
+
+impl Flows {
+    pub(super) fn new(map: HashMap<MapData, FlowKey, Flow>) -> Flows {
+        Flows(map)
+    }
+
     /// Records `key` as a connection of `slot` (a health probe about to connect).
-    pub fn record_flow(&mut self, key: FlowKey, slot: u32) -> Result<()> {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RecordFlow`] when the kernel refuses the insert.
+    pub fn record(&mut self, key: FlowKey, slot: u32) -> Result<()> {
         let flow = Flow {
             slot,
             seq: 0,
             kind: FLOW_PROBE,
         };
-        self.flows
-            .insert(key, flow, 0)
-            .context("cannot record a health probe's connection")
+        self.0.insert(key, flow, 0).map_err(Error::RecordFlow)
     }
 
     /// The slot `key`'s connection was sent to, if it is recorded.
-    pub fn flow_slot(&self, key: &FlowKey) -> Option<u32> {
-        self.flows.get(key, 0).ok().map(|f| f.slot)
+    pub fn slot(&self, key: &FlowKey) -> Option<u32> {
+        self.0.get(key, 0).ok().map(|f| f.slot)
     }
 
     /// Removes `key`'s record; true if this call removed it (and so must count its close).
-    pub fn forget_flow(&mut self, key: &FlowKey) -> bool {
-        self.flows.remove(key).is_ok()
-    }
-
-    /// Tells the program whether health probes are recorded (see [`Steering::record_flow`]).
-    pub fn set_probing(&mut self, on: bool) -> Result<()> {
-        let mut config = self.config.get(&0, 0).unwrap_or_default();
-        config.probing = on as u32;
-        self.config
-            .set(0, config, 0)
-            .context("cannot write the program's configuration")
+    pub fn forget(&mut self, key: &FlowKey) -> bool {
+        self.0.remove(key).is_ok()
     }
 }

@@ -1,17 +1,7 @@
 //! The program's log records (aya-log), read from their ring buffer into this process's log.
 
-use super::Steering;
-
 /// Records the program logs with aya-log, read from its ring buffer.
 pub type ProgramLog = aya_log::EbpfLogger<&'static dyn log::Log>;
-
-impl Steering {
-    /// The program's log records, to be drained into this process's log whenever its fd is
-    /// readable.
-    pub fn take_log(&mut self) -> Option<ProgramLog> {
-        self.logger.take()
-    }
-}
 
 /// Copies the program's records into the supervisor's log as they arrive.
 pub async fn forward_log(log: ProgramLog) {

@@ -1,32 +1,43 @@
 //! `SLOTS`, `STICKY` and `COUNTERS` seen as memory.
 //!
-//! Both are `BPF_F_MMAPABLE` arrays: the kernel lets a process holding the map's fd map its
-//! values into its address space, and the programs read and write the very same pages. A store
-//! here is visible to the next run of the program with no system call, and an atomic add here
-//! and the programs' atomic adds never lose one another's increments.
+//! All three are `BPF_F_MMAPABLE` arrays: the kernel lets a process holding the map's fd map
+//! its values into its address space, and the programs read and write the very same pages. A
+//! store here is visible to the next run of the program with no system call, and an atomic add
+//! here and the programs' atomic adds never lose one another's increments.
 
 use std::{
-    os::fd::BorrowedFd,
+    os::fd::AsFd,
     ptr::NonNull,
     sync::atomic::{AtomicU32, AtomicU64},
 };
 
-use anyhow::{Context as _, Result};
+use aya::maps::Map;
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+
+use super::{Error, Result};
 
 /// A shared mapping of a whole array map of `T`.
 pub struct Mapped<T> {
-    pub(super) ptr: NonNull<T>,
-    pub(super) len: usize,
+    ptr: NonNull<T>,
+    len: usize,
 }
 
-// SAFETY: the mapping is plain shared memory; every access below goes through atomics.
+// SAFETY: the mapping is plain shared memory; every access goes through atomics.
 unsafe impl<T> Send for Mapped<T> {}
 unsafe impl<T> Sync for Mapped<T> {}
 
 impl<T> Mapped<T> {
-    /// Maps `len` values of `T` (the map's max_entries) from the array map behind `fd`.
-    pub fn with_len(fd: BorrowedFd<'_>, len: usize) -> Result<Self> {
+    /// Maps the `len` values of `T` (its max_entries) of the array map `name`, taken from a
+    /// loaded object. The mapping keeps the map alive: its fd is closed on return.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotArray`] for another kind of map, [`Error::Mmap`] when the kernel refuses
+    /// the mapping (an array created without `BPF_F_MMAPABLE`).
+    pub(super) fn new(map: Map, name: &'static str, len: usize) -> Result<Self> {
+        let Map::Array(map) = map else {
+            return Err(Error::NotArray(name));
+        };
         let bytes = std::num::NonZeroUsize::new(len * std::mem::size_of::<T>()).expect("non-empty");
         // SAFETY: a fresh shared mapping of a map fd; the kernel checks size and flags.
         let ptr = unsafe {
@@ -35,21 +46,27 @@ impl<T> Mapped<T> {
                 bytes,
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
                 MapFlags::MAP_SHARED,
-                fd,
+                map.fd().as_fd(),
                 0,
             )
         }
-        .context("cannot map the load map into memory (was it created with BPF_F_MMAPABLE?)")?;
+        .map_err(Error::Mmap)?;
         Ok(Mapped {
             ptr: ptr.cast(),
             len,
         })
     }
 
-    pub(super) fn at(&self, slot: u32) -> *mut T {
-        assert!((slot as usize) < self.len, "slot {slot} out of range");
+    /// How many values of `T` are mapped.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The value at `index`, for the atomics of [`u64_at`] and [`u32_at`]; panics out of range.
+    pub(super) fn at(&self, index: u32) -> *mut T {
+        assert!((index as usize) < self.len, "slot {index} out of range");
         // SAFETY: in bounds of the mapping.
-        unsafe { self.ptr.as_ptr().add(slot as usize) }
+        unsafe { self.ptr.as_ptr().add(index as usize) }
     }
 }
 

@@ -6,48 +6,49 @@
 
 use std::os::fd::{AsFd, AsRawFd};
 
-use anyhow::{Context as _, Result};
-use balancer_common::{maps::Owner, Policy};
+use aya::maps::{HashMap, MapData, SkStorage};
+use balancer_common::maps::Owner;
 
-use super::Steering;
+use super::{Error, Result};
 
-impl Steering {
-    /// Marks `listener` as `slot`'s: its connections are counted on `slot` when they close
-    /// (unless the `hash` policy is in force, under which the program counts nothing when they
-    /// open).
-    pub(super) fn own(&mut self, slot: u32, listener: &(impl AsRawFd + AsFd)) -> Result<()> {
-        let counted = self.policy() != Policy::Hash;
-        self.own_as(slot, listener, counted)
+/// The `OWNERS` and `LISTENERS` maps: written together, always with the same slot.
+pub struct Owners {
+    owners: SkStorage<MapData, Owner>,
+    listeners: HashMap<MapData, u64, u32>,
+}
+
+impl Owners {
+    pub(super) fn new(
+        owners: SkStorage<MapData, Owner>,
+        listeners: HashMap<MapData, u64, u32>,
+    ) -> Owners {
+        Owners { owners, listeners }
     }
 
-    /// [`Steering::own`] with the policy's answer given: one configuration read for a whole
-    /// group.
-    fn own_as(&mut self, slot: u32, listener: &(impl AsRawFd + AsFd), counted: bool) -> Result<()> {
+    /// Marks `listener` as `slot`'s: its connections are counted on `slot` when they close if
+    /// `counted` (false under the `hash` policy, under which the program counts nothing when
+    /// they open).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Mark`], [`Error::Cookie`] or [`Error::Listener`], for the step that failed.
+    pub fn own(
+        &mut self,
+        slot: u32,
+        listener: &(impl AsRawFd + AsFd),
+        counted: bool,
+    ) -> Result<()> {
         let owner = Owner {
             slot,
             counted: counted as u32,
         };
         self.owners
             .insert(listener, owner, 0)
-            .with_context(|| format!("cannot mark the listener of slot {slot} (OWNERS)"))?;
-        let cookie = cookie(listener)
-            .with_context(|| format!("cannot read the cookie of slot {slot}'s listener"))?;
+            .map_err(|source| Error::Mark { slot, source })?;
+        let cookie = cookie(listener).map_err(|source| Error::Cookie { slot, source })?;
         self.listeners
             .insert(cookie, slot, 0)
-            .with_context(|| format!("cannot record the listener of slot {slot} (LISTENERS)"))
-    }
-
-    /// After a policy change: marks every listener again, so that connections opened from now
-    /// on are counted at their close exactly when they were counted at their SYN.
-    pub fn recount<'a, L: AsRawFd + AsFd + 'a>(
-        &mut self,
-        listeners: impl IntoIterator<Item = (u32, &'a L)>,
-    ) -> Result<()> {
-        let counted = self.policy() != Policy::Hash;
-        for (slot, listener) in listeners {
-            self.own_as(slot, listener, counted)?;
-        }
-        Ok(())
+            .map_err(|source| Error::Listener { slot, source })
     }
 }
 

@@ -4,21 +4,26 @@
 //! copy starts at 0, and CPUs that start alike stay in step (the same round-robin slot first,
 //! the same random draws).
 
-use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{MapData, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
 
-/// Gives every CPU's copy of the one value of `map` a random start.
-pub(super) fn seed(map: &mut PerCpuArray<MapData, u64>, what: &str) -> Result<()> {
-    let cpus = nr_cpus()
-        .map_err(|(_, e)| e)
-        .context("cannot count the possible CPUs")?;
+use super::{Error, Result};
+
+/// Gives every CPU's copy of the one value of `map` (the program's `what`) a random start.
+///
+/// # Errors
+///
+/// [`Error::Cpus`] and [`Error::Random`] when the numbers cannot be had, [`Error::Seed`] when
+/// the kernel refuses the write.
+pub(super) fn seed(mut map: PerCpuArray<MapData, u64>, what: &'static str) -> Result<()> {
+    let cpus = nr_cpus().map_err(|(_, e)| Error::Cpus(e))?;
     let values = (0..cpus)
         .map(|_| getrandom::u64())
         .collect::<Result<Vec<u64>, _>>()
-        .map_err(|e| anyhow!("cannot read random numbers from the kernel: {e}"))?;
-    map.set(0, PerCpuValues::try_from(values)?, 0)
-        .with_context(|| format!("cannot seed the program's {what}"))
+        .map_err(Error::Random)?;
+    let values = PerCpuValues::try_from(values).map_err(Error::PerCpu)?;
+    map.set(0, values, 0)
+        .map_err(|source| Error::Seed { what, source })
 }

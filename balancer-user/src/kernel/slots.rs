@@ -1,6 +1,6 @@
 //! `SLOTS`: one entry per slot, its state, weight and the two load counters (`assigned` and
 //! `closed`), shared with the programs as memory (see [`super::mapped`]). The programs add to
-//! the counters; of user space, only [`crate::accounting`] does.
+//! the counters; of user space, only [`crate::rules::accounting`] does.
 
 use std::sync::atomic::Ordering;
 
@@ -8,7 +8,7 @@ use balancer_common::{Slot, SlotState};
 
 use super::{
     mapped::{u32_at, u64_at},
-    Mapped, Steering,
+    Mapped,
 };
 
 impl Mapped<Slot> {
@@ -45,20 +45,14 @@ impl Mapped<Slot> {
         u64_at(unsafe { &raw mut (*p).assigned }).fetch_add(n, Ordering::AcqRel);
     }
 
+    /// Open connections of `slot`: assigned by the program and not yet closed.
+    pub fn load(&self, slot: u32) -> u64 {
+        balancer_common::maps::load(self.assigned(slot), self.closed(slot))
+    }
+
     /// Adds to `slot`'s `closed` counter; only the accounting module corrects counts.
     pub(crate) fn add_closed(&self, slot: u32, n: u64) {
         let p = self.at(slot);
         u64_at(unsafe { &raw mut (*p).closed }).fetch_add(n, Ordering::AcqRel);
-    }
-}
-
-impl Steering {
-    /// Open connections of `slot`: assigned by the program and not yet closed.
-    pub fn load_of(&self, slot: u32) -> u64 {
-        balancer_common::maps::load(self.slots.assigned(slot), self.slots.closed(slot))
-    }
-
-    pub fn set_state(&self, slot: u32, state: SlotState) {
-        self.slots.set_state(slot, state);
     }
 }

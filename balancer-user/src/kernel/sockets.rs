@@ -4,24 +4,37 @@
 
 use std::os::fd::{AsFd, AsRawFd};
 
-use anyhow::{Context as _, Result};
+use aya::maps::{MapData, ReusePortSockArray};
 
-use super::Steering;
+use super::{Error, Result};
 
-impl Steering {
-    /// Puts `listener` in `slot` of the socket array and marks it as the slot's (`OWNERS`).
-    /// The socket must already be listening.
-    pub fn insert(&mut self, slot: u32, listener: &(impl AsRawFd + AsFd)) -> Result<()> {
-        self.own(slot, listener)?;
-        self.sockets
-            .set(slot, listener, 0)
-            .with_context(|| format!("cannot put the listener of slot {slot} in the socket array"))
+/// The `SOCKETS` map.
+pub struct Sockets(ReusePortSockArray<MapData>);
+
+impl Sockets {
+    pub(super) fn new(map: ReusePortSockArray<MapData>) -> Sockets {
+        Sockets(map)
     }
 
-    /// Takes `slot` out of the socket array (its socket then leaves the group's choices).
-    pub fn remove(&mut self, slot: u32) -> Result<()> {
-        self.sockets
+    /// Puts `listener` in `slot`. The socket must already be listening.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Insert`] when the kernel refuses it (a socket not listening, not in the group).
+    pub fn set(&mut self, slot: u32, listener: &(impl AsRawFd + AsFd)) -> Result<()> {
+        self.0
+            .set(slot, listener, 0)
+            .map_err(|source| Error::Insert { slot, source })
+    }
+
+    /// Takes `slot` out (its socket then leaves the group's choices).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Clear`] when the kernel refuses it.
+    pub fn clear(&mut self, slot: u32) -> Result<()> {
+        self.0
             .clear_index(&slot)
-            .with_context(|| format!("cannot clear slot {slot}"))
+            .map_err(|source| Error::Clear { slot, source })
     }
 }

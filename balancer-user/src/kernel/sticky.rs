@@ -1,30 +1,30 @@
-//! `STICKY`: the table the `sticky` policy looks a client's address up in, rebuilt over the
-//! slots up whenever one joins or leaves (the table itself is [`crate::sticky`]'s).
+//! `STICKY`: the table the `sticky` policy looks a client's address up in, shared as memory
+//! (see [`super::mapped`]) and rebuilt over the slots up whenever one joins or leaves (the
+//! table itself is [`crate::rules::maglev`]'s).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-use balancer_common::SlotState;
+use balancer_common::{Slot, SlotState};
 
-use super::{Mapped, Steering};
+use super::{mapped::u64_at, Mapped};
 
-impl Mapped<u64> {
-    /// Overwrites the whole array, one atomic store per entry: a reader sees each entry either
-    /// old or new, never torn.
-    pub fn store_all(&self, values: impl IntoIterator<Item = u64>) {
-        for (i, v) in values.into_iter().enumerate().take(self.len) {
-            // SAFETY: in bounds, 8-byte aligned.
-            unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(i)) }.store(v, Ordering::Relaxed);
-        }
+/// The `STICKY` map, mapped.
+pub struct Sticky(Mapped<u64>);
+
+impl Sticky {
+    pub(super) fn new(mapped: Mapped<u64>) -> Sticky {
+        Sticky(mapped)
     }
-}
 
-impl Steering {
-    /// Rebuilds the sticky table for the slots now up among `0..slots`.
-    pub fn refresh_sticky(&self, slots: u32) {
-        let up: Vec<u32> = (0..slots)
-            .filter(|&s| self.slots.state(s) == SlotState::Up)
+    /// Rebuilds the table for the slots now up among `0..count`. One atomic store per entry:
+    /// a reader sees each entry either old or new, never torn.
+    pub fn refresh(&self, slots: &Mapped<Slot>, count: u32) {
+        let up: Vec<u32> = (0..count)
+            .filter(|&s| slots.state(s) == SlotState::Up)
             .collect();
-        self.sticky
-            .store_all(crate::sticky::table(&up).into_iter().map(u64::from));
+        let table = crate::rules::maglev::table(&up);
+        for (i, v) in table.into_iter().enumerate().take(self.0.len()) {
+            u64_at(self.0.at(i as u32)).store(u64::from(v), Ordering::Relaxed);
+        }
     }
 }

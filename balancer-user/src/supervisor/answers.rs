@@ -6,7 +6,7 @@ use std::os::unix::process::ExitStatusExt as _;
 
 use balancer_common::{stats, Policy, OVERFLOW};
 
-use super::Supervisor;
+use super::{worker_slot::WorkerSlot, Supervisor};
 use crate::{
     control::{OverflowStatus, SlotStatus, Status},
     metrics::{self, Ask},
@@ -17,74 +17,11 @@ const LAST_STDERR: usize = 5;
 
 impl Supervisor {
     pub(super) fn status(&self) -> Status {
-        let stats = self.steering.stats();
-        let mut program = stats::NAMES
-            .iter()
-            .zip(stats)
-            .map(|(n, v)| (n.to_string(), v))
-            .collect::<BTreeMap<_, _>>();
-        // Non-zero only while kernel.bpf_stats_enabled=1.
-        let (run_time_ns, run_count) = self.steering.run_stats();
-        program.insert("run_time_ns".into(), run_time_ns);
-        program.insert("run_count".into(), run_count);
-        let (tracker_ns, tracker_runs) = self.steering.tracker_run_stats();
-        program.insert("tracker_run_time_ns".into(), tracker_ns);
-        program.insert("tracker_run_count".into(), tracker_runs);
-        // 1 while the programs look connections up in FLOWS (a window opened by a SYN sent to
-        // a crowded slot, closed once it passes).
-        program.insert("recording".into(), self.steering.recording() as u64);
         let slots = self
             .slots
             .iter()
             .enumerate()
-            .map(|(i, s)| {
-                let i = i as u32;
-                let book = self.accounting.book(i);
-                let logs = self.logs.counts(i);
-                let state = if s.given_up {
-                    "failed"
-                } else {
-                    self.steering.slots.state(i).name()
-                };
-                SlotStatus {
-                    slot: i,
-                    state: state.into(),
-                    pid: s.pid.map(|p| p.as_raw() as u32),
-                    load: self.steering.load_of(i),
-                    assigned: self.steering.slots.assigned(i),
-                    closed: self.steering.slots.closed(i),
-                    open: book.truth.held,
-                    handshaking: book.truth.handshaking,
-                    corrections: book.corrections,
-                    queued: s.listener.queued().unwrap_or(0),
-                    restarts: s.restarts,
-                    stalls: s.stalls,
-                    uptime_seconds: s.started.map(|t| t.elapsed().as_secs_f64()),
-                    last_exit: s.last_exit.clone(),
-                    last_exit_code: s.last_status.and_then(|st| st.code()),
-                    last_exit_signal: s.last_status.and_then(|st| st.signal()),
-                    last_stderr: match (s.last_status, s.last_pid) {
-                        (Some(st), Some(pid)) if !st.success() => {
-                            self.logs.last_stderr(i, pid.as_raw() as u32, LAST_STDERR)
-                        }
-                        _ => Vec::new(),
-                    },
-                    recycled_memory: s.recycled_memory,
-                    recycled_requests: s.recycled_requests,
-                    memory_bytes: s.memory,
-                    health: self
-                        .opts
-                        .health
-                        .as_ref()
-                        .map(|_| s.health.state.name().to_string()),
-                    probe_seconds: s.probe_latency.map(|d| d.as_secs_f64()),
-                    health_failures: s.health_failures,
-                    health_restarts: s.health_restarts,
-                    log_lines: logs.lines,
-                    log_dropped: logs.dropped,
-                    channel: self.messaging.slot(i, s.pid),
-                }
-            })
+            .map(|(i, s)| self.slot_status(i as u32, s))
             .collect();
         Status {
             name: self.opts.name.clone(),
@@ -108,7 +45,78 @@ impl Supervisor {
                     corrections: book.corrections,
                 }
             }),
-            program,
+            program: self.program_counters(),
+        }
+    }
+
+    /// The programs' counters and run times, by name.
+    fn program_counters(&self) -> BTreeMap<String, u64> {
+        let stats = self.steering.stats();
+        let mut program = stats::NAMES
+            .iter()
+            .zip(stats)
+            .map(|(n, v)| (n.to_string(), v))
+            .collect::<BTreeMap<_, _>>();
+        // Non-zero only while kernel.bpf_stats_enabled=1.
+        let (run_time_ns, run_count) = self.steering.run_stats();
+        program.insert("run_time_ns".into(), run_time_ns);
+        program.insert("run_count".into(), run_count);
+        let (tracker_ns, tracker_runs) = self.steering.tracker_run_stats();
+        program.insert("tracker_run_time_ns".into(), tracker_ns);
+        program.insert("tracker_run_count".into(), tracker_runs);
+        // 1 while the programs look connections up in FLOWS (a window opened by a SYN sent to
+        // a crowded slot, closed once it passes).
+        program.insert("recording".into(), self.steering.recording() as u64);
+        program
+    }
+
+    /// One slot's line of `status`, from every room's record of it.
+    fn slot_status(&self, i: u32, s: &WorkerSlot) -> SlotStatus {
+        let book = self.accounting.book(i);
+        let logs = self.logs.counts(i);
+        let (worker, exits) = (&s.worker, &s.exits);
+        let state = if exits.given_up {
+            "failed"
+        } else {
+            self.steering.slots.state(i).name()
+        };
+        SlotStatus {
+            slot: i,
+            state: state.into(),
+            pid: worker.pid.map(|p| p.as_raw() as u32),
+            load: self.steering.load_of(i),
+            assigned: self.steering.slots.assigned(i),
+            closed: self.steering.slots.closed(i),
+            open: book.truth.held,
+            handshaking: book.truth.handshaking,
+            corrections: book.corrections,
+            queued: s.listener.queued().unwrap_or(0),
+            restarts: exits.restarts,
+            stalls: s.stalls.count,
+            uptime_seconds: worker.started.map(|t| t.elapsed().as_secs_f64()),
+            last_exit: exits.last_exit.clone(),
+            last_exit_code: exits.last_status.and_then(|st| st.code()),
+            last_exit_signal: exits.last_status.and_then(|st| st.signal()),
+            last_stderr: match (exits.last_status, exits.last_pid) {
+                (Some(st), Some(pid)) if !st.success() => {
+                    self.logs.last_stderr(i, pid.as_raw() as u32, LAST_STDERR)
+                }
+                _ => Vec::new(),
+            },
+            recycled_memory: s.recycling.for_memory,
+            recycled_requests: s.recycling.for_requests,
+            memory_bytes: s.recycling.memory,
+            health: self
+                .opts
+                .health
+                .as_ref()
+                .map(|_| s.probes.health.state.name().to_string()),
+            probe_seconds: s.probes.latency.map(|d| d.as_secs_f64()),
+            health_failures: s.probes.failures,
+            health_restarts: s.probes.restarts,
+            log_lines: logs.lines,
+            log_dropped: logs.dropped,
+            channel: self.messaging.slot(i, worker.pid),
         }
     }
 

@@ -3,15 +3,15 @@
 //! metrics scrapes, SIGINT, SIGTERM and SIGHUP, and the two timers. Signals are caught from the
 //! moment the inbox exists, before any worker starts.
 
-use std::{process::ExitStatus, time::Duration};
+use std::time::Duration;
 
-use anyhow::Result;
 use tokio::{
     signal::unix::{signal, Signal, SignalKind},
     sync::{mpsc, oneshot},
     time::{interval, Interval, MissedTickBehavior},
 };
 
+use super::{error::Result, events::Event};
 use crate::{
     channel::request::ChannelRequest,
     control::{self, Request},
@@ -22,28 +22,6 @@ use crate::{
 
 /// How often stalled workers are looked for.
 const STALL_TICK: Duration = Duration::from_millis(100);
-
-pub enum Event {
-    Exited {
-        slot: u32,
-        generation: u64,
-        status: std::io::Result<ExitStatus>,
-    },
-    Restart {
-        slot: u32,
-        generation: u64,
-    },
-    /// The worker sent READY=1 on its NOTIFY_SOCKET, or its --ready-timeout ran out.
-    Ready {
-        slot: u32,
-        generation: u64,
-    },
-    Control(Request, oneshot::Sender<String>),
-    /// Connections open in each slot's workers, read on a blocking thread.
-    Held(crate::accounting::Reading),
-    /// A health probe's result.
-    Probe(super::health::Probe),
-}
 
 /// One input, in the order they arrive.
 pub enum Input {

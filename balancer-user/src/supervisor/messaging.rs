@@ -19,7 +19,11 @@ use std::{
 
 use nix::{sys::signal::Signal, unistd::Pid};
 
-use super::{inbox::Event, Supervisor};
+use super::{
+    error::{Error, Result},
+    events::Event,
+    Supervisor,
+};
 use crate::channel::{
     queue::MAX_QUEUED_BYTES,
     request::{ChannelRequest, Outgoing},
@@ -67,8 +71,11 @@ impl Messaging {
     }
 
     /// A channel for a worker about to start; None with `--channel off`.
-    pub(super) fn pair(&self) -> anyhow::Result<Option<Pair>> {
-        self.enabled.then(Pair::new).transpose()
+    pub(super) fn pair(&self) -> Result<Option<Pair>> {
+        self.enabled
+            .then(Pair::new)
+            .transpose()
+            .map_err(|e| Error::Channel(e.into()))
     }
 
     /// The worker `pid` of `slot` started with `pair`'s other end: its channel opens, and the
@@ -182,7 +189,7 @@ impl Supervisor {
     }
 
     /// The slots a request names: `slot`, or all; an error line for a slot that does not exist.
-    fn slots_named(&self, slot: Option<u32>) -> Result<std::ops::Range<u32>, String> {
+    fn slots_named(&self, slot: Option<u32>) -> std::result::Result<std::ops::Range<u32>, String> {
         let n = self.slots.len() as u32;
         match slot {
             None => Ok(0..n),
@@ -216,7 +223,7 @@ impl Supervisor {
         }
         let (mut workers, mut took) = (0, 0);
         for slot in slots {
-            let pid = self.slots[slot as usize].pid;
+            let pid = self.slots[slot as usize].worker.pid;
             if let Some(link) = pid.and_then(|p| self.messaging.links.get(&p)) {
                 workers += 1;
                 took += link.push(message.clone()) as u32;
@@ -243,7 +250,7 @@ impl Supervisor {
             .retain(|_, at| at.elapsed() <= window);
         let mut pids = Vec::new();
         for slot in slots {
-            let Some(pid) = self.slots[slot as usize].pid else {
+            let Some(pid) = self.slots[slot as usize].worker.pid else {
                 continue;
             };
             // Recorded first: the exit may be reaped before this returns.

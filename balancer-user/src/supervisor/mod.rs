@@ -21,21 +21,28 @@
 //!
 //! # Rooms
 //!
-//! [`slot`]: one slot's lifecycle (start, ready, exit, backoff, restart). [`readiness`]: the
-//! READY=1 protocol. [`reload`] and [`scale`]: the operations that replace or add and remove
-//! workers; [`recycle`]: replacing one for its memory or its requests. [`health`]: probing each
-//! worker through its own listener. [`truth`]: reading what the kernel holds, for the
-//! [accounting](crate::accounting). [`stalls`]: taking a worker that stopped accepting out of
-//! rotation. [`answers`]: status, metrics, policy and weight. [`shutdown`]: the ordered stop.
-//! [`messaging`]: the workers' message channels, `balancer send` and `balancer signal`.
+//! [`start`]: binding, loading the programs, the first workers. [`lifecycle`]: one slot's
+//! lifecycle (start, ready, exit, backoff, restart) over a [`worker_slot`], whose parts each
+//! room keeps its own record of. [`readiness`]: the READY=1 protocol. [`reload`] and
+//! [`scale`]: the operations that replace or add and remove workers; [`recycle`]: replacing
+//! one for its memory or its requests. [`health_checks`]: probing each worker through its own
+//! listener. [`truth`]: reading what the kernel holds, for the
+//! [accounting](crate::rules::accounting). [`stall_checks`]: taking a worker that stopped
+//! accepting out of rotation. [`answers`]: status, metrics, policy and weight. [`shutdown`]: the
+//! ordered stop. [`messaging`]: the workers' message channels, `balancer send` and `balancer
+//! signal`. [`events`]: what the rooms' tasks tell the loop, and [`inbox`]: everything it
+//! listens to. The rules each room asks are in [`crate::rules`]; what fails is an [`Error`].
 //!
 //! It runs on a single thread. Besides being all it needs, this matters for correctness: a
 //! child's `PR_SET_PDEATHSIG` fires when the *thread* that forked it exits, so every fork must
 //! come from a thread that lives as long as the supervisor.
 
 mod answers;
-mod health;
+mod error;
+mod events;
+mod health_checks;
 mod inbox;
+mod lifecycle;
 mod messaging;
 mod orphans;
 mod readiness;
@@ -43,32 +50,35 @@ mod recycle;
 mod reload;
 mod scale;
 mod shutdown;
-mod slot;
-mod stalls;
+mod stall_checks;
+mod start;
 mod truth;
+mod worker_slot;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use anyhow::Result;
-use balancer_common::{Policy, SlotState};
-use nix::sys::signal::Signal;
+use balancer_common::Policy;
 use tokio::sync::{mpsc, oneshot};
 
+pub use self::error::Error;
+use self::error::Result;
+pub use self::health_checks::Check;
+use self::{
+    events::Event,
+    inbox::{Inbox, Input},
+    worker_slot::WorkerSlot,
+};
+pub use crate::rules::recycling::Limits;
 use crate::{
-    accounting::Accounting,
-    backoff, capabilities,
+    capabilities,
     control::{self, Request},
     kernel::Steering,
     listeners,
     logs::{self, Logs},
-    metrics::{self, Ask},
+    metrics::Ask,
+    rules::{accounting::Accounting, backoff, recycling::Reason},
     worker::spawn::WorkerCommand,
 };
-pub use health::Check;
-use inbox::{Event, Inbox, Input};
-pub use recycle::Limits;
-use recycle::Reason;
-use slot::Slot;
 
 /// The answer to a reload or scale that a stop cut short.
 const STOPPED_MIDWAY: &str = "error: stopping: a signal or `stop` arrived, so this was cut short";
@@ -127,31 +137,42 @@ pub struct Supervisor {
     opts: Options,
     command: WorkerCommand,
     steering: Steering,
-    slots: Vec<Slot>,
+    slots: Vec<WorkerSlot>,
     /// The shared overflow listener every worker also gets (`--overflow`).
     overflow: Option<listeners::Listener>,
     events: mpsc::UnboundedSender<Event>,
     asks: mpsc::UnboundedSender<Ask>,
     accounting: Accounting,
-    /// A reading of what the workers hold is under way.
-    reading_truth: bool,
-    /// The workers' descriptors could not be read once already (logged once).
-    warned_unreadable: bool,
-    /// A signal or `stop` arrived while a reload or scale was under way.
+    readings: truth::Readings,
+    phase: Phase,
+    /// A signal or `stop` arrived (while serving, or while a reload or scale was under way).
     stop_requested: bool,
-    /// A reload or scale is under way: requests that would start another are refused.
-    busy: bool,
-    /// The supervisor is stopping its workers: it steers nothing and restarts nothing.
-    stopping: bool,
     logs: Logs,
     /// Where /metrics is served, if it is.
     metrics_addr: Option<SocketAddr>,
-    /// When the workers' memory was last read.
-    memory_read: Option<std::time::Instant>,
-    /// Each slot's (assigned, closed) when the reading under way started.
-    counts_at_reading: Vec<(u64, u64)>,
+    memory_reads: recycle::MemoryReads,
     /// The workers' message channels.
     messaging: messaging::Messaging,
+}
+
+/// Where the supervisor is in its life (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// A reload or scale is under way: requests that would start another are refused.
+    Busy,
+    /// The supervisor is stopping its workers: it steers nothing and restarts nothing.
+    Stopping,
+}
+
+impl Phase {
+    fn busy(self) -> bool {
+        self == Phase::Busy
+    }
+
+    fn stopping(self) -> bool {
+        self == Phase::Stopping
+    }
 }
 
 /// Where /metrics is served.
@@ -178,18 +199,22 @@ enum Next {
 /// Everything `balancer run` does, from checks to exit.
 pub fn run(mut opts: Options) -> Result<()> {
     // Checks first: nothing is created until every input is known good.
-    listeners::check_count(opts.workers)?;
+    listeners::check_count(opts.workers).map_err(Error::listeners)?;
     let command = match &opts.command {
-        Some(args) => WorkerCommand::resolve(args.clone())?,
-        None => WorkerCommand::builtin()?,
-    };
-    capabilities::require_bpf()?;
+        Some(args) => WorkerCommand::resolve(args.clone()),
+        None => WorkerCommand::builtin(),
+    }
+    .map_err(|e| Error::Command(e.into()))?;
+    capabilities::require_bpf().map_err(|e| Error::Capabilities(e.into()))?;
     let runtime = control::runtime_dir();
-    opts.identity.prepare(&runtime, opts.workers, &command)?;
+    opts.identity
+        .prepare(&runtime, opts.workers, &command)
+        .map_err(|e| Error::Identity(e.into()))?;
     orphans::adopt()?;
-    control::prepare_directory(&opts.control)?;
-    logs::sink::prepare(&opts.logs)?;
-    let (sink, sink_thread) = logs::sink::start(opts.logs.clone())?;
+    control::prepare_directory(&opts.control).map_err(|e| Error::Control(e.into()))?;
+    logs::sink::prepare(&opts.logs).map_err(|e| Error::Logs(e.into()))?;
+    let (sink, sink_thread) =
+        logs::sink::start(opts.logs.clone()).map_err(|e| Error::Logs(e.into()))?;
     let logs = Logs::new(Some(sink));
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -219,153 +244,15 @@ pub fn run(mut opts: Options) -> Result<()> {
 }
 
 impl Supervisor {
-    async fn start(
-        opts: Options,
-        command: WorkerCommand,
-        logs: Logs,
-        events: mpsc::UnboundedSender<Event>,
-        asks: mpsc::UnboundedSender<Ask>,
-    ) -> Result<Supervisor> {
-        let group = listeners::bind_group(opts.listen, opts.transport, opts.workers, opts.backlog)?;
-        let mut steering = Steering::load(opts.flows)?;
-        // First: marking each listener's connections as counted or not reads the policy.
-        steering.configure(opts.workers, opts.policy)?;
-        for (i, l) in group.iter().enumerate() {
-            steering.insert(i as u32, l)?;
-            steering
-                .slots
-                .set_weight(i as u32, opts.weights.get(i).copied().unwrap_or(1));
-            steering.set_state(i as u32, SlotState::Down);
-        }
-        if opts.transport == listeners::Transport::Tcp {
-            steering.track(
-                group[0].local_addr()?.port(),
-                listeners::effective_backlog(opts.backlog),
-            )?;
-        }
-        steering.set_probing(opts.health.is_some())?;
-        let overflow = if opts.overflow {
-            let addr = group[0].local_addr()?;
-            let backlog = listeners::Backlog::new(opts.backlog)?;
-            let listener = listeners::bind_one(addr, opts.transport, backlog)?;
-            steering.enable_overflow(&listener, listeners::effective_backlog(opts.backlog))?;
-            Some(listener)
-        } else {
-            None
-        };
-        steering.attach(&group[0])?;
-        let control = control::bind(&opts.control)?;
-        let metrics = match opts.metrics {
-            Some(m) => match bind_metrics(m).await {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&opts.control);
-                    return Err(e);
-                }
-            },
-            None => None,
-        };
-        let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
-
-        let channel = opts.channel;
-        let slots = group
-            .into_iter()
-            .map(|listener| Slot::new(listener, opts.backoff))
-            .collect();
-        let mut sup = Supervisor {
-            opts,
-            command,
-            steering,
-            slots,
-            overflow,
-            events,
-            asks,
-            accounting: Accounting::default(),
-            reading_truth: false,
-            warned_unreadable: false,
-            stop_requested: false,
-            busy: false,
-            stopping: false,
-            logs,
-            metrics_addr,
-            memory_read: None,
-            counts_at_reading: Vec::new(),
-            messaging: messaging::Messaging::new(channel),
-        };
-        tokio::spawn(inbox::accept_control(
-            control,
-            sup.events.clone(),
-            sup.logs.clone(),
-            sup.messaging.store.clone(),
-        ));
-        if let Some(listener) = metrics {
-            tokio::spawn(metrics::serve(listener, sup.asks.clone()));
-        }
-        if let Some(log) = sup.steering.take_log() {
-            tokio::spawn(crate::kernel::forward_log(log));
-        }
-        for slot in 0..sup.slots.len() as u32 {
-            if let Err(e) = sup.start_worker(slot) {
-                // No half-started state: the workers already started go, and returning drops
-                // the listeners, which detaches the program.
-                sup.stopping = true;
-                sup.signal_all(Signal::SIGKILL);
-                let _ = std::fs::remove_file(&sup.opts.control);
-                return Err(e);
-            }
-        }
-        // Everything privileged is done: keep only what running the workers needs.
-        match capabilities::drop_to_runtime_set() {
-            Ok(()) => log::debug!("capabilities lowered to the runtime set"),
-            Err(e) => log::warn!("could not lower capabilities: {e}"),
-        }
-        sup.announce()?;
-        sup.opts.identity.announce();
-        Ok(sup)
-    }
-
-    /// Says, once everything runs, where it serves and how to try it.
-    fn announce(&self) -> Result<()> {
-        let listen = self.slots[0].listener.local_addr()?;
-        let up: Vec<String> = self
-            .slots
-            .iter()
-            .enumerate()
-            .map(|(i, s)| format!("{i}:{}", s.pid.map_or(0, |p| p.as_raw())))
-            .collect();
-        log::info!(
-            "serving on {listen} with {} workers (slot:pid {}), policy {}, worker `{}`",
-            self.slots.len(),
-            up.join(" "),
-            self.opts.policy.name(),
-            self.command.display()
-        );
-        let try_it = match self.opts.transport {
-            listeners::Transport::Tcp => format!("curl http://{}/", try_addr(listen)),
-            listeners::Transport::Udp => {
-                format!(
-                    "echo hi | nc -u -w1 {} {}",
-                    try_addr(listen).rsplit_once(':').map_or("", |x| x.0),
-                    listen.port()
-                )
-            }
-        };
-        log::info!(
-            "try: {try_it}   status: balancer status --control {}   stop: Ctrl-C",
-            self.opts.control.display()
-        );
-        Ok(())
-    }
-
     async fn serve(&mut self, mut inbox: Inbox) -> Result<()> {
         while !self.stop_requested {
             let input = inbox.next().await;
             match self.handle(input) {
                 Next::Continue | Next::KillNow => {}
                 Next::Reload(reply) => {
-                    self.busy = true;
+                    self.phase = Phase::Busy;
                     let outcome = self.reload(&mut inbox).await;
-                    self.busy = false;
+                    self.phase = Phase::Serving;
                     match reply {
                         Some(reply) => {
                             let _ = reply.send(outcome);
@@ -374,14 +261,14 @@ impl Supervisor {
                     }
                 }
                 Next::Recycle(slot, reason) => {
-                    self.busy = true;
+                    self.phase = Phase::Busy;
                     self.recycle(slot, reason, &mut inbox).await;
-                    self.busy = false;
+                    self.phase = Phase::Serving;
                 }
                 Next::Scale(n, reply) => {
-                    self.busy = true;
+                    self.phase = Phase::Busy;
                     let outcome = self.scale(n, &mut inbox).await;
-                    self.busy = false;
+                    self.phase = Phase::Serving;
                     let _ = reply.send(outcome);
                 }
             }
@@ -391,7 +278,7 @@ impl Supervisor {
         if clean {
             Ok(())
         } else {
-            anyhow::bail!("some workers had to be killed after --kill-timeout")
+            Err(Error::Killed)
         }
     }
 
@@ -410,17 +297,17 @@ impl Supervisor {
             Input::HealthTick => self.probe_all(),
             Input::Event(Event::Control(request, reply)) => return self.on_request(request, reply),
             Input::Ask(ask) => self.answer(ask),
-            Input::Interrupt if self.stopping => return Next::KillNow,
+            Input::Interrupt if self.phase.stopping() => return Next::KillNow,
             Input::Interrupt | Input::Terminate => self.stop_requested = true,
-            Input::Hangup if self.stopping => {}
-            Input::Hangup if self.busy => {
+            Input::Hangup if self.phase.stopping() => {}
+            Input::Hangup if self.phase.busy() => {
                 log::info!("SIGHUP: a reload or scale is already under way")
             }
             Input::Hangup => return Next::Reload(None),
             Input::StallTick => {
                 self.watch_stalls();
-                self.reap_orphans();
-                if !self.busy && !self.stopping {
+                orphans::reap(self.slots.iter().flat_map(|s| s.worker.pids()));
+                if self.phase == Phase::Serving {
                     if let Some((slot, reason)) = self.due_recycle() {
                         return Next::Recycle(slot, reason);
                     }
@@ -436,14 +323,14 @@ impl Supervisor {
             Request::Status => serde_json::to_string(&self.status()).unwrap_or_default(),
             // The control socket serves these from the log store itself.
             Request::Logs { .. } => "error: `logs` is served by the control socket".into(),
-            _ if self.stopping => STOPPING.into(),
+            _ if self.phase.stopping() => STOPPING.into(),
             // Answered at once, during a reload or scale too.
             Request::Channel(request) => self.on_channel_request(request),
             Request::Stop => {
                 self.stop_requested = true;
                 STOPPING.into()
             }
-            _ if self.busy => BUSY.into(),
+            _ if self.phase.busy() => BUSY.into(),
             Request::Reload => return Next::Reload(Some(reply)),
             Request::Scale(n) => return Next::Scale(n, reply),
             Request::Policy(policy) => self.set_policy(policy),
@@ -451,37 +338,5 @@ impl Supervisor {
         };
         let _ = reply.send(answer);
         Next::Continue
-    }
-}
-
-/// Binds the metrics endpoint: where --metrics says, or by default 127.0.0.1:9464, and a free
-/// loopback port when another balancer of this host already serves there.
-async fn bind_metrics(m: Metrics) -> Result<tokio::net::TcpListener> {
-    match m {
-        Metrics::At(addr) => metrics::bind(addr).await,
-        Metrics::Default => {
-            let addr = SocketAddr::from(([127, 0, 0, 1], metrics::DEFAULT_PORT));
-            match metrics::bind(addr).await {
-                Ok(l) => Ok(l),
-                Err(_) => {
-                    let l = metrics::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-                    log::info!(
-                        "metrics port {} is taken (another balancer?): /metrics is on {} \
-                         (`balancer ls` shows it; --metrics picks one)",
-                        metrics::DEFAULT_PORT,
-                        l.local_addr()?
-                    );
-                    Ok(l)
-                }
-            }
-        }
-    }
-}
-
-fn try_addr(listen: SocketAddr) -> String {
-    if listen.ip().is_unspecified() {
-        format!("localhost:{}", listen.port())
-    } else {
-        listen.to_string()
     }
 }

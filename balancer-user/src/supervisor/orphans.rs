@@ -12,35 +12,25 @@
 
 use std::collections::HashSet;
 
-use anyhow::{Context as _, Result};
 use nix::{
     sys::wait::{waitpid, WaitPidFlag},
     unistd::Pid,
 };
 
-use super::Supervisor;
+use super::error::{Error, Result};
 
 /// Makes this process the reaper of its workers' orphans.
 pub(super) fn adopt() -> Result<()> {
-    nix::sys::prctl::set_child_subreaper(true)
-        .context("cannot become the subreaper of the workers (prctl PR_SET_CHILD_SUBREAPER)")
+    nix::sys::prctl::set_child_subreaper(true).map_err(Error::Subreaper)
 }
 
-impl Supervisor {
-    /// Reaps adopted processes that have exited.
-    pub(super) fn reap_orphans(&self) {
-        let workers: HashSet<i32> = self
-            .slots
-            .iter()
-            .flat_map(|s| [s.pid, s.retiring.map(|r| r.0)])
-            .flatten()
-            .map(Pid::as_raw)
-            .collect();
-        for child in children() {
-            if !workers.contains(&child) {
-                // WNOHANG: an adopted process still running is left alone.
-                let _ = waitpid(Pid::from_raw(child), Some(WaitPidFlag::WNOHANG));
-            }
+/// Reaps adopted processes that have exited, leaving `workers` (the slots' own) alone.
+pub(super) fn reap(workers: impl Iterator<Item = Pid>) {
+    let workers: HashSet<i32> = workers.map(Pid::as_raw).collect();
+    for child in children() {
+        if !workers.contains(&child) {
+            // WNOHANG: an adopted process still running is left alone.
+            let _ = waitpid(Pid::from_raw(child), Some(WaitPidFlag::WNOHANG));
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
-use super::inbox::Event;
+use super::events::Event;
 
 /// Waits, on a task of its own, for the worker `pid` of `slot` to say READY=1 on `notify` (or for
 /// `ready_timeout`), then sends [`Event::Ready`].

@@ -1,8 +1,7 @@
-//! Recycling: a worker whose resident memory passed `--max-memory`, or that was sent
-//! `--max-requests` new connections (plus up to `--max-requests-jitter` more, drawn per worker
-//! so that workers started together do not all recycle together), is replaced the way a reload
-//! replaces it: its successor starts on the same listener and is ready before the old worker
-//! gets SIGTERM and finishes what it holds. Nothing queued or in flight is lost.
+//! Recycling: a worker whose resident memory passed `--max-memory`, or that was sent its
+//! request budget (when either is due is [`crate::rules::recycling`]'s), is replaced the way a
+//! reload replaces it: its successor starts on the same listener and is ready before the old
+//! worker gets SIGTERM and finishes what it holds. Nothing queued or in flight is lost.
 //!
 //! The program sees connections, not the requests inside them: a request is counted per new
 //! connection, exact for clients that close after each request, a lower bound under keep-alive.
@@ -10,6 +9,10 @@
 use std::time::{Duration, Instant};
 
 use super::{Inbox, Supervisor};
+use crate::{
+    inspect::memory::resident,
+    rules::recycling::{self, Reason},
+};
 
 /// How often workers' memory is read (a /proc read per worker).
 const MEMORY_EVERY: Duration = Duration::from_secs(1);
@@ -17,46 +20,60 @@ const MEMORY_EVERY: Duration = Duration::from_secs(1);
 /// After a failed recycle (the successor never got ready), the slot is left alone this long.
 const AFTER_FAILURE: Duration = Duration::from_secs(30);
 
-/// When to recycle.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Limits {
-    /// Resident set, in bytes.
-    pub max_memory: Option<u64>,
-    pub max_requests: Option<u64>,
-    pub jitter: u64,
+/// A slot's recycling figures.
+pub(super) struct Recycling {
+    /// `assigned` when the current worker started: what it has been sent since is its count
+    /// of requests for recycling.
+    assigned_at_start: u64,
+    /// Requests after which the current worker is recycled (`--max-requests` plus its jitter).
+    budget: Option<u64>,
+    /// The current worker's resident memory at the last reading.
+    pub(super) memory: Option<u64>,
+    pub(super) for_memory: u64,
+    pub(super) for_requests: u64,
+    /// No recycling before this (after one failed).
+    not_before: Instant,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    Memory,
-    Requests,
-}
-
-impl Reason {
-    pub fn name(self) -> &'static str {
-        match self {
-            Reason::Memory => "memory",
-            Reason::Requests => "requests",
+impl Recycling {
+    pub(super) fn new() -> Recycling {
+        Recycling {
+            assigned_at_start: 0,
+            budget: None,
+            memory: None,
+            for_memory: 0,
+            for_requests: 0,
+            not_before: Instant::now(),
         }
+    }
+
+    /// A new worker took the slot, with the slot's `assigned` at `assigned` and `budget`.
+    pub(super) fn new_worker(&mut self, assigned: u64, budget: Option<u64>) {
+        self.memory = None;
+        self.assigned_at_start = assigned;
+        self.budget = budget;
+    }
+
+    fn served(&self, assigned: u64) -> u64 {
+        assigned - self.assigned_at_start
     }
 }
 
-/// A worker's request budget: the limit plus a jitter in `0..=jitter`, drawn from `seed` (the
-/// worker's pid and start time), so that workers started together recycle apart. Pure.
-pub fn budget(limits: &Limits, seed: u64) -> Option<u64> {
-    let max = limits.max_requests?;
-    // SplitMix64's finaliser: a fixed, well-spread function of the seed.
-    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    Some(max + z % (limits.jitter + 1))
+/// When the workers' memory was last read.
+#[derive(Default)]
+pub(super) struct MemoryReads {
+    last: Option<Instant>,
 }
 
-/// The resident set of process `pid`, in bytes.
-pub fn resident(pid: i32) -> Option<u64> {
-    let status = procfs::process::Process::new(pid).ok()?.status().ok()?;
-    status.vmrss.map(|kb| kb * 1024)
+impl MemoryReads {
+    /// Whether it is time to read it again; if so, the time is taken as now.
+    fn due(&mut self, now: Instant) -> bool {
+        let due = self.last.is_none_or(|t| now - t >= MEMORY_EVERY);
+        if due {
+            self.last = Some(now);
+        }
+        due
+    }
 }
 
 impl Supervisor {
@@ -64,34 +81,24 @@ impl Supervisor {
     /// second.
     pub(super) fn due_recycle(&mut self) -> Option<(u32, Reason)> {
         let limits = self.opts.recycle;
-        if limits.max_memory.is_none() && limits.max_requests.is_none() {
+        if !limits.any() {
             return None;
         }
         let now = Instant::now();
-        let read_memory =
-            limits.max_memory.is_some() && self.memory_read.is_none_or(|t| now - t >= MEMORY_EVERY);
-        if read_memory {
-            self.memory_read = Some(now);
-        }
+        let read_memory = limits.max_memory.is_some() && self.memory_reads.due(now);
         for (i, s) in self.slots.iter_mut().enumerate() {
-            let Some(pid) = s.pid else { continue };
+            let Some(pid) = s.worker.pid else { continue };
+            let r = &mut s.recycling;
             if read_memory {
-                s.memory = resident(pid.as_raw());
+                r.memory = resident(pid.as_raw());
             }
             // Only a worker that is ready and serving; not twice while one is under way.
-            if s.ready != s.generation || s.retiring.is_some() || s.recycle_after > now {
+            if !s.worker.serving() || s.worker.retiring.is_some() || r.not_before > now {
                 continue;
             }
-            if let (Some(max), Some(rss)) = (limits.max_memory, s.memory) {
-                if rss > max {
-                    return Some((i as u32, Reason::Memory));
-                }
-            }
-            if let Some(budget) = s.request_budget {
-                let served = self.steering.slots.assigned(i as u32) - s.assigned_at_start;
-                if served >= budget {
-                    return Some((i as u32, Reason::Requests));
-                }
+            let served = r.served(self.steering.slots.assigned(i as u32));
+            if let Some(reason) = recycling::due(&limits, r.memory, served, r.budget) {
+                return Some((i as u32, reason));
             }
         }
         None
@@ -100,16 +107,16 @@ impl Supervisor {
     /// Replaces `slot`'s worker (see the module docs).
     pub(super) async fn recycle(&mut self, slot: u32, reason: Reason, inbox: &mut Inbox) {
         let s = &self.slots[slot as usize];
-        let old = s.pid;
+        let old = s.worker.pid;
         let detail = match reason {
             Reason::Memory => format!(
                 "resident memory {} MiB over --max-memory {} MiB",
-                s.memory.unwrap_or(0) >> 20,
+                s.recycling.memory.unwrap_or(0) >> 20,
                 self.opts.recycle.max_memory.unwrap_or(0) >> 20
             ),
             Reason::Requests => format!(
                 "{} requests, its budget",
-                self.steering.slots.assigned(slot) - s.assigned_at_start
+                s.recycling.served(self.steering.slots.assigned(slot))
             ),
         };
         log::info!(
@@ -119,44 +126,18 @@ impl Supervisor {
         );
         match self.replace(&[slot], inbox).await {
             Ok(()) => {
-                let s = &mut self.slots[slot as usize];
+                let r = &mut self.slots[slot as usize].recycling;
                 match reason {
-                    Reason::Memory => s.recycled_memory += 1,
-                    Reason::Requests => s.recycled_requests += 1,
+                    Reason::Memory => r.for_memory += 1,
+                    Reason::Requests => r.for_requests += 1,
                 }
             }
             Err(e) => {
                 log::warn!("slot {slot}: recycling failed: {e}; trying again in {AFTER_FAILURE:?}");
                 if let Some(s) = self.slots.get_mut(slot as usize) {
-                    s.recycle_after = Instant::now() + AFTER_FAILURE;
+                    s.recycling.not_before = Instant::now() + AFTER_FAILURE;
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn budgets_spread_over_the_jitter_and_stay_within_it() {
-        let limits = Limits {
-            max_requests: Some(1000),
-            jitter: 100,
-            ..Limits::default()
-        };
-        let budgets: Vec<u64> = (0..200)
-            .map(|seed| budget(&limits, seed).unwrap())
-            .collect();
-        assert!(budgets.iter().all(|b| (1000..=1100).contains(b)));
-        let distinct: std::collections::HashSet<_> = budgets.iter().collect();
-        assert!(distinct.len() > 50, "{} distinct budgets", distinct.len());
-        let none = Limits {
-            max_requests: Some(7),
-            ..Limits::default()
-        };
-        assert_eq!(budget(&none, 12345), Some(7));
-        assert_eq!(budget(&Limits::default(), 1), None);
     }
 }

@@ -9,8 +9,9 @@ use std::time::Duration;
 use balancer_common::SlotState;
 use nix::{sys::signal::Signal, unistd::Pid};
 
+use super::error::Error;
 use super::{Inbox, Supervisor, STOPPED_MIDWAY};
-use crate::{backoff::Backoff, worker::spawn::WorkerCommand};
+use crate::worker::spawn::WorkerCommand;
 
 const LOOK_AGAIN: Duration = Duration::from_millis(10);
 
@@ -48,7 +49,7 @@ impl Supervisor {
     pub(super) async fn retire(&mut self, slots: &[u32], inbox: &mut Inbox) {
         let pids: Vec<Pid> = slots
             .iter()
-            .filter_map(|&s| self.slots[s as usize].retiring.map(|r| r.0))
+            .filter_map(|&s| self.slots[s as usize].worker.retiring.map(|r| r.0))
             .collect();
         for &pid in &pids {
             self.messaging.hang_up(pid);
@@ -57,11 +58,11 @@ impl Supervisor {
         let gone = |s: &Supervisor| {
             slots
                 .iter()
-                .all(|&x| s.slots[x as usize].retiring.is_none())
+                .all(|&x| s.slots[x as usize].worker.retiring.is_none())
         };
         if !self.pump(inbox, self.opts.kill_timeout, gone).await && !self.stop_requested {
             for &slot in slots {
-                if let Some((pid, _)) = self.slots[slot as usize].retiring {
+                if let Some((pid, _)) = self.slots[slot as usize].worker.retiring {
                     log::warn!(
                         "slot {slot}: previous worker {pid} still running after {:?}: SIGKILL",
                         self.opts.kill_timeout
@@ -80,7 +81,11 @@ impl Supervisor {
     pub(super) async fn reload(&mut self, inbox: &mut Inbox) -> String {
         if let Some(args) = &self.opts.command {
             let resolved = WorkerCommand::resolve(args.clone())
-                .and_then(|c| self.opts.identity.check_access(&c).map(|()| c));
+                .map_err(|e| Error::Command(e.into()))
+                .and_then(|c| {
+                    let access = self.opts.identity.check_access(&c);
+                    access.map(|()| c).map_err(|e| Error::Command(e.into()))
+                });
             match resolved {
                 Ok(c) => self.command = c,
                 Err(e) => return format!("error: {e:#}; the running workers were kept"),
@@ -106,21 +111,21 @@ impl Supervisor {
         let mut started = Vec::new();
         for &slot in slots {
             let s = &mut self.slots[slot as usize];
-            s.given_up = false;
-            s.backoff = Backoff::new(self.opts.backoff);
-            let old = s.pid.map(|pid| (pid, s.generation));
-            s.retiring = old;
+            s.exits.start_over(self.opts.backoff);
+            let w = &mut s.worker;
+            let old = w.pid.map(|pid| (pid, w.generation));
+            w.retiring = old;
             if let Err(e) = self.start_worker(slot) {
-                self.slots[slot as usize].retiring = None;
+                self.slots[slot as usize].worker.retiring = None;
                 return Err(format!(
                     "error: slot {slot}: {e:#}; slots before it were replaced"
                 ));
             }
-            started.push((slot, self.slots[slot as usize].generation, old));
+            started.push((slot, self.slots[slot as usize].worker.generation, old));
         }
         let settled = |s: &Supervisor| {
             started.iter().all(|&(slot, g, _)| {
-                let x = &s.slots[slot as usize];
+                let x = &s.slots[slot as usize].worker;
                 x.ready == g || x.generation != g || x.pid.is_none()
             })
         };
@@ -136,13 +141,16 @@ impl Supervisor {
         let mut failed = None;
         let mut retire = Vec::new();
         for &(slot, g, old) in &started {
-            let x = &self.slots[slot as usize];
+            let (x, exits) = (
+                &self.slots[slot as usize].worker,
+                &self.slots[slot as usize].exits,
+            );
             if x.ready == g && x.generation == g && x.pid.is_some() {
                 retire.push(slot);
                 continue;
             }
             // The new worker died (or never got ready): keep the old one serving.
-            let reason = x
+            let reason = exits
                 .last_exit
                 .clone()
                 .unwrap_or_else(|| "did not get ready".into());
@@ -150,7 +158,7 @@ impl Supervisor {
                 let _ = nix::sys::signal::kill(new, Signal::SIGKILL);
             }
             if let Some((pid, generation)) = old {
-                let x = &mut self.slots[slot as usize];
+                let x = &mut self.slots[slot as usize].worker;
                 x.retiring = None;
                 x.pid = Some(pid);
                 x.generation = generation;

@@ -4,7 +4,7 @@
 
 use balancer_common::SlotState;
 
-use super::{slot::Slot, Inbox, Supervisor, STOPPED_MIDWAY};
+use super::{worker_slot::WorkerSlot, Inbox, Supervisor, STOPPED_MIDWAY};
 use crate::listeners;
 
 impl Supervisor {
@@ -35,7 +35,8 @@ impl Supervisor {
                 }
                 self.steering.set_state(slot, SlotState::Down);
                 self.steering.slots.set_weight(slot, 1);
-                self.slots.push(Slot::new(listener, self.opts.backoff));
+                self.slots
+                    .push(WorkerSlot::new(listener, self.opts.backoff));
                 self.opts.workers = slot + 1;
                 if let Err(e) = self
                     .steering
@@ -55,7 +56,7 @@ impl Supervisor {
             let drained = self
                 .pump(inbox, self.opts.kill_timeout, |s| {
                     let x = &s.slots[slot as usize];
-                    x.pid.is_none() || x.listener.queued().unwrap_or(0) == 0
+                    x.worker.pid.is_none() || x.listener.queued().unwrap_or(0) == 0
                 })
                 .await;
             if !drained {
@@ -64,8 +65,8 @@ impl Supervisor {
                     self.opts.kill_timeout
                 );
             }
-            let s = &mut self.slots[slot as usize];
-            s.retiring = s.pid.take().map(|pid| (pid, s.generation));
+            let w = &mut self.slots[slot as usize].worker;
+            w.retiring = w.pid.take().map(|pid| (pid, w.generation));
             if self.stop_requested {
                 return STOPPED_MIDWAY.into();
             }

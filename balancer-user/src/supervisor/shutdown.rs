@@ -7,13 +7,13 @@ use std::time::Duration;
 use balancer_common::SlotState;
 use nix::sys::signal::Signal;
 
-use super::{Inbox, Next, Supervisor};
+use super::{Inbox, Next, Phase, Supervisor};
 
 impl Supervisor {
     /// Marks every slot down, sends SIGTERM, waits up to the kill timeout (a second Ctrl-C cuts
     /// it short), then SIGKILLs the rest. Returns whether every worker stopped by itself.
     pub(super) async fn stop_with(&mut self, inbox: &mut Inbox) -> bool {
-        self.stopping = true;
+        self.phase = Phase::Stopping;
         for i in 0..self.slots.len() as u32 {
             self.steering.set_state(i, SlotState::Down);
         }
@@ -61,20 +61,15 @@ impl Supervisor {
 
     /// Sends `sig` to every worker, retiring ones (a reload or scale cut short) included.
     pub(super) fn signal_all(&self, sig: Signal) {
-        for s in &self.slots {
-            for pid in s.pid.iter().chain(s.retiring.as_ref().map(|r| &r.0)) {
-                if sig == Signal::SIGTERM {
-                    self.messaging.hang_up(*pid);
-                }
-                let _ = nix::sys::signal::kill(*pid, sig);
+        for pid in self.slots.iter().flat_map(|s| s.worker.pids()) {
+            if sig == Signal::SIGTERM {
+                self.messaging.hang_up(pid);
             }
+            let _ = nix::sys::signal::kill(pid, sig);
         }
     }
 
     pub(super) fn running(&self) -> usize {
-        self.slots
-            .iter()
-            .map(|s| s.pid.is_some() as usize + s.retiring.is_some() as usize)
-            .sum()
+        self.slots.iter().map(|s| s.worker.running()).sum()
     }
 }

@@ -1,4 +1,4 @@
-//! Reading what the kernel holds for each slot, for the [accounting](crate::accounting): the
+//! Reading what the kernel holds for each slot, for the [accounting](crate::rules::accounting): the
 //! workers' open connections and the port's handshakes are read on a blocking thread (it walks
 //! /proc and asks sock_diag), the accept queues next to the answer on the event loop, where the
 //! handshakes are matched to their slots through `FLOWS`; the accounting corrects what two
@@ -6,11 +6,23 @@
 
 use balancer_common::OVERFLOW;
 
-use super::{inbox::Event, Supervisor};
+use super::{events::Event, Supervisor};
 use crate::{
-    accounting::{self, Reading, Sample, Truth},
+    inspect::{self, Reading},
     kernel, listeners,
+    rules::accounting::{Sample, Truth},
 };
+
+/// The readings' own state, between two of them.
+#[derive(Default)]
+pub(super) struct Readings {
+    /// A reading of what the workers hold is under way.
+    under_way: bool,
+    /// The workers' descriptors could not be read once already (logged once).
+    warned_unreadable: bool,
+    /// Each slot's (assigned, closed) when the reading under way started.
+    counts_at_start: Vec<(u64, u64)>,
+}
 
 impl Supervisor {
     /// Starts reading what each slot's workers hold, on a blocking thread (it walks /proc and
@@ -18,7 +30,7 @@ impl Supervisor {
     pub(super) fn reconcile(&mut self) {
         // On the same beat: the programs read the clock on every SYN until this is done.
         self.steering.close_passed_window();
-        if self.stopping || self.reading_truth {
+        if self.phase.stopping() || self.readings.under_way {
             return;
         }
         let port = match self.slots[0].listener.local_addr() {
@@ -35,21 +47,15 @@ impl Supervisor {
         let pids: Vec<Vec<i32>> = self
             .slots
             .iter()
-            .map(|s| {
-                s.pid
-                    .iter()
-                    .chain(s.retiring.as_ref().map(|r| &r.0))
-                    .map(|p| p.as_raw())
-                    .collect()
-            })
+            .map(|s| s.worker.pids().map(|p| p.as_raw()).collect())
             .collect();
-        self.reading_truth = true;
+        self.readings.under_way = true;
         // The counters as the reading starts: what they move by before it ends is traffic the
         // reading may have caught on either side.
-        self.counts_at_reading = self.counters();
+        self.readings.counts_at_start = self.counters();
         let events = self.events.clone();
         tokio::task::spawn_blocking(move || {
-            let reading = accounting::held(port, &pids);
+            let reading = inspect::held(port, &pids);
             let _ = events.send(Event::Held(reading));
         });
     }
@@ -71,13 +77,13 @@ impl Supervisor {
     /// Completes a reading: the accept queues are read now, next to the workers' sockets, and
     /// the accounting corrects what two readings agree on.
     pub(super) fn on_held(&mut self, reading: Reading) {
-        self.reading_truth = false;
+        self.readings.under_way = false;
         // A scale in between changed the slots: this reading no longer fits them.
-        if reading.held.len() != self.slots.len() || self.stopping {
+        if reading.held.len() != self.slots.len() || self.phase.stopping() {
             return;
         }
-        if reading.held.iter().any(Option::is_none) && !self.warned_unreadable {
-            self.warned_unreadable = true;
+        if reading.held.iter().any(Option::is_none) && !self.readings.warned_unreadable {
+            self.readings.warned_unreadable = true;
             log::warn!(
                 "cannot read which connections the workers hold (workers of another user need \
                  CAP_SYS_PTRACE for the supervisor): their loads are not reconciled"
@@ -114,7 +120,7 @@ impl Supervisor {
         let after = self.counters();
         let mut truth: Vec<Sample> = (0..entries)
             .map(|i| {
-                let slack = match (self.counts_at_reading.get(i), after.get(i)) {
+                let slack = match (self.readings.counts_at_start.get(i), after.get(i)) {
                     (Some(b), Some(a)) => a.0.abs_diff(b.0) + a.1.abs_diff(b.1),
                     _ => return Sample::Unknown,
                 };

@@ -134,6 +134,18 @@ impl Injector<'_> {
     }
 }
 
+/// Quiescence: every client has its answer. Now the loads must come back to the truth: how long
+/// that took, in ms.
+fn converge(b: &Balancer) -> f64 {
+    let quiet = Instant::now();
+    b.wait_for(
+        Duration::from_secs(10),
+        "drift soak: loads back to the truth after quiescence",
+        |s| all_idle(s) && error(s) == 0,
+    );
+    quiet.elapsed().as_secs_f64() * 1e3
+}
+
 pub fn soak(quick: bool, workers: u32) -> Result<Drift> {
     let port = 9300;
     let b = start(
@@ -191,14 +203,7 @@ pub fn soak(quick: bool, workers: u32) -> Result<Drift> {
         stop.store(true, Ordering::Relaxed);
         sampled
     })?;
-    // Quiescence: every client has its answer. Now the loads must come back to the truth.
-    let quiet = Instant::now();
-    b.wait_for(
-        Duration::from_secs(10),
-        "drift soak: loads back to the truth after quiescence",
-        |s| all_idle(s) && error(s) == 0,
-    );
-    let converge_ms = quiet.elapsed().as_secs_f64() * 1e3;
+    let converge_ms = converge(&b);
     errors.sort_unstable();
     Ok(Drift {
         seconds: duration.as_secs_f64(),

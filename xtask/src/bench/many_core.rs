@@ -113,15 +113,23 @@ pub fn measure(bin: &Path, root: &Path, quick: bool, force: bool) -> Result<Many
             )?);
         }
     }
+    let names: Vec<String> = entries.into_iter().map(|(name, _, _)| name).collect();
+    table.rows = rows(names, &runs);
+    Ok(table)
+}
+
+/// The table's rows: the medians over the rounds, the first row the baseline of the ratios.
+fn rows(names: Vec<String>, runs: &[Vec<client::Run>]) -> Vec<ManyCoreRow> {
+    let mut out = Vec::new();
     let mut baseline = f64::NAN;
-    for ((name, _, _), measured) in entries.iter().zip(&runs) {
+    for (name, measured) in names.into_iter().zip(runs) {
         let per_second_rounds: Vec<f64> = measured.iter().map(|r| r.per_second).collect();
         let per_second = median(&per_second_rounds);
         if baseline.is_nan() {
             baseline = per_second;
         }
-        table.rows.push(ManyCoreRow {
-            name: name.clone(),
+        out.push(ManyCoreRow {
+            name,
             per_second,
             per_second_rounds,
             vs_no_program: per_second / baseline,
@@ -130,5 +138,5 @@ pub fn measure(bin: &Path, root: &Path, quick: bool, force: bool) -> Result<Many
             failed: measured.iter().map(|r| r.failed).sum(),
         });
     }
-    Ok(table)
+    out
 }

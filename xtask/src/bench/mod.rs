@@ -7,9 +7,14 @@
 //! distribution of each policy with and without a busy worker, the drift soak, the workers'
 //! output through the supervisor, `balancer` against the alternatives, skewed request times
 //! against a simulated shared FCFS queue at 2, 4 and one worker per core, and, on a machine of
-//! 8 cores or more, new connections per second with a worker per core. `least-loaded` runs
-//! without the shared overflow queue except in rows that name it. Everything runs in a private
-//! network namespace on loopback.
+//! 8 cores or more, new connections per second with a worker per core, and how the cost grows
+//! with workers and with idle connections held open. `least-loaded` runs without the shared
+//! overflow queue except in rows that name it. Everything runs in a private network namespace on
+//! loopback.
+//!
+//! Each scenario is a [`Part`], a section of benchmarks.md: `--only` runs some of them, and the
+//! sections of the others keep the text of the benchmarks.md already there (their figures in
+//! benchmarks.json too), or say that they were not run.
 //!
 //! Apart: [`channel`], the workers' message channels (`cargo xtask bench --channel`), printed
 //! rather than written to benchmarks.md.
@@ -20,6 +25,7 @@ mod client;
 mod cost;
 mod drift;
 mod fcfs;
+pub mod held;
 mod json;
 mod many_core;
 mod output;
@@ -27,7 +33,10 @@ mod peers;
 mod plot;
 mod policies;
 mod report;
+mod scale;
 mod skew;
+mod usage;
+mod wrk;
 
 use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
@@ -63,9 +72,32 @@ fn localhost(port: u16) -> SocketAddr {
 /// Workers of the distribution, drift and comparison scenarios unless `--workers` says.
 pub const DEFAULT_WORKERS: u32 = 4;
 
+/// A part of the benchmark: one scenario, one section of benchmarks.md.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Part {
+    /// The cost of one selection (kernel.bpf_stats_enabled).
+    Cost,
+    /// The distribution of each policy, with and without a busy worker.
+    Policies,
+    /// The drift soak.
+    Drift,
+    /// The workers' output through the supervisor.
+    Output,
+    /// `balancer` against the alternatives, in interleaved rounds.
+    Alternatives,
+    /// Skewed request times against a simulated shared FCFS queue.
+    Skew,
+    /// A worker per core (8 cores or more, or --many-core).
+    ManyCore,
+    /// How the cost grows with workers and with idle connections held open.
+    Scale,
+}
+
 /// What to run.
 pub struct Options<'a> {
     pub quick: bool,
+    /// The parts to run; none: all of them.
+    pub only: Vec<Part>,
     /// Workers of the distribution, drift and comparison scenarios.
     pub workers: u32,
     /// Run the many-core table on a machine of fewer than 8 cores too.
@@ -74,21 +106,42 @@ pub struct Options<'a> {
     pub out: &'a Path,
 }
 
-/// Runs everything and writes benchmarks.md, benchmarks.json and the plots into `opts.out`.
+/// Runs the parts `opts` asks for and writes benchmarks.md, benchmarks.json and the plots into
+/// `opts.out`.
 pub fn run(bin: &Path, root: &Path, opts: &Options) -> Result<()> {
     let (quick, workers, out) = (opts.quick, opts.workers, opts.out);
     ensure!(workers >= 1, "--workers must be at least 1");
     // Every balancer below comes from the test kit, which starts the binary this names.
     std::env::set_var("BALANCER_BIN", bin);
     balancer_tests::netns();
-    let selection_cost = with_bpf_stats(|| cost::measure(quick))?;
-    let policies = policies::measure(workers)?;
-    eprintln!("bench: drift soak");
-    let drift = drift::soak(quick, workers)?;
-    let output = output::measure(quick)?;
-    let peers = alternatives::measure(bin, root, quick, workers)?;
-    let skew = skew::measure(bin, root, quick)?;
-    let many_core = many_core::measure(bin, root, quick, opts.many_core)?;
+    let wanted = |p: Part| opts.only.is_empty() || opts.only.contains(&p);
+    let selection_cost = wanted(Part::Cost)
+        .then(|| with_bpf_stats(|| cost::measure(quick)))
+        .transpose()?;
+    let policies = wanted(Part::Policies)
+        .then(|| policies::measure(workers))
+        .transpose()?;
+    let drift = wanted(Part::Drift)
+        .then(|| {
+            eprintln!("bench: drift soak");
+            drift::soak(quick, workers)
+        })
+        .transpose()?;
+    let output = wanted(Part::Output)
+        .then(|| output::measure(quick))
+        .transpose()?;
+    let peers = wanted(Part::Alternatives)
+        .then(|| alternatives::measure(bin, root, quick, workers))
+        .transpose()?;
+    let skew = wanted(Part::Skew)
+        .then(|| skew::measure(bin, root, quick))
+        .transpose()?;
+    let many_core = wanted(Part::ManyCore)
+        .then(|| many_core::measure(bin, root, quick, opts.many_core))
+        .transpose()?;
+    let scale = wanted(Part::Scale)
+        .then(|| scale::measure(bin, root, quick))
+        .transpose()?;
     let results = json::Results {
         machine: machine(),
         cores: cores(),
@@ -101,12 +154,17 @@ pub fn run(bin: &Path, root: &Path, opts: &Options) -> Result<()> {
         peers,
         skew,
         many_core,
+        scale,
     };
-    let md = report::markdown(&results, quick);
     std::fs::create_dir_all(out)?;
-    plot::draw(&results.peers, out)?;
+    let previous = |name: &str| std::fs::read_to_string(out.join(name)).ok();
+    let md = report::markdown(&results, opts, previous("benchmarks.md").as_deref());
+    if let Some(a) = &results.peers {
+        plot::draw(&a.peers, out)?;
+    }
+    let json = results.to_json(previous("benchmarks.json").as_deref())?;
     std::fs::write(out.join("benchmarks.md"), &md)?;
-    std::fs::write(out.join("benchmarks.json"), results.to_json()?)?;
+    std::fs::write(out.join("benchmarks.json"), json)?;
     print!("{md}");
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The alternatives `balancer` is measured against, each started the way a user would run it,
 //! on loopback in the benchmark's private network namespace, with the same worker code.
 //!
-//! - `kernel hash`: one SO_REUSEPORT listener per worker, no program attached;
+//! - `plain SO_REUSEPORT`: one SO_REUSEPORT listener per worker, no program attached (the
+//!   kernel's hash alone);
 //! - `shared queue`: every worker accepts from one listening socket (classic pre-fork);
 //! - `nginx least_conn` and `haproxy leastconn`: a user-space proxy in front of one listener per
 //!   worker;
@@ -39,6 +40,20 @@ impl Peer {
     /// The balancer of a `balancer` peer, for control requests.
     pub fn balancer(&self) -> Option<&Balancer> {
         self.balancer.as_ref()
+    }
+
+    /// Every process of this peer now: its balancing layer and its workers.
+    pub fn processes(&self) -> Vec<i32> {
+        let roots = self.children.iter().map(|c| c.id() as i32);
+        let roots = roots.chain(self.balancer.iter().map(|b| b.child.id() as i32));
+        roots.flat_map(descendants).collect()
+    }
+
+    /// Its workers: every process of the peer outside the balancing layer.
+    pub fn workers(&self) -> Vec<i32> {
+        let mut all = self.processes();
+        all.retain(|p| !self.layer.contains(p));
+        all
     }
 
     /// A peer of `children` (process group leaders), once it answers on `addr`.
@@ -190,7 +205,7 @@ pub fn kernel_hash(env: &Env, port: u16) -> Result<Peer> {
         let l = listen::tcp(addr, true)?;
         children.push(worker(env.balancer, &l, slot)?);
     }
-    Peer::serving("kernel hash (no program)", addr, children, None)
+    Peer::serving("plain SO_REUSEPORT (no program)", addr, children, None)
 }
 
 /// One listening socket, every worker accepting from it.

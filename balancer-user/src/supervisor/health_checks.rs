@@ -3,19 +3,26 @@
 //! in `FLOWS` (and counted on the slot) before it connects, so the program sends it to the slot
 //! it checks whatever the policy, even a slot out of rotation; whoever removes the record
 //! afterwards, the close tracker or [`Supervisor::on_probe`], counts the close. What the results
-//! mean is [`crate::health`]'s.
+//! mean is [`crate::rules::health`]'s.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
-use balancer_common::{maps::FlowKey, SlotState};
+use balancer_common::SlotState;
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::{inbox::Event, Supervisor};
-use crate::{health::Transition, kernel};
+use super::{
+    error::{Error, Result},
+    events::{Event, Probe},
+    Supervisor,
+};
+use crate::{
+    kernel,
+    rules::health::{Health, Transition},
+};
 
 /// The health check's settings.
 #[derive(Clone, Debug)]
@@ -29,26 +36,46 @@ pub struct Check {
     pub fall: u32,
 }
 
-/// What one probe found.
-#[derive(Debug)]
-pub struct Probe {
-    pub slot: u32,
-    pub generation: u64,
-    pub key: FlowKey,
-    pub ok: bool,
-    pub latency: Duration,
-    pub detail: String,
+/// A slot's probes: its worker's health and the figures `status` shows.
+#[derive(Default)]
+pub(super) struct Probes {
+    pub(super) health: Health,
+    /// A probe of this slot is under way.
+    under_way: bool,
+    pub(super) latency: Option<Duration>,
+    pub(super) failures: u64,
+    pub(super) restarts: u64,
+}
+
+impl Probes {
+    /// A new worker took the slot: its health is unknown until its first probe.
+    pub(super) fn new_worker(&mut self) {
+        self.health = Health::default();
+    }
+
+    /// Files a probe's answer and says what it means.
+    fn record(&mut self, p: &Probe, check: &Check) -> Transition {
+        self.latency = Some(p.latency);
+        if !p.ok {
+            self.failures += 1;
+        }
+        let transition = self.health.probe(p.ok, check.rise, check.fall);
+        if transition == Transition::Restart {
+            self.restarts += 1;
+        }
+        transition
+    }
 }
 
 impl Supervisor {
     /// Starts one probe for each slot whose worker is ready.
     pub(super) fn probe_all(&mut self) {
-        if self.stopping || self.opts.health.is_none() {
+        if self.phase.stopping() || self.opts.health.is_none() {
             return;
         }
         for slot in 0..self.slots.len() as u32 {
             let s = &self.slots[slot as usize];
-            if s.pid.is_some() && s.ready == s.generation && !s.probing {
+            if s.worker.serving() && !s.probes.under_way {
                 if let Err(e) = self.probe(slot) {
                     log::warn!("slot {slot}: cannot start a health probe: {e:#}");
                 }
@@ -56,11 +83,14 @@ impl Supervisor {
         }
     }
 
-    fn probe(&mut self, slot: u32) -> anyhow::Result<()> {
+    fn probe(&mut self, slot: u32) -> Result<()> {
         let Some(check) = self.opts.health.clone() else {
             return Ok(());
         };
-        let listen = self.slots[0].listener.local_addr()?;
+        let listen = self.slots[0]
+            .listener
+            .local_addr()
+            .map_err(Error::listeners)?;
         let server = match listen.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => {
                 SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen.port())
@@ -77,11 +107,13 @@ impl Supervisor {
         };
         socket.bind(SocketAddr::new(server.ip(), 0))?;
         let key = kernel::flow_key(socket.local_addr()?, server);
-        self.steering.record_flow(key, slot)?;
+        self.steering
+            .record_flow(key, slot)
+            .map_err(Error::kernel)?;
         self.accounting.probe_opened(&self.steering.slots, slot);
         let s = &mut self.slots[slot as usize];
-        s.probing = true;
-        let generation = s.generation;
+        s.probes.under_way = true;
+        let generation = s.worker.generation;
         let events = self.events.clone();
         tokio::spawn(async move {
             let started = Instant::now();
@@ -113,16 +145,12 @@ impl Supervisor {
         let Some(s) = self.slots.get_mut(p.slot as usize) else {
             return;
         };
-        s.probing = false;
-        if s.generation != p.generation || s.pid.is_none() || self.stopping {
+        s.probes.under_way = false;
+        if s.worker.generation != p.generation || s.worker.pid.is_none() || self.phase.stopping() {
             return;
         }
-        s.probe_latency = Some(p.latency);
-        if !p.ok {
-            s.health_failures += 1;
-        }
         let slot = p.slot;
-        match s.health.probe(p.ok, check.rise, check.fall) {
+        match s.probes.record(&p, &check) {
             Transition::None => {}
             Transition::Leave => {
                 log::warn!(
@@ -143,13 +171,12 @@ impl Supervisor {
                 }
             }
             Transition::Restart => {
-                s.health_restarts += 1;
                 log::warn!(
                     "slot {slot}: {} health checks failed in a row ({}); restarting its worker",
                     check.fall,
                     p.detail
                 );
-                if let Some(pid) = s.pid {
+                if let Some(pid) = s.worker.pid {
                     self.messaging.hang_up(pid);
                     let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
                 }

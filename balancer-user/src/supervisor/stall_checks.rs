@@ -1,18 +1,46 @@
 //! Stalled workers: a worker whose accept queue holds connections and does not shrink for
 //! `--stall-timeout` leaves the rotation until it accepts again (the decision itself is
-//! [`crate::stall`]'s).
+//! [`crate::rules::stall`]'s).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use balancer_common::SlotState;
 
 use super::Supervisor;
-use crate::stall::Transition;
+use crate::rules::stall::{StallWatch, Transition};
+
+/// A slot's stall watch, and how often its workers stalled.
+#[derive(Default)]
+pub(super) struct Stalls {
+    watch: StallWatch,
+    pub(super) count: u64,
+}
+
+impl Stalls {
+    /// A new worker took the slot: its predecessor's history says nothing of it.
+    pub(super) fn new_worker(&mut self) {
+        self.watch.reset();
+    }
+
+    fn sample(
+        &mut self,
+        assigned: u64,
+        queued: u32,
+        now: Instant,
+        timeout: Duration,
+    ) -> Transition {
+        let transition = self.watch.sample(assigned, queued, now, timeout);
+        if transition == Transition::Stalled {
+            self.count += 1;
+        }
+        transition
+    }
+}
 
 impl Supervisor {
     /// Takes stalled workers out of rotation and puts them back once they accept again.
     pub(super) fn watch_stalls(&mut self) {
-        let Some(timeout) = self.opts.stall_timeout.filter(|_| !self.stopping) else {
+        let Some(timeout) = self.opts.stall_timeout.filter(|_| !self.phase.stopping()) else {
             return;
         };
         let now = Instant::now();
@@ -20,17 +48,14 @@ impl Supervisor {
         for (i, s) in self.slots.iter_mut().enumerate() {
             let slot = i as u32;
             let state = self.steering.slots.state(slot);
-            if s.pid.is_none() || !matches!(state, SlotState::Up | SlotState::Stalled) {
+            if s.worker.pid.is_none() || !matches!(state, SlotState::Up | SlotState::Stalled) {
                 continue;
             }
             let queued = s.listener.queued().unwrap_or(0);
-            match s
-                .stall
-                .sample(self.steering.slots.assigned(slot), queued, now, timeout)
-            {
+            let assigned = self.steering.slots.assigned(slot);
+            match s.stalls.sample(assigned, queued, now, timeout) {
                 Transition::Stalled => {
                     self.steering.set_state(slot, SlotState::Stalled);
-                    s.stalls += 1;
                     changed = true;
                     log::warn!(
                         "slot {slot}: worker stalled ({queued} connections queued, none accepted for {timeout:?}); \

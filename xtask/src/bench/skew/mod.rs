@@ -7,14 +7,14 @@
 //! go through the simulation of N servers with one FCFS queue (fcfs.rs), with the service
 //! times measured on this machine: the ideal the peers are held against.
 
+mod replay;
+
 use std::{
-    net::SocketAddr,
     path::Path,
-    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use balancer_tests::{get, stats};
 use serde::Serialize;
 
@@ -23,6 +23,7 @@ use super::{
     fcfs::{self, Kind, Request},
     peers::{self, Env, Peer},
 };
+use replay::{replay, Latencies};
 
 const SLOW_SHARE: f64 = 0.05;
 /// How long a slow request holds its worker, and a fast one.
@@ -30,10 +31,6 @@ const SLOW_HOLD_MS: u64 = 100;
 const FAST_HOLD_MS: u64 = 1;
 /// Of what the workers could serve with these service times.
 const UTILISATION: f64 = 0.5;
-/// A request sent this much after it was due counts as sent late: the client, not the peer,
-/// was behind.
-const LATE: Duration = Duration::from_millis(5);
-
 /// How much of the scenario a run makes.
 struct Plan {
     traces: u64,
@@ -168,40 +165,10 @@ pub struct TraceRun {
     pub fast_p99_vs_ideal: f64,
     /// Refused, reset, timed out or not answered with 200.
     pub failed: usize,
-    /// Sent more than [`LATE`] after they were due.
+    /// Sent more than [`replay::LATE`] after they were due.
     pub sent_late: usize,
     /// Connections the program sent to the overflow queue (`balancer` peers only).
     pub overflowed: Option<u64>,
-}
-
-/// The latencies of one trace, by kind, in ms.
-#[derive(Default)]
-struct Latencies {
-    fast: Vec<f64>,
-    slow: Vec<f64>,
-    failed: usize,
-    sent_late: usize,
-}
-
-impl Latencies {
-    fn run(mut self, ideal_fast_p99: Option<f64>, overflowed: Option<u64>) -> TraceRun {
-        stats::sort(&mut self.fast);
-        stats::sort(&mut self.slow);
-        let at = |v: &[f64], p| stats::percentile(v, p).unwrap_or(f64::NAN);
-        let fast_p99_ms = at(&self.fast, 0.99);
-        TraceRun {
-            requests: self.fast.len() + self.slow.len() + self.failed,
-            fast_p50_ms: at(&self.fast, 0.5),
-            fast_p99_ms,
-            fast_p999_ms: at(&self.fast, 0.999),
-            slow_p50_ms: at(&self.slow, 0.5),
-            slow_p99_ms: at(&self.slow, 0.99),
-            fast_p99_vs_ideal: ideal_fast_p99.map_or(1.0, |i| fast_p99_ms / i),
-            failed: self.failed,
-            sent_late: self.sent_late,
-            overflowed,
-        }
-    }
 }
 
 /// The worker counts: 2, 4 and one per core.
@@ -299,7 +266,7 @@ fn size(
     rate: f64,
     seconds: f64,
     first_port: u16,
-    (fast_s, slow_s): (f64, f64),
+    service: (f64, f64),
 ) -> Result<SkewSize> {
     let env = Env {
         balancer: bin,
@@ -311,23 +278,7 @@ fn size(
         .iter()
         .map(|&s| fcfs::poisson(s, rate, seconds, SLOW_SHARE))
         .collect();
-    let ideal: Vec<TraceRun> = traces
-        .iter()
-        .map(|t| {
-            let lat = fcfs::simulate(t, workers as usize, |k| match k {
-                Kind::Fast => fast_s,
-                Kind::Slow => slow_s,
-            });
-            let mut l = Latencies::default();
-            for (r, seconds) in t.iter().zip(lat) {
-                match r.kind {
-                    Kind::Fast => l.fast.push(seconds * 1e3),
-                    Kind::Slow => l.slow.push(seconds * 1e3),
-                }
-            }
-            l.run(None, None)
-        })
-        .collect();
+    let ideal: Vec<TraceRun> = traces.iter().map(|t| ideal(t, workers, service)).collect();
     // All started at once and measured in turn: an idle peer's workers only wait in accept.
     let mut running = Vec::new();
     for (k, &which) in plan.peers.iter().enumerate() {
@@ -338,6 +289,51 @@ fn size(
         }
         running.push((which, peer));
     }
+    let runs = through_peers(&running, &traces, &ideal, workers)?;
+    let mut rows = vec![SkewRow {
+        key: IDEAL,
+        name: "ideal: one FCFS queue, simulated".into(),
+        runs: ideal,
+    }];
+    for ((which, peer), runs) in running.iter().zip(runs) {
+        rows.push(SkewRow {
+            key: which.key(),
+            name: peer.name.clone(),
+            runs,
+        });
+    }
+    Ok(SkewSize {
+        workers,
+        rate,
+        seconds_per_trace: seconds,
+        seeds,
+        rows,
+    })
+}
+
+/// `trace` through the simulation of `workers` servers with one FCFS queue.
+fn ideal(trace: &[Request], workers: u32, (fast_s, slow_s): (f64, f64)) -> TraceRun {
+    let lat = fcfs::simulate(trace, workers as usize, |k| match k {
+        Kind::Fast => fast_s,
+        Kind::Slow => slow_s,
+    });
+    let mut l = Latencies::default();
+    for (r, seconds) in trace.iter().zip(lat) {
+        match r.kind {
+            Kind::Fast => l.fast.push(seconds * 1e3),
+            Kind::Slow => l.slow.push(seconds * 1e3),
+        }
+    }
+    l.run(None, None)
+}
+
+/// Every trace through every running peer: the runs of each peer, in trace order.
+fn through_peers(
+    running: &[(Which, Peer)],
+    traces: &[Vec<Request>],
+    ideal: &[TraceRun],
+    workers: u32,
+) -> Result<Vec<Vec<TraceRun>>> {
     let mut runs: Vec<Vec<TraceRun>> = running.iter().map(|_| Vec::new()).collect();
     for (t, trace) in traces.iter().enumerate() {
         // Each trace through the peers in another order: whatever else the machine does at
@@ -363,91 +359,13 @@ fn size(
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    let mut rows = vec![SkewRow {
-        key: IDEAL,
-        name: "ideal: one FCFS queue, simulated".into(),
-        runs: ideal,
-    }];
-    for ((which, peer), runs) in running.iter().zip(runs) {
-        rows.push(SkewRow {
-            key: which.key(),
-            name: peer.name.clone(),
-            runs,
-        });
-    }
-    Ok(SkewSize {
-        workers,
-        rate,
-        seconds_per_trace: seconds,
-        seeds,
-        rows,
-    })
+    Ok(runs)
 }
 
 /// The program's count of connections sent to the overflow queue, for a `balancer` peer.
 fn overflowed(peer: &Peer) -> Option<u64> {
     let b = peer.balancer()?;
     b.status().ok()?["program"]["overflowed"].as_u64()
-}
-
-/// Senders enough that a request is sent when due even when many wait on slow answers.
-fn senders(workers: u32) -> usize {
-    (32 * workers as usize).clamp(128, 1024)
-}
-
-/// Replays `trace` against `addr` from shortly from now: request `i` on a new connection at its
-/// due time, by whichever sender is free first; latency counts from when it was due.
-fn replay(
-    addr: SocketAddr,
-    trace: &[Request],
-    workers: u32,
-    [fast, slow]: &[String; 2],
-) -> Result<Latencies> {
-    let next = AtomicUsize::new(0);
-    let begin = Instant::now() + Duration::from_millis(100);
-    let per_sender: Vec<Latencies> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..senders(workers))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut l = Latencies::default();
-                    while let Some(r) = trace.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        let due = begin + Duration::from_secs_f64(r.at);
-                        std::thread::sleep(due.saturating_duration_since(Instant::now()));
-                        if due.elapsed() > LATE {
-                            l.sent_late += 1;
-                        }
-                        let path = match r.kind {
-                            Kind::Fast => fast,
-                            Kind::Slow => slow,
-                        };
-                        let answered = get(addr, path).is_ok_and(|a| a.status == 200);
-                        let ms = due.elapsed().as_secs_f64() * 1e3;
-                        match (answered, r.kind) {
-                            (false, _) => l.failed += 1,
-                            (true, Kind::Fast) => l.fast.push(ms),
-                            (true, Kind::Slow) => l.slow.push(ms),
-                        }
-                    }
-                    l
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a sender panicked"))
-            .collect()
-    });
-    let mut all = Latencies::default();
-    for l in per_sender {
-        all.fast.extend(l.fast);
-        all.slow.extend(l.slow);
-        all.failed += l.failed;
-        all.sent_late += l.sent_late;
-    }
-    if all.fast.is_empty() {
-        bail!("{addr}: no fast request answered ({} failed)", all.failed);
-    }
-    Ok(all)
 }
 
 /// The median of `values`, the mean of the middle two for an even count, and the range.

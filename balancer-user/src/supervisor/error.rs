@@ -1,0 +1,61 @@
+//! What can stop the supervisor from starting, or a worker from being started. Each variant
+//! names what failed; a cause from another module is kept as it is, so that the line the user
+//! reads is the one that module wrote.
+
+/// A cause from a module with an error type of its own.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Binding or checking the listening sockets.
+    #[error(transparent)]
+    Listeners(BoxError),
+    /// Loading, configuring or attaching the programs and their maps.
+    #[error(transparent)]
+    Kernel(BoxError),
+    /// The worker command: resolving it, or its access check.
+    #[error(transparent)]
+    Command(BoxError),
+    /// The workers' accounts.
+    #[error(transparent)]
+    Identity(BoxError),
+    /// What the supervisor needs of its capabilities.
+    #[error(transparent)]
+    Capabilities(BoxError),
+    /// The control socket or its directory.
+    #[error(transparent)]
+    Control(BoxError),
+    /// The workers' log sink.
+    #[error(transparent)]
+    Logs(BoxError),
+    /// The metrics endpoint.
+    #[error(transparent)]
+    Metrics(BoxError),
+    /// A worker's message channel.
+    #[error(transparent)]
+    Channel(BoxError),
+    /// Starting a worker process.
+    #[error(transparent)]
+    Spawn(BoxError),
+    #[error("worker exited before it could be tracked")]
+    Untracked,
+    #[error("cannot become the subreaper of the workers (prctl PR_SET_CHILD_SUBREAPER)")]
+    Subreaper(#[source] nix::Error),
+    /// The event loop's runtime, its signal handlers, a socket's address.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("some workers had to be killed after --kill-timeout")]
+    Killed,
+}
+
+impl Error {
+    pub(super) fn listeners(e: impl Into<BoxError>) -> Error {
+        Error::Listeners(e.into())
+    }
+
+    pub(super) fn kernel(e: impl Into<BoxError>) -> Error {
+        Error::Kernel(e.into())
+    }
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{call, Error, Request, Result, Status};
+use super::{call, Error, Request, Result, State, Status};
 
 /// The directory every balancer of this user puts its control socket in, one socket per
 /// service (`<name>.sock`), which is how `balancer ls` finds them: `$BALANCER_RUNTIME_DIR` if
@@ -72,7 +72,7 @@ pub fn running() -> Vec<Service> {
                 name: s.name.clone(),
                 pid: s.pid,
                 listen: s.listen.clone(),
-                up: s.slots.iter().filter(|x| x.state == "up").count(),
+                up: s.slots.iter().filter(|x| x.state == State::Up).count(),
                 workers: s.slots.len(),
                 policy: s.policy.clone(),
                 metrics: s.metrics.clone(),

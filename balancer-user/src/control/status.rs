@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use balancer_common::SlotState;
 use serde::{Deserialize, Serialize};
 
 /// The overflow queue's books: connections sent there (`assigned`), and those that closed or
@@ -16,10 +17,66 @@ pub struct OverflowStatus {
     pub corrections: u64,
 }
 
+/// A slot's state as `status`, `ls` and the metrics name it: the program's [`SlotState`], or
+/// `failed` once the supervisor gave up restarting the slot's worker. Written and read as its
+/// lowercase name, the same in the JSON answer, the table and the `state` label.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Up,
+    Draining,
+    Stalled,
+    Unhealthy,
+    Down,
+    Failed,
+}
+
+impl State {
+    /// Every state, in the order the metrics list them.
+    pub const ALL: [State; 6] = [
+        State::Up,
+        State::Draining,
+        State::Stalled,
+        State::Unhealthy,
+        State::Down,
+        State::Failed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Draining => "draining",
+            State::Stalled => "stalled",
+            State::Unhealthy => "unhealthy",
+            State::Down => "down",
+            State::Failed => "failed",
+        }
+    }
+}
+
+impl From<SlotState> for State {
+    fn from(s: SlotState) -> State {
+        match s {
+            SlotState::Up => State::Up,
+            SlotState::Draining => State::Draining,
+            SlotState::Stalled => State::Stalled,
+            SlotState::Unhealthy => State::Unhealthy,
+            SlotState::Down => State::Down,
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, not `write_str`: the status table aligns it with `{:<9}`.
+        f.pad(self.name())
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SlotStatus {
     pub slot: u32,
-    pub state: String,
+    pub state: State,
     pub pid: Option<u32>,
     /// Connections assigned and not yet closed.
     pub load: u64,

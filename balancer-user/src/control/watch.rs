@@ -83,7 +83,7 @@ fn watch(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::SlotStatus;
+    use crate::control::{SlotStatus, State};
 
     fn status(assigned: [u64; 2], load: [u64; 2]) -> Status {
         Status {
@@ -98,7 +98,7 @@ mod tests {
             slots: (0..2)
                 .map(|i| SlotStatus {
                     slot: i as u32,
-                    state: "up".into(),
+                    state: State::Up,
                     pid: Some(10 + i as u32),
                     load: load[i],
                     assigned: assigned[i],

@@ -8,7 +8,7 @@ use balancer_common::{stats, Policy, OVERFLOW};
 
 use super::{worker_slot::WorkerSlot, Supervisor};
 use crate::{
-    control::{OverflowStatus, SlotStatus, Status},
+    control::{OverflowStatus, SlotStatus, State, Status},
     metrics::{self, Ask},
 };
 
@@ -76,13 +76,13 @@ impl Supervisor {
         let logs = self.logs.counts(i);
         let (worker, exits) = (&s.worker, &s.exits);
         let state = if exits.given_up {
-            "failed"
+            State::Failed
         } else {
-            self.steering.slots.state(i).name()
+            self.steering.slots.state(i).into()
         };
         SlotStatus {
             slot: i,
-            state: state.into(),
+            state,
             pid: worker.pid.map(|p| p.as_raw() as u32),
             load: self.steering.load_of(i),
             assigned: self.steering.slots.assigned(i),

@@ -6,6 +6,7 @@
 pub mod burst;
 pub mod channel;
 mod ctl;
+pub mod deployment;
 mod hold;
 mod http;
 mod launch;

@@ -1,9 +1,15 @@
 //! Checks of the true-load invariant: every slot's load equals what the kernel holds for it
 //! (connections in its accept queue plus connections open in its worker), and balance follows.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, Instant},
+};
 
-use crate::{get, histogram, sent_while_blocked, Balancer, HELD_OF_TWO_AT_MOST};
+use crate::{
+    get, histogram, raw::RawSender, request_on, sent_while_blocked, Balancer, KeepAlive, Reply,
+    HELD_OF_TWO_AT_MOST,
+};
 
 /// How long after quiescence the loads must be true.
 pub const CONVERGE: Duration = Duration::from_secs(2);
@@ -92,4 +98,80 @@ pub fn balance_recovers(b: &Balancer) {
         b.status().unwrap()
     );
     eprintln!("balance: sequential split {h:?}, held worker received {held} of {n}");
+}
+
+/// Waits for the loads to reach `want` (see `converge`) and prints the largest error seen and
+/// the time it took.
+pub fn settle(b: &Balancer, want: &[u64], event: &str) {
+    let c = converge(b, want, CONVERGE);
+    eprintln!(
+        "truth: {event}: largest |load - truth| {} , converged {:?} after quiescence",
+        c.worst, c.after
+    );
+}
+
+/// After `event`, with nothing left open: the loads are 0 and true, the kernel's events alone
+/// got them there (no correction), and balance works as on a fresh balancer.
+pub fn settles_by_events_alone(b: &Balancer, event: &str) {
+    settle(b, &[0, 0], event);
+    assert_eq!(
+        corrections(b),
+        0,
+        "{event}: nothing left for the reconciliation"
+    );
+    balance_recovers(b);
+}
+
+/// Opens `n` connections at once and waits up to 30 s for each answer; returns the replies
+/// received. A dropped SYN is retransmitted after 1, 3, 7, 15 s, and retransmits of clients that
+/// started together come together.
+pub fn concurrent_gets(addr: std::net::SocketAddr, n: usize, path: &str) -> Vec<Reply> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(move || {
+                    let mut stream =
+                        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(30))
+                            .ok()?;
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(30)))
+                        .ok()?;
+                    request_on(&mut stream, path).ok()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
+/// Sends `n` hand-made segments to 127.0.0.1:8080 from `from`, source ports `first_port`
+/// onwards, the i-th with flags `flags(i)`.
+pub fn send_raw(n: usize, from: Ipv4Addr, first_port: u16, flags: impl Fn(usize) -> u8) {
+    let raw = RawSender::new();
+    let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080);
+    for i in 0..n {
+        raw.send(
+            SocketAddrV4::new(from, first_port + i as u16),
+            dst,
+            flags(i),
+            7,
+        );
+    }
+}
+
+/// How many of `open` each of `slots` slots holds.
+pub fn per_slot(open: &[KeepAlive], slots: usize) -> Vec<u64> {
+    let mut n = vec![0u64; slots];
+    for k in open {
+        n[k.slot as usize] += 1;
+    }
+    n
+}
+
+pub fn set_sysctl(path: &str, value: &str) {
+    // Network sysctls belong to the opener's namespace: this thread's own.
+    std::fs::write(path, value).unwrap_or_else(|e| panic!("{path}: {e}"));
 }

@@ -22,10 +22,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{
-    body::Incoming, server::conn::http1, service::service_fn, Request, Response, StatusCode,
-};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Incoming, Request, Response, StatusCode};
 
 use crate::worker::spawn::{LISTEN_FD, OVERFLOW_FD};
 
@@ -124,50 +121,6 @@ fn check_listen_env() -> Result<()> {
     Ok(())
 }
 
-/// One connection's share of its worker's work in hand: it counts from its accept until its
-/// first request ends, then again for each request in flight; whoever brings the count to
-/// zero wakes the accept loop.
-#[derive(Clone)]
-struct Work {
-    busy: Rc<std::cell::Cell<usize>>,
-    idle: Rc<tokio::sync::Notify>,
-    /// Accepted, no request begun yet: counted since the accept.
-    pending: Rc<std::cell::Cell<bool>>,
-}
-
-impl Work {
-    fn begin(&self) {
-        if !self.pending.replace(false) {
-            self.busy.set(self.busy.get() + 1);
-        }
-    }
-
-    fn end(&self) {
-        self.busy.set(self.busy.get() - 1);
-        if self.busy.get() == 0 {
-            self.idle.notify_one();
-        }
-    }
-}
-
-impl Drop for Work {
-    fn drop(&mut self) {
-        // The connection's last handle, still pending: it closed without a request.
-        if Rc::strong_count(&self.pending) == 1 && self.pending.replace(false) {
-            self.end();
-        }
-    }
-}
-
-/// Counts a connection open for as long as its task lives, however it ends.
-struct Open(Rc<std::cell::Cell<usize>>);
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
-    }
-}
-
 pub fn run() -> Result<()> {
     print_messages();
     if inherited_is_datagram() {
@@ -179,7 +132,11 @@ pub fn run() -> Result<()> {
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, serve(listener, overflow, Rc::from(slot)))
+    local.block_on(
+        &runtime,
+        super::accept::serve(listener, overflow, Rc::from(slot)),
+    )?;
+    Ok(())
 }
 
 /// Prints each message `balancer send` sends on this worker's channel to stdout (`balancer
@@ -206,7 +163,7 @@ fn print_messages() {
 /// Tells the supervisor this worker serves (systemd's READY=1), if it asked. By hand rather than
 /// with sd-notify, which sends only to socket paths: the supervisor's sockets are abstract
 /// (`@name`), as systemd allows.
-fn notify_ready() {
+pub(super) fn notify_ready() {
     use std::os::linux::net::SocketAddrExt as _;
     let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
         return;
@@ -220,157 +177,13 @@ fn notify_ready() {
     }
 }
 
-async fn serve(
-    listener: std::net::TcpListener,
-    overflow: Option<std::net::TcpListener>,
-    slot: Rc<str>,
-) -> Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    let mut overflow = overflow
-        .map(tokio::net::TcpListener::from_std)
-        .transpose()?;
-    // Work in hand: connections accepted that have not finished a request yet, and requests in
-    // flight. The overflow queue is served only when there is none (a connection taken from it
-    // must not wait behind this worker's current request: that is the point of the queue).
-    let busy = Rc::new(std::cell::Cell::new(0usize));
-    let idle = Rc::new(tokio::sync::Notify::new());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    notify_ready();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let open = Rc::new(std::cell::Cell::new(0usize));
-    let pid = std::process::id();
-    // `last_call`: accepted while stopping, so it gets exactly one request and no graceful
-    // shutdown (which would close it before its waiting request is even read).
-    let start = |stream: tokio::net::TcpStream, last_call: bool| {
-        let guard = Open(open.clone());
-        open.set(open.get() + 1);
-        busy.set(busy.get() + 1);
-        let work = Work {
-            busy: busy.clone(),
-            idle: idle.clone(),
-            pending: Rc::new(std::cell::Cell::new(true)),
-        };
-        let slot = slot.clone();
-        let mut stop = stop_rx.clone();
-        tokio::task::spawn_local(async move {
-            let _guard = guard;
-            let _ = stream.set_nodelay(true);
-            // Requests begun on this connection: a stop must not close a connection whose
-            // first request is waiting unread in the socket (hyper counts it as idle).
-            let begun = Rc::new(std::cell::Cell::new(0u32));
-            let seen = begun.clone();
-            let request_work = work.clone();
-            let service = service_fn(move |req| {
-                seen.set(seen.get() + 1);
-                let work = request_work.clone();
-                work.begin();
-                let answer = handle(req, slot.clone(), pid);
-                async move {
-                    let answer = answer.await;
-                    work.end();
-                    answer
-                }
-            });
-            let conn = http1::Builder::new()
-                .keep_alive(!last_call)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            if last_call {
-                let _ = conn.await;
-                return;
-            }
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = stop.wait_for(|s| *s) => {}
-            }
-            // Stopping. A connection that has not begun a request yet gets to begin one (its
-            // bytes are normally already here); then hyper finishes what is in flight and
-            // closes. A client that sends nothing is cut off after a second.
-            let first = async {
-                while begun.get() == 0 {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            };
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = tokio::time::timeout(Duration::from_secs(1), first) => {}
-            }
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        });
-    };
-    // Connections moved here from a closing listener do not wake epoll: look for them now and
-    // then, so that they are not left waiting for the next new connection.
-    let mut sweep = tokio::time::interval(Duration::from_millis(200));
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        let free = busy.get() == 0;
-        // Biased: this worker's own queue before the shared one, and a stop before both.
-        tokio::select! {
-            biased;
-            _ = term.recv() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => start(stream, false),
-                Err(e) => {
-                    // Out of fds or memory: back off instead of spinning on the error.
-                    log::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            taken = async { overflow.as_ref().expect("guarded").accept().await },
-                if free && overflow.is_some() => {
-                match taken {
-                    Ok((stream, _)) => start(stream, false),
-                    // The supervisor closed the queue (it is stopping): nothing more comes.
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => overflow = None,
-                    Err(e) => {
-                        log::warn!("accept from the overflow queue failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
-            // Busy: wake when the work in hand is done, to look at the shared queue again.
-            _ = idle.notified(), if !free && overflow.is_some() => {}
-            _ = sweep.tick() => {
-                while let Ok(stream) = accept_now(&listener) {
-                    start(stream, false);
-                }
-            }
-        }
-    }
-    // Stopping: serve what already waits in the queue, finish what is in flight (idle
-    // keep-alive connections close at once), then exit. The supervisor's kill timeout bounds
-    // it. The shared queue is not this worker's to empty: the other workers serve it, and a
-    // stopping supervisor moves what it holds to the workers' own queues first.
-    while let Ok(stream) = accept_now(&listener) {
-        start(stream, true);
-    }
-    let _ = stop_tx.send(true);
-    while open.get() > 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(())
-}
-
-/// A non-blocking accept: a connection if one is queued now. It also finds connections whose
-/// arrival woke no one (connections migrated from a closed listener do not wake epoll).
-fn accept_now(listener: &tokio::net::TcpListener) -> std::io::Result<tokio::net::TcpStream> {
-    let fd = std::os::fd::AsRawFd::as_raw_fd(listener);
-    // SAFETY: borrows the listener's fd for one accept; ManuallyDrop keeps it open.
-    let std_listener =
-        std::mem::ManuallyDrop::new(unsafe { std::net::TcpListener::from_raw_fd(fd) });
-    let (stream, _) = std_listener.accept()?;
-    stream.set_nonblocking(true)?;
-    tokio::net::TcpStream::from_std(stream)
-}
-
 fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query
         .split('&')
         .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
-async fn handle(
+pub(super) async fn handle(
     req: Request<Incoming>,
     slot: Rc<str>,
     pid: u32,

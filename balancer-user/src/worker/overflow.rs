@@ -1,0 +1,108 @@
+//! The shared overflow queue (fd 4), as the built-in worker waits on it.
+//!
+//! Every worker holds the overflow listener, and a listener wakes every epoll instance that
+//! watches it for each connection queued there: with N workers idle, N wake for one connection
+//! and N - 1 find nothing to take, two context switches each. Watched with `EPOLLEXCLUSIVE`, the
+//! kernel walks the watchers only until one whose epoll instance has a thread blocked in
+//! `epoll_wait` on it: one idle worker wakes per connection, as with a listener of its own.
+//!
+//! The exclusive wake-up counts only a thread blocked on that very instance, not one blocked on
+//! another instance that nests it (tokio's reactor): the walk then goes on to the next watcher.
+//! So the worker waits in two ways:
+//! - with nothing open (the common case: a worker between two short connections), its one
+//!   thread blocks in `epoll_wait` on an instance of its own that watches its own listener and
+//!   the shared queue ([`Overflow::wait_idle`]): that thread is the exclusive wake-up's target;
+//! - with idle keep-alive connections open, it must also watch those, so it waits through
+//!   tokio, on a second instance that watches only the shared queue ([`Overflow::take`]).
+//!   Such a worker may be woken for a connection that an idle one takes.
+//!
+//! Both instances are level-triggered: a connection left in the queue (its wake-up went to a
+//! worker that became busy in between) is seen by the next worker that looks.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
+    time::Duration,
+};
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use tokio::io::unix::AsyncFd;
+
+/// An epoll instance, as tokio's `AsyncFd` wants a file descriptor.
+struct Instance(Epoll);
+
+impl AsRawFd for Instance {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0 .0.as_raw_fd()
+    }
+}
+
+/// The overflow listener and the two epoll instances that watch it.
+pub struct Overflow {
+    listener: std::net::TcpListener,
+    /// Own listener and the shared queue: waited on directly by an idle worker.
+    idle: Epoll,
+    /// The shared queue alone, nested in tokio's reactor.
+    queue: AsyncFd<Instance>,
+}
+
+/// What an idle wait found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Woken {
+    /// Something is readable: the own listener, the shared queue, or both.
+    Ready,
+    /// The timeout passed, or a signal interrupted the wait.
+    Nothing,
+}
+
+impl Overflow {
+    /// Watches `listener` (the shared queue) and `own` (this worker's listener). Must run
+    /// inside the tokio runtime that serves the worker.
+    pub fn new(listener: std::net::TcpListener, own: BorrowedFd<'_>) -> io::Result<Overflow> {
+        listener.set_nonblocking(true)?;
+        let exclusive = EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE;
+        let idle = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        idle.add(own, EpollEvent::new(EpollFlags::EPOLLIN, 0))?;
+        idle.add(listener.as_fd(), EpollEvent::new(exclusive, 1))?;
+        let queue = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        queue.add(listener.as_fd(), EpollEvent::new(exclusive, 1))?;
+        // SAFETY: `Instance` owns the epoll fd it names, and the `AsyncFd` owns the `Instance`
+        // for its whole life: the fd stays open and the same.
+        let queue = unsafe { AsyncFd::register(Instance(queue)) }.map_err(io::Error::from)?;
+        Ok(Overflow {
+            listener,
+            idle,
+            queue,
+        })
+    }
+
+    /// Blocks this thread until the own listener or the shared queue has a connection, for at
+    /// most `timeout`. For a worker with nothing else to watch: tokio runs nothing meanwhile.
+    pub fn wait_idle(&self, timeout: Duration) -> Woken {
+        let mut events = [EpollEvent::empty(); 2];
+        let timeout = EpollTimeout::try_from(timeout).unwrap_or(EpollTimeout::NONE);
+        match self.idle.wait(&mut events, timeout) {
+            Ok(n) if n > 0 => Woken::Ready,
+            _ => Woken::Nothing,
+        }
+    }
+
+    /// A connection from the shared queue, waited for through tokio.
+    pub async fn take(&self) -> io::Result<std::net::TcpStream> {
+        loop {
+            let mut guard = self.queue.readable().await?;
+            // Tokio's registration is edge-triggered: its readiness is forgotten only when the
+            // queue turns out empty, so a second connection already waiting is taken next time
+            // without a new edge.
+            if let Ok(taken) = guard.try_io(|_| self.take_now()) {
+                return taken;
+            }
+        }
+    }
+
+    /// A connection from the shared queue, if one waits now.
+    pub fn take_now(&self) -> io::Result<std::net::TcpStream> {
+        let (stream, _) = self.listener.accept()?;
+        Ok(stream)
+    }
+}

@@ -13,8 +13,10 @@
 //!   thread blocks in `epoll_wait` on an instance of its own that watches its own listener and
 //!   the shared queue ([`Overflow::wait_idle`]): that thread is the exclusive wake-up's target;
 //! - with idle keep-alive connections open, it must also watch those, so it waits through
-//!   tokio, on a second instance that watches only the shared queue ([`Overflow::take`]).
-//!   Such a worker may be woken for a connection that an idle one takes.
+//!   tokio, on a second instance that watches only the shared queue ([`Overflow::take`]),
+//!   registered with tokio for that wait alone: a worker busy with a request, even one waiting
+//!   for the request's bytes in tokio, is never woken by the shared queue. A worker waiting
+//!   this way may be woken for a connection that an idle one takes.
 //!
 //! Both instances are level-triggered: a connection left in the queue (its wake-up went to a
 //! worker that became busy in between) is seen by the next worker that looks.
@@ -28,12 +30,12 @@ use std::{
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use tokio::io::unix::AsyncFd;
 
-/// An epoll instance, as tokio's `AsyncFd` wants a file descriptor.
-struct Instance(Epoll);
+/// An epoll instance's descriptor, lent to tokio's `AsyncFd` for one wait.
+struct Lent(RawFd);
 
-impl AsRawFd for Instance {
+impl AsRawFd for Lent {
     fn as_raw_fd(&self) -> RawFd {
-        self.0 .0.as_raw_fd()
+        self.0
     }
 }
 
@@ -42,17 +44,8 @@ pub struct Overflow {
     listener: std::net::TcpListener,
     /// Own listener and the shared queue: waited on directly by an idle worker.
     idle: Epoll,
-    /// The shared queue alone, nested in tokio's reactor.
-    queue: AsyncFd<Instance>,
-}
-
-/// What an idle wait found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Woken {
-    /// Something is readable: the own listener, the shared queue, or both.
-    Ready,
-    /// The timeout passed, or a signal interrupted the wait.
-    Nothing,
+    /// The shared queue alone, nested in tokio's reactor while [`Overflow::take`] waits.
+    queue: Epoll,
 }
 
 impl Overflow {
@@ -66,9 +59,6 @@ impl Overflow {
         idle.add(listener.as_fd(), EpollEvent::new(exclusive, 1))?;
         let queue = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         queue.add(listener.as_fd(), EpollEvent::new(exclusive, 1))?;
-        // SAFETY: `Instance` owns the epoll fd it names, and the `AsyncFd` owns the `Instance`
-        // for its whole life: the fd stays open and the same.
-        let queue = unsafe { AsyncFd::register(Instance(queue)) }.map_err(io::Error::from)?;
         Ok(Overflow {
             listener,
             idle,
@@ -78,19 +68,22 @@ impl Overflow {
 
     /// Blocks this thread until the own listener or the shared queue has a connection, for at
     /// most `timeout`. For a worker with nothing else to watch: tokio runs nothing meanwhile.
-    pub fn wait_idle(&self, timeout: Duration) -> Woken {
+    /// What woke it is not told: the caller looks at both queues (and a signal, which also
+    /// ends the wait, at its own).
+    pub fn wait_idle(&self, timeout: Duration) {
         let mut events = [EpollEvent::empty(); 2];
         let timeout = EpollTimeout::try_from(timeout).unwrap_or(EpollTimeout::NONE);
-        match self.idle.wait(&mut events, timeout) {
-            Ok(n) if n > 0 => Woken::Ready,
-            _ => Woken::Nothing,
-        }
+        let _ = self.idle.wait(&mut events, timeout);
     }
 
     /// A connection from the shared queue, waited for through tokio.
     pub async fn take(&self) -> io::Result<std::net::TcpStream> {
+        // SAFETY: `self.queue` owns the fd and outlives `lent`, which is dropped (and the fd
+        // deregistered from tokio) when this wait ends, however it ends.
+        let lent = unsafe { AsyncFd::register(Lent(self.queue.0.as_raw_fd())) }
+            .map_err(io::Error::from)?;
         loop {
-            let mut guard = self.queue.readable().await?;
+            let mut guard = lent.readable().await?;
             // Tokio's registration is edge-triggered: its readiness is forgotten only when the
             // queue turns out empty, so a second connection already waiting is taken next time
             // without a new edge.

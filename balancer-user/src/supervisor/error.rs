@@ -50,6 +50,16 @@ pub enum Error {
     Killed,
 }
 
+/// `e` and its causes on one line, joined by ": ", as the binary reports an error: for the
+/// control answers and log lines that carry a cause from another module, whose own `{:#}`
+/// shows the first error of the chain only.
+pub(super) fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let causes: Vec<String> = std::iter::successors(Some(e), |&e| e.source())
+        .map(ToString::to_string)
+        .collect();
+    causes.join(": ")
+}
+
 impl Error {
     pub(super) fn listeners(e: impl Into<BoxError>) -> Error {
         Error::Listeners(e.into())

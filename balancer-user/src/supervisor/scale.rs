@@ -4,7 +4,7 @@
 
 use balancer_common::SlotState;
 
-use super::{worker_slot::WorkerSlot, Inbox, Supervisor, STOPPED_MIDWAY};
+use super::{error::one_line, worker_slot::WorkerSlot, Inbox, Supervisor, STOPPED_MIDWAY};
 use crate::listeners;
 
 impl Supervisor {
@@ -45,7 +45,7 @@ impl Supervisor {
                     return format!("error: {e:#}");
                 }
                 if let Err(e) = self.start_worker(slot) {
-                    return format!("error: slot {slot}: {e:#}");
+                    return format!("error: slot {slot}: {}", one_line(&e));
                 }
             }
         }

@@ -12,7 +12,8 @@ fn main() -> ExitCode {
     let argv = match balancer::config::apply(std::env::args_os().collect()) {
         Ok(argv) => argv,
         Err(e) => {
-            eprintln!("balancer: error: {e:#}");
+            // One line: the error and its causes, joined.
+            eprintln!("balancer: error: {:#}", anyhow::Error::new(e));
             return ExitCode::from(2);
         }
     };

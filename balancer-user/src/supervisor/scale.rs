@@ -27,7 +27,7 @@ impl Supervisor {
             for slot in old..n {
                 let listener = match listeners::bind_one(addr, self.opts.transport, backlog) {
                     Ok(l) => l,
-                    Err(e) => return format!("error: slot {slot}: {e:#}"),
+                    Err(e) => return format!("error: slot {slot}: {}", one_line(&e)),
                 };
                 self.accounting.reset(&self.steering.slots, slot);
                 if let Err(e) = self.steering.insert(slot, &listener) {

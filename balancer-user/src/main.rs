@@ -43,7 +43,7 @@ fn main() -> ExitCode {
 fn dispatch(command: Command, json_logs: bool) -> Result<()> {
     match command {
         Command::Run(args) => Ok(supervisor::run(args.into_options(json_logs)?)?),
-        Command::Worker => worker::builtin::run(),
+        Command::Worker => Ok(worker::builtin::run()?),
         Command::Ls { json } => {
             let services = control::running();
             if json {

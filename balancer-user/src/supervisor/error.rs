@@ -69,3 +69,20 @@ impl Error {
         Error::Kernel(e.into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_gives_a_wrapped_error_with_its_causes() {
+        let e = Error::Spawn(Box::new(crate::worker::spawn::Error::Start {
+            command: "app".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        }));
+        assert_eq!(
+            one_line(&e),
+            "cannot start worker `app`: No such file or directory (os error 2)"
+        );
+    }
+}

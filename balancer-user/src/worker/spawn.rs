@@ -15,7 +15,8 @@
 //! which the child fills in before calling `execve` itself.
 
 use std::{
-    ffi::{CString, OsStr, OsString},
+    ffi::{CString, NulError, OsStr, OsString},
+    io,
     os::{
         fd::{AsRawFd, BorrowedFd},
         unix::{ffi::OsStrExt, process::CommandExt},
@@ -23,7 +24,40 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{bail, Context as _, Result};
+/// What can stop a worker command from being resolved or a worker from being started, each
+/// worded as the user reads it: the problem, and the fix where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("empty worker command")]
+    EmptyCommand,
+    #[error(
+        "worker command not found: {0}: check the spelling, install it, or give its full path"
+    )]
+    NotFound(String),
+    #[error("cannot find the balancer executable")]
+    CurrentExe(#[source] io::Error),
+    #[error("no such user: {0} (see /etc/passwd)")]
+    NoSuchUser(String),
+    #[error("no such group: {0} (see /etc/group)")]
+    NoSuchGroup(String),
+    #[error(
+        "--user {0} needs root (CAP_SETUID and CAP_SETGID) to switch workers to another account"
+    )]
+    NotRoot(String),
+    /// Looking an account or a group up.
+    #[error(transparent)]
+    Lookup(#[from] nix::Error),
+    #[error("argument or environment entry contains a NUL byte")]
+    Nul(#[source] NulError),
+    #[error("cannot start worker `{command}`")]
+    Start {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Fd numbers a worker finds its descriptors at.
 pub const LISTEN_FD: i32 = 3;
@@ -50,14 +84,10 @@ impl WorkerCommand {
     /// instead of as a crash loop.
     pub fn resolve(args: Vec<OsString>) -> Result<WorkerCommand> {
         let Some(first) = args.first() else {
-            bail!("empty worker command")
+            return Err(Error::EmptyCommand);
         };
-        let program = find_program(first).with_context(|| {
-            format!(
-                "worker command not found: {}: check the spelling, install it, or give its full path",
-                first.to_string_lossy()
-            )
-        })?;
+        let program =
+            find_program(first).ok_or_else(|| Error::NotFound(first.to_string_lossy().into()))?;
         Ok(WorkerCommand { program, args })
     }
 
@@ -65,7 +95,7 @@ impl WorkerCommand {
     /// `/proc/self/exe`, which reaches the file without walking its directories: a worker of
     /// another account runs it even from a directory only root may enter (a build under /root).
     pub fn builtin() -> Result<WorkerCommand> {
-        let exe = std::env::current_exe().context("cannot find the balancer executable")?;
+        let exe = std::env::current_exe().map_err(Error::CurrentExe)?;
         Ok(WorkerCommand {
             program: PathBuf::from(SELF_EXE),
             args: vec![exe.into_os_string(), "worker".into()],
@@ -119,19 +149,19 @@ impl Credentials {
             Ok(uid) => User::from_uid(uid.into())?,
             Err(_) => User::from_name(user)?,
         }
-        .with_context(|| format!("no such user: {user} (see /etc/passwd)"))?;
+        .ok_or_else(|| Error::NoSuchUser(user.to_owned()))?;
         let gid = match group {
             None => u.gid.as_raw(),
             Some(g) => match g.parse::<u32>() {
                 Ok(gid) => gid,
                 Err(_) => Group::from_name(g)?
-                    .with_context(|| format!("no such group: {g} (see /etc/group)"))?
+                    .ok_or_else(|| Error::NoSuchGroup(g.to_owned()))?
                     .gid
                     .as_raw(),
             },
         };
         if !nix::unistd::geteuid().is_root() && u.uid != nix::unistd::geteuid() {
-            bail!("--user {user} needs root (CAP_SETUID and CAP_SETGID) to switch workers to another account");
+            return Err(Error::NotRoot(user.to_owned()));
         }
         Ok(Credentials {
             uid: u.uid.as_raw(),
@@ -159,7 +189,7 @@ pub struct Spawn<'a> {
 }
 
 fn cstring(s: impl AsRef<OsStr>) -> Result<CString> {
-    CString::new(s.as_ref().as_bytes()).context("argument or environment entry contains a NUL byte")
+    CString::new(s.as_ref().as_bytes()).map_err(Error::Nul)
 }
 
 /// Forks and execs one worker. The child gets its own process group, so that a Ctrl-C in the
@@ -321,7 +351,10 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
     let child = tokio::process::Command::from(command)
         .kill_on_drop(false)
         .spawn()
-        .with_context(|| format!("cannot start worker `{}`", cmd.display()))?;
+        .map_err(|source| Error::Start {
+            command: cmd.display(),
+            source,
+        })?;
     Ok(child)
 }
 

@@ -4,8 +4,27 @@
 //! which implies it); nothing else the supervisor does is privileged. Checking up front turns a
 //! failure deep in the loader into one line that says what to grant.
 
-use anyhow::Result;
-use caps::{CapSet, Capability};
+use caps::{errors::CapsError, CapSet, Capability};
+
+/// What the supervisor lacks of its capabilities, each worded as the user reads it: the
+/// capability and how to grant it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}", MISSING_BPF)]
+    MissingBpf,
+    #[error("{}", MISSING_PERFMON)]
+    MissingPerfmon,
+    #[error(
+        "workers would run as root with CAP_BPF: grant CAP_SETPCAP too (`--cap-add=SETPCAP`), \
+         or run them as another user with --user"
+    )]
+    WorkerIsolation,
+    /// Reading or changing this thread's sets.
+    #[error(transparent)]
+    Caps(#[from] CapsError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 const CAP_SETPCAP: u32 = 8;
 const CAP_PERFMON: u32 = 38;
@@ -46,10 +65,10 @@ pub fn require_bpf() -> Result<()> {
         return Ok(());
     }
     if !has(caps, CAP_BPF) {
-        anyhow::bail!(MISSING_BPF)
+        return Err(Error::MissingBpf);
     }
     if !has(caps, CAP_PERFMON) {
-        anyhow::bail!(MISSING_PERFMON)
+        return Err(Error::MissingPerfmon);
     }
     Ok(())
 }
@@ -73,10 +92,7 @@ pub fn require_worker_isolation(workers_as_root: bool) -> Result<()> {
     let caps = effective()?;
     let dangerous = has(caps, CAP_BPF) || has(caps, CAP_SYS_ADMIN);
     if dangerous && !has(caps, CAP_SETPCAP) {
-        anyhow::bail!(
-            "workers would run as root with CAP_BPF: grant CAP_SETPCAP too (`--cap-add=SETPCAP`), \
-             or run them as another user with --user"
-        );
+        return Err(Error::WorkerIsolation);
     }
     Ok(())
 }

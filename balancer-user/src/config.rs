@@ -17,12 +17,45 @@
 //! that clap reports as not given on the command line or in the environment; clap then parses
 //! everything once more, so the file gets exactly the validation flags get.
 
-use std::{ffi::OsString, path::Path};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+};
 
-use anyhow::{bail, Context as _, Result};
 use clap::{parser::ValueSource, CommandFactory as _};
 
 use crate::cli::Cli;
+
+/// What is wrong with a config file, each worded as the user reads it: the file, then the
+/// problem.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML: the parser's message, without the excerpt of the file it adds.
+    #[error("config file {}: {message}", .path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error(
+        "config file {}: unknown option `{key}`: use one of {known}, command",
+        .path.display()
+    )]
+    UnknownOption {
+        path: PathBuf,
+        key: String,
+        /// The options a file may give, comma-separated.
+        known: String,
+    },
+    #[error("config file {}: `{key}` must be a string or a number", .path.display())]
+    NotScalar { path: PathBuf, key: String },
+    #[error("config file {}: `{key}` must be a list", .path.display())]
+    NotList { path: PathBuf, key: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Returns `argv` with the options of the config file named by `run --config` (or
 /// `BALANCER_CONFIG`) inserted; `argv` unchanged if there is none.
@@ -36,10 +69,13 @@ pub fn apply(argv: Vec<OsString>) -> Result<Vec<OsString>> {
     let Some(path) = run.get_one::<std::path::PathBuf>("config") else {
         return Ok(argv);
     };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        anyhow::anyhow!("config file {}: {}", path.display(), e.message())
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::Parse {
+        path: path.clone(),
+        message: e.message().to_owned(),
     })?;
     let explicit = |id: &str| {
         matches!(
@@ -71,11 +107,11 @@ pub fn apply(argv: Vec<OsString>) -> Result<Vec<OsString>> {
                 .filter_map(|a| a.get_long())
                 .filter(|l| *l != "config")
                 .collect();
-            bail!(
-                "config file {}: unknown option `{key}`: use one of {}, command",
-                path.display(),
-                known.join(", ")
-            );
+            return Err(Error::UnknownOption {
+                path: path.clone(),
+                key: key.clone(),
+                known: known.join(", "),
+            });
         };
         if long == "config" || explicit(arg.get_id().as_str()) {
             continue;
@@ -117,17 +153,22 @@ fn scalar(path: &Path, key: &str, v: &toml::Value) -> Result<String> {
         toml::Value::String(s) => s.clone(),
         toml::Value::Integer(i) => i.to_string(),
         toml::Value::Float(f) => f.to_string(),
-        _ => bail!(
-            "config file {}: `{key}` must be a string or a number",
-            path.display()
-        ),
+        _ => {
+            return Err(Error::NotScalar {
+                path: path.to_owned(),
+                key: key.to_owned(),
+            })
+        }
     })
 }
 
 fn strings(path: &Path, key: &str, v: &toml::Value) -> Result<Vec<String>> {
     match v {
         toml::Value::Array(items) => items.iter().map(|i| scalar(path, key, i)).collect(),
-        _ => bail!("config file {}: `{key}` must be a list", path.display()),
+        _ => Err(Error::NotList {
+            path: path.to_owned(),
+            key: key.to_owned(),
+        }),
     }
 }
 

@@ -12,11 +12,52 @@ use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
 };
 
-use anyhow::{bail, Context as _, Result};
 use nix::sys::socket::{
     bind, getsockname, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType,
     SockaddrStorage,
 };
+
+/// What can go wrong with the listen address, the group's size or its sockets, each worded as
+/// the user reads it: the problem, and the fix where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "bad listen address {0:?}: expected ADDR:PORT such as 0.0.0.0:8080, [::]:8080 or :8080"
+    )]
+    BadAddress(String),
+    #[error("cannot create a socket")]
+    Socket(#[source] nix::Error),
+    #[error(
+        "port {} is in use on {}: stop what listens there (`ss -ltnp 'sport = :{}'`) or pass \
+         another --listen",
+        .0.port(),
+        .0.ip(),
+        .0.port()
+    )]
+    InUse(SocketAddr),
+    #[error("not allowed to bind {0}: ports below 1024 need root or CAP_NET_BIND_SERVICE")]
+    BindDenied(SocketAddr),
+    #[error("cannot bind {0}: the address is not on this machine; use 0.0.0.0 or a local address")]
+    NotLocal(SocketAddr),
+    /// Any other refusal of bind or listen: the message quotes the kernel's.
+    #[error("cannot bind {addr}: {errno}")]
+    Bind { addr: SocketAddr, errno: nix::Error },
+    #[error("listener has no IP address")]
+    NoIpAddress,
+    #[error("--backlog {0}: the accept queue length must be 0 or more (default 1024)")]
+    Backlog(i32),
+    #[error("--workers 0: at least one worker is needed (default: one per CPU)")]
+    NoWorkers,
+    #[error(
+        "--workers {workers} is above the maximum of {max} slots: pass --workers {max} or fewer"
+    )]
+    TooManyWorkers { workers: u32, max: u32 },
+    /// A socket option, or the address of a listener.
+    #[error(transparent)]
+    Sys(#[from] nix::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Parses `ADDR:PORT`, `[V6]:PORT`, `:PORT` or `PORT` (the last two listen on every IPv4 address).
 pub fn parse_addr(s: &str) -> Result<SocketAddr> {
@@ -28,11 +69,9 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr> {
     } else {
         s.to_string()
     };
-    with_host.parse().map_err(|_| {
-        anyhow::anyhow!(
-            "bad listen address {s:?}: expected ADDR:PORT such as 0.0.0.0:8080, [::]:8080 or :8080"
-        )
-    })
+    with_host
+        .parse()
+        .map_err(|_| Error::BadAddress(s.to_owned()))
 }
 
 /// What the slots listen for: TCP connections, or UDP datagrams.
@@ -80,7 +119,7 @@ impl Listener {
         if let Some(v6) = addr.as_sockaddr_in6() {
             return Ok(SocketAddr::from((v6.ip(), v6.port())));
         }
-        bail!("listener has no IP address")
+        Err(Error::NoIpAddress)
     }
 
     /// Connections waiting in a TCP listener's accept queue (`tcpi_unacked` of a listening
@@ -118,8 +157,7 @@ fn new_socket(addr: SocketAddr, transport: Transport, reuseport: bool) -> Result
         Transport::Tcp => SockType::Stream,
         Transport::Udp => SockType::Datagram,
     };
-    let fd =
-        socket(family, kind, SockFlag::SOCK_CLOEXEC, None).context("cannot create a socket")?;
+    let fd = socket(family, kind, SockFlag::SOCK_CLOEXEC, None).map_err(Error::Socket)?;
     // TCP: lets a restarted balancer bind while old connections sit in TIME_WAIT. Not for UDP,
     // where SO_REUSEADDR would let the probe (and anyone else) share the port.
     if transport == Transport::Tcp {
@@ -131,21 +169,12 @@ fn new_socket(addr: SocketAddr, transport: Transport, reuseport: bool) -> Result
     Ok(fd)
 }
 
-fn bind_error(addr: SocketAddr, e: nix::Error) -> anyhow::Error {
+fn bind_error(addr: SocketAddr, e: nix::Error) -> Error {
     match e {
-        nix::Error::EADDRINUSE => anyhow::anyhow!(
-            "port {} is in use on {}: stop what listens there (`ss -ltnp 'sport = :{}'`) or pass another --listen",
-            addr.port(),
-            addr.ip(),
-            addr.port()
-        ),
-        nix::Error::EACCES => anyhow::anyhow!(
-            "not allowed to bind {addr}: ports below 1024 need root or CAP_NET_BIND_SERVICE"
-        ),
-        nix::Error::EADDRNOTAVAIL => {
-            anyhow::anyhow!("cannot bind {addr}: the address is not on this machine; use 0.0.0.0 or a local address")
-        }
-        e => anyhow::anyhow!("cannot bind {addr}: {e}"),
+        nix::Error::EADDRINUSE => Error::InUse(addr),
+        nix::Error::EACCES => Error::BindDenied(addr),
+        nix::Error::EADDRNOTAVAIL => Error::NotLocal(addr),
+        errno => Error::Bind { addr, errno },
     }
 }
 
@@ -199,7 +228,7 @@ pub struct Backlog(i32);
 impl Backlog {
     pub fn new(n: i32) -> Result<Backlog> {
         if n < 0 {
-            bail!("--backlog {n}: the accept queue length must be 0 or more (default 1024)");
+            return Err(Error::Backlog(n));
         }
         Ok(Backlog(n))
     }
@@ -209,10 +238,10 @@ impl Backlog {
 pub fn check_count(workers: u32) -> Result<()> {
     let max = balancer_common::MAX_SLOTS;
     if workers == 0 {
-        bail!("--workers 0: at least one worker is needed (default: one per CPU)");
+        return Err(Error::NoWorkers);
     }
     if workers > max {
-        bail!("--workers {workers} is above the maximum of {max} slots: pass --workers {max} or fewer");
+        return Err(Error::TooManyWorkers { workers, max });
     }
     Ok(())
 }

@@ -12,7 +12,8 @@ fn main() -> ExitCode {
     let argv = match balancer::config::apply(std::env::args_os().collect()) {
         Ok(argv) => argv,
         Err(e) => {
-            eprintln!("balancer: error: {e:#}");
+            // One line: the error and its causes, joined.
+            eprintln!("balancer: error: {:#}", anyhow::Error::new(e));
             return ExitCode::from(2);
         }
     };
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
 fn dispatch(command: Command, json_logs: bool) -> Result<()> {
     match command {
         Command::Run(args) => Ok(supervisor::run(args.into_options(json_logs)?)?),
-        Command::Worker => worker::builtin::run(),
+        Command::Worker => Ok(worker::builtin::run()?),
         Command::Ls { json } => {
             let services = control::running();
             if json {

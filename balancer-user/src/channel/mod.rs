@@ -35,6 +35,7 @@
 //! the control socket and the command line; [`client`]: the commands' side.
 
 pub mod client;
+mod error;
 pub mod metrics;
 pub mod queue;
 pub mod reader;
@@ -49,9 +50,9 @@ use std::{
     },
 };
 
-use anyhow::{Context as _, Result};
 use tokio::io::AsyncWriteExt as _;
 
+pub use error::{Error, Result};
 pub use queue::{Message, Queue};
 pub use received::{Received, Store};
 
@@ -120,8 +121,7 @@ impl Pair {
     pub fn new() -> Result<Pair> {
         // Both ends close-on-exec: the spawn duplicates the worker's end onto its fd number,
         // which clears the flag on that copy only.
-        let (supervisor, worker) = std::os::unix::net::UnixStream::pair()
-            .context("cannot create a worker's message channel")?;
+        let (supervisor, worker) = std::os::unix::net::UnixStream::pair().map_err(Error::Create)?;
         supervisor.set_nonblocking(true)?;
         Ok(Pair {
             worker: worker.into(),

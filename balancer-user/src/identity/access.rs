@@ -20,8 +20,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{bail, Context as _, Result};
-
+use super::{Error, Result};
 use crate::worker::spawn::{Credentials, WorkerCommand};
 
 /// One path to weigh, and what the worker does with it.
@@ -45,15 +44,13 @@ pub fn check(cmd: &WorkerCommand, who: Credentials) -> Result<()> {
     } else {
         "read"
     };
-    bail!(
-        "uid {} (gid {}), which the workers run as, cannot {what} {} ({}): make it and every \
-         directory above it readable by that user (e.g. chmod o+rx, or move it out of /root), \
-         or pass --user with an account that can, or --user root",
-        who.uid,
-        who.gid,
-        need.path.display(),
-        std::io::Error::from_raw_os_error(errno)
-    )
+    Err(Error::Denied {
+        uid: who.uid,
+        gid: who.gid,
+        what,
+        path: need.path.clone(),
+        reason: std::io::Error::from_raw_os_error(errno),
+    })
 }
 
 fn needs(cmd: &WorkerCommand) -> Vec<Need> {
@@ -94,10 +91,10 @@ fn probe(needs: &[Need], who: Credentials) -> Result<Option<(usize, i32)>> {
         .iter()
         .map(|n| CString::new(n.path.as_os_str().as_bytes()))
         .collect::<Result<_, _>>()
-        .context("a path of the worker command holds a NUL byte")?;
+        .map_err(Error::NulInPath)?;
     let modes: Vec<libc::c_int> = needs.iter().map(|n| n.mode).collect();
     let (read, write): (OwnedFd, OwnedFd) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::Pipe)?;
     let out = write.as_raw_fd();
     // Never executed: the child ends in the closure, once it has its answer.
     let mut child = std::process::Command::new("/");
@@ -121,14 +118,13 @@ fn probe(needs: &[Need], who: Credentials) -> Result<Option<(usize, i32)>> {
             libc::_exit(0)
         });
     }
-    let mut child = child.spawn().with_context(|| {
-        format!(
-            "cannot start a process as uid {} gid {} to check the worker command",
-            who.uid, who.gid
-        )
+    let mut child = child.spawn().map_err(|source| Error::StartCheck {
+        uid: who.uid,
+        gid: who.gid,
+        source,
     })?;
     drop(write);
-    child.wait().context("cannot wait for the access check")?;
+    child.wait().map_err(Error::WaitCheck)?;
     let mut answer = [0u8; 8];
     let mut reader = std::fs::File::from(read);
     match reader.read_exact(&mut answer) {

@@ -22,8 +22,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{bail, Context as _, Result};
 use nix::fcntl::{Flock, FlockArg};
+
+use super::{Error, Result};
 
 /// The range systemd leaves to dynamic users (`DynamicUser=`): no distribution gives accounts
 /// there.
@@ -48,14 +49,15 @@ impl Register {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .with_context(|| format!("cannot create the worker id register {}", dir.display()))?;
+            .map_err(|source| Error::CreateRegister {
+                dir: dir.to_owned(),
+                source,
+            })?;
         let meta = std::fs::metadata(dir)?;
         if meta.mode() & 0o022 != 0 || meta.uid() != nix::unistd::geteuid().as_raw() {
-            bail!(
-                "the worker id register {} can be written by other users: make it owned by \
-                 this user with mode 0700, or set BALANCER_RUNTIME_DIR to a private directory",
-                dir.display()
-            );
+            return Err(Error::SharedRegister {
+                dir: dir.to_owned(),
+            });
         }
         let _guard = lock_register(dir)?;
         let file = OpenOptions::new()
@@ -64,10 +66,12 @@ impl Register {
             .write(true)
             .mode(0o600)
             .open(dir.join(std::process::id().to_string()))
-            .with_context(|| format!("cannot write in the worker id register {}", dir.display()))?;
+            .map_err(|source| Error::WriteRegister {
+                dir: dir.to_owned(),
+                source,
+            })?;
         let record = Flock::lock(file, FlockArg::LockExclusiveNonblock)
-            .map_err(|(_, e)| e)
-            .context("cannot lock this supervisor's worker id record")?;
+            .map_err(|(_, e)| Error::LockRecord(e))?;
         Ok(Register {
             dir: dir.to_owned(),
             record,
@@ -91,13 +95,10 @@ impl Register {
                 continue;
             }
             let Some(n) = first_free(key, &taken) else {
-                bail!(
-                    "no free worker id left in {FIRST}-{LAST} (each is an account, a group, or \
-                     another balancer's worker): pass --user with an account for the workers"
-                );
+                return Err(Error::NoFreeId);
             };
             taken.insert(n);
-            writeln!(self.record, "{n} {key}").context("cannot write the worker id record")?;
+            writeln!(self.record, "{n} {key}").map_err(Error::WriteRecord)?;
             self.held.push((n, key.clone()));
             out.push(n);
         }
@@ -155,10 +156,11 @@ fn lock_register(dir: &Path) -> Result<Flock<File>> {
         .write(true)
         .mode(0o600)
         .open(dir.join(".lock"))
-        .with_context(|| format!("cannot open {}/.lock", dir.display()))?;
-    Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .context("cannot lock the worker id register")
+        .map_err(|source| Error::OpenLock {
+            dir: dir.to_owned(),
+            source,
+        })?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| Error::LockRegister(e))
 }
 
 /// The first number from `key`'s hash on that is neither in `taken` nor used on this host.

@@ -24,10 +24,11 @@
 
 pub mod access;
 pub mod claims;
+mod error;
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+pub use error::{Error, Result};
 
 use crate::{
     capabilities,
@@ -59,7 +60,7 @@ impl Identity {
         let root = nix::unistd::geteuid().is_root();
         Ok(match user {
             Some(user) => {
-                let c = Credentials::resolve(user, group)?;
+                let c = Credentials::resolve(user, group).map_err(Error::Account)?;
                 if c.uid == 0 {
                     log::warn!(
                         "workers run as root (--user root): one taken over can write the host's \
@@ -119,7 +120,7 @@ impl Identity {
             Identity::Dynamic(d) => {
                 let key = d.key(slot);
                 let Some(register) = d.register.as_mut() else {
-                    bail!("worker ids are claimed at start")
+                    return Err(Error::Unclaimed);
                 };
                 let uid = register.claim(&[key])?[0];
                 Some(Credentials { uid, gid: d.gid })
@@ -179,13 +180,7 @@ fn require_switching() -> Result<()> {
         .map(|(_, name)| name)
         .collect();
     if !missing.is_empty() {
-        bail!(
-            "workers run as another user, which needs CAP_{}: grant {} (`--cap-add={}` for a \
-             container), or pass --user root to keep workers in this account",
-            missing.join(", CAP_"),
-            if missing.len() == 1 { "it" } else { "them" },
-            missing.join(",")
-        );
+        return Err(Error::Switching { missing });
     }
     Ok(())
 }
@@ -205,11 +200,12 @@ fn require_mapped(first: u32, last: u32) -> Result<()> {
             v.len() == 3 && v[0] <= u64::from(first) && u64::from(last) < v[0] + v[2]
         });
         if !covered {
-            bail!(
-                "workers run as {what}s {first}-{last}, which this user namespace does not map \
-                 ({file}): map them (a rootless container's subordinate ids, /etc/subuid), or \
-                 pass --user with a mapped account, or --user root"
-            );
+            return Err(Error::Unmapped {
+                what,
+                first,
+                last,
+                file,
+            });
         }
     }
     Ok(())

@@ -17,6 +17,7 @@
 //! A line longer than [`MAX_LINE`] bytes is cut into pieces of at most that length, so that one
 //! runaway write cannot hold unbounded memory.
 
+mod error;
 pub mod sink;
 
 use std::{
@@ -26,6 +27,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use tokio::{io::AsyncReadExt as _, sync::broadcast};
+
+pub use error::{Error, Result};
 
 /// Longest line kept whole; longer ones are cut.
 pub const MAX_LINE: usize = 16 * 1024;

@@ -21,9 +21,7 @@ use std::{
     thread::JoinHandle,
 };
 
-use anyhow::{Context as _, Result};
-
-use super::{Line, Stream, SINK_QUEUE};
+use super::{Error, Line, Result, Stream, SINK_QUEUE};
 
 /// Bytes gathered per output before a write.
 const BATCH: usize = 64 * 1024;
@@ -46,26 +44,24 @@ pub fn prepare(opts: &Options) -> Result<()> {
     let Some(dir) = &opts.dir else {
         return Ok(());
     };
-    anyhow::ensure!(
-        opts.max_size >= 4096,
-        "--log-max-size {}: give at least 4096 bytes",
-        opts.max_size
-    );
+    if opts.max_size < 4096 {
+        return Err(Error::MaxSize(opts.max_size));
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("cannot create the log directory {}", dir.display()))?;
+        .map_err(|source| Error::CreateDirectory {
+            dir: dir.clone(),
+            source,
+        })?;
     // A probe write now rather than a silent failure at the first line.
     let probe = dir.join(".balancer-write-test");
     File::create(&probe)
         .and_then(|_| std::fs::remove_file(&probe))
-        .with_context(|| {
-            format!(
-                "cannot write in the log directory {}: pass --log-dir with a directory this \
-                 user may write",
-                dir.display()
-            )
+        .map_err(|source| Error::WriteDirectory {
+            dir: dir.clone(),
+            source,
         })?;
     Ok(())
 }
@@ -77,7 +73,7 @@ pub fn start(opts: Options) -> Result<(SyncSender<Arc<Line>>, JoinHandle<()>)> {
     let thread = std::thread::Builder::new()
         .name("balancer-logs".into())
         .spawn(move || run(opts, rx))
-        .context("cannot start the log thread")?;
+        .map_err(Error::Thread)?;
     Ok((tx, thread))
 }
 

@@ -50,6 +50,16 @@ pub enum Error {
     Killed,
 }
 
+/// `e` and its causes on one line, joined by ": ", as the binary reports an error: for the
+/// control answers and log lines that carry a cause from another module, whose own `{:#}`
+/// shows the first error of the chain only.
+pub(super) fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let causes: Vec<String> = std::iter::successors(Some(e), |&e| e.source())
+        .map(ToString::to_string)
+        .collect();
+    causes.join(": ")
+}
+
 impl Error {
     pub(super) fn listeners(e: impl Into<BoxError>) -> Error {
         Error::Listeners(e.into())
@@ -57,5 +67,22 @@ impl Error {
 
     pub(super) fn kernel(e: impl Into<BoxError>) -> Error {
         Error::Kernel(e.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_gives_a_wrapped_error_with_its_causes() {
+        let e = Error::Spawn(Box::new(crate::worker::spawn::Error::Start {
+            command: "app".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        }));
+        assert_eq!(
+            one_line(&e),
+            "cannot start worker `app`: No such file or directory (os error 2)"
+        );
     }
 }

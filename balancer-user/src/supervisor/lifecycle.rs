@@ -13,7 +13,7 @@ use balancer_common::SlotState;
 use nix::{sys::signal::Signal, unistd::Pid};
 
 use super::{
-    error::{Error, Result},
+    error::{one_line, Error, Result},
     events::Event,
     readiness, Supervisor,
 };
@@ -196,7 +196,10 @@ impl Supervisor {
         // away does not, so move those connections to live slots now.
         if delay >= MIGRATE_AFTER {
             if let Err(e) = self.replace_listener(slot) {
-                log::warn!("slot {slot}: {e:#}; its queued connections wait for the restart");
+                log::warn!(
+                    "slot {slot}: {}; its queued connections wait for the restart",
+                    one_line(&e)
+                );
             }
         }
     }
@@ -215,7 +218,10 @@ impl Supervisor {
         // Nothing will accept from this slot's queue now: swap in a fresh listener and close
         // the old one, so that what waits there moves to live slots.
         if let Err(e) = self.replace_listener(slot) {
-            log::warn!("slot {slot}: {e:#}; its queued connections wait for a reload");
+            log::warn!(
+                "slot {slot}: {}; its queued connections wait for a reload",
+                one_line(&e)
+            );
         }
     }
 
@@ -228,13 +234,10 @@ impl Supervisor {
         }
         self.slots[slot as usize].exits.restarts += 1;
         if let Err(e) = self.start_worker(slot) {
-            log::error!("slot {slot}: {e:#}");
+            let line = one_line(&e);
+            log::error!("slot {slot}: {line}");
             // Treat a failed spawn like an instant exit, so backoff and give-up apply.
-            self.on_exit(
-                slot,
-                generation,
-                Err(std::io::Error::other(format!("{e:#}"))),
-            );
+            self.on_exit(slot, generation, Err(std::io::Error::other(line)));
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use balancer_common::SlotState;
 use nix::{sys::signal::Signal, unistd::Pid};
 
-use super::error::Error;
+use super::error::{one_line, Error};
 use super::{Inbox, Supervisor, STOPPED_MIDWAY};
 use crate::worker::spawn::WorkerCommand;
 
@@ -88,7 +88,7 @@ impl Supervisor {
                 });
             match resolved {
                 Ok(c) => self.command = c,
-                Err(e) => return format!("error: {e:#}; the running workers were kept"),
+                Err(e) => return format!("error: {}; the running workers were kept", one_line(&e)),
             }
         }
         let n = self.slots.len() as u32;
@@ -118,7 +118,8 @@ impl Supervisor {
             if let Err(e) = self.start_worker(slot) {
                 self.slots[slot as usize].worker.retiring = None;
                 return Err(format!(
-                    "error: slot {slot}: {e:#}; slots before it were replaced"
+                    "error: slot {slot}: {}; slots before it were replaced",
+                    one_line(&e)
                 ));
             }
             started.push((slot, self.slots[slot as usize].worker.generation, old));

@@ -4,7 +4,7 @@
 
 use balancer_common::SlotState;
 
-use super::{worker_slot::WorkerSlot, Inbox, Supervisor, STOPPED_MIDWAY};
+use super::{error::one_line, worker_slot::WorkerSlot, Inbox, Supervisor, STOPPED_MIDWAY};
 use crate::listeners;
 
 impl Supervisor {
@@ -27,7 +27,7 @@ impl Supervisor {
             for slot in old..n {
                 let listener = match listeners::bind_one(addr, self.opts.transport, backlog) {
                     Ok(l) => l,
-                    Err(e) => return format!("error: slot {slot}: {e:#}"),
+                    Err(e) => return format!("error: slot {slot}: {}", one_line(&e)),
                 };
                 self.accounting.reset(&self.steering.slots, slot);
                 if let Err(e) = self.steering.insert(slot, &listener) {
@@ -45,7 +45,7 @@ impl Supervisor {
                     return format!("error: {e:#}");
                 }
                 if let Err(e) = self.start_worker(slot) {
-                    return format!("error: slot {slot}: {e:#}");
+                    return format!("error: slot {slot}: {}", one_line(&e));
                 }
             }
         }

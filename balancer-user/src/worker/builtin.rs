@@ -19,12 +19,28 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, Request, Response, StatusCode};
 
 use crate::worker::spawn::{LISTEN_FD, OVERFLOW_FD};
+
+/// What stops the built-in worker, each worded as the user reads it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("LISTEN_FDS or LISTEN_PID is malformed")]
+    Malformed(#[source] std::io::Error),
+    #[error(
+        "no listener passed to this process (LISTEN_FDS and LISTEN_PID): `balancer worker` is \
+         started by `balancer run`, which passes it a listener on fd 3"
+    )]
+    NoListener,
+    /// Its sockets, its runtime, its signal handler.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Longest hold `/work` accepts, so that a typo cannot wedge a worker for hours.
 const MAX_WORK_MS: u64 = 60_000;
@@ -111,12 +127,9 @@ fn check_listen_env() -> Result<()> {
     if fds_only {
         return Ok(());
     }
-    let mut fds = sd_notify::listen_fds().context("LISTEN_FDS or LISTEN_PID is malformed")?;
+    let mut fds = sd_notify::listen_fds().map_err(Error::Malformed)?;
     if fds.next() != Some(LISTEN_FD) {
-        bail!(
-            "no listener passed to this process (LISTEN_FDS and LISTEN_PID): `balancer worker` is \
-             started by `balancer run`, which passes it a listener on fd 3"
-        );
+        return Err(Error::NoListener);
     }
     Ok(())
 }

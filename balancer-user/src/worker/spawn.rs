@@ -15,15 +15,49 @@
 //! which the child fills in before calling `execve` itself.
 
 use std::{
-    ffi::{CString, OsStr, OsString},
+    ffi::{CString, NulError, OsStr, OsString},
+    io,
     os::{
-        fd::{AsRawFd, BorrowedFd},
+        fd::{AsRawFd, BorrowedFd, RawFd},
         unix::{ffi::OsStrExt, process::CommandExt},
     },
     path::{Path, PathBuf},
 };
 
-use anyhow::{bail, Context as _, Result};
+/// What can stop a worker command from being resolved or a worker from being started, each
+/// worded as the user reads it: the problem, and the fix where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("empty worker command")]
+    EmptyCommand,
+    #[error(
+        "worker command not found: {0}: check the spelling, install it, or give its full path"
+    )]
+    NotFound(String),
+    #[error("cannot find the balancer executable")]
+    CurrentExe(#[source] io::Error),
+    #[error("no such user: {0} (see /etc/passwd)")]
+    NoSuchUser(String),
+    #[error("no such group: {0} (see /etc/group)")]
+    NoSuchGroup(String),
+    #[error(
+        "--user {0} needs root (CAP_SETUID and CAP_SETGID) to switch workers to another account"
+    )]
+    NotRoot(String),
+    /// Looking an account or a group up.
+    #[error(transparent)]
+    Lookup(#[from] nix::Error),
+    #[error("argument or environment entry contains a NUL byte")]
+    Nul(#[source] NulError),
+    #[error("cannot start worker `{command}`")]
+    Start {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Fd numbers a worker finds its descriptors at.
 pub const LISTEN_FD: i32 = 3;
@@ -50,14 +84,10 @@ impl WorkerCommand {
     /// instead of as a crash loop.
     pub fn resolve(args: Vec<OsString>) -> Result<WorkerCommand> {
         let Some(first) = args.first() else {
-            bail!("empty worker command")
+            return Err(Error::EmptyCommand);
         };
-        let program = find_program(first).with_context(|| {
-            format!(
-                "worker command not found: {}: check the spelling, install it, or give its full path",
-                first.to_string_lossy()
-            )
-        })?;
+        let program =
+            find_program(first).ok_or_else(|| Error::NotFound(first.to_string_lossy().into()))?;
         Ok(WorkerCommand { program, args })
     }
 
@@ -65,7 +95,7 @@ impl WorkerCommand {
     /// `/proc/self/exe`, which reaches the file without walking its directories: a worker of
     /// another account runs it even from a directory only root may enter (a build under /root).
     pub fn builtin() -> Result<WorkerCommand> {
-        let exe = std::env::current_exe().context("cannot find the balancer executable")?;
+        let exe = std::env::current_exe().map_err(Error::CurrentExe)?;
         Ok(WorkerCommand {
             program: PathBuf::from(SELF_EXE),
             args: vec![exe.into_os_string(), "worker".into()],
@@ -119,19 +149,19 @@ impl Credentials {
             Ok(uid) => User::from_uid(uid.into())?,
             Err(_) => User::from_name(user)?,
         }
-        .with_context(|| format!("no such user: {user} (see /etc/passwd)"))?;
+        .ok_or_else(|| Error::NoSuchUser(user.to_owned()))?;
         let gid = match group {
             None => u.gid.as_raw(),
             Some(g) => match g.parse::<u32>() {
                 Ok(gid) => gid,
                 Err(_) => Group::from_name(g)?
-                    .with_context(|| format!("no such group: {g} (see /etc/group)"))?
+                    .ok_or_else(|| Error::NoSuchGroup(g.to_owned()))?
                     .gid
                     .as_raw(),
             },
         };
         if !nix::unistd::geteuid().is_root() && u.uid != nix::unistd::geteuid() {
-            bail!("--user {user} needs root (CAP_SETUID and CAP_SETGID) to switch workers to another account");
+            return Err(Error::NotRoot(user.to_owned()));
         }
         Ok(Credentials {
             uid: u.uid.as_raw(),
@@ -159,7 +189,7 @@ pub struct Spawn<'a> {
 }
 
 fn cstring(s: impl AsRef<OsStr>) -> Result<CString> {
-    CString::new(s.as_ref().as_bytes()).context("argument or environment entry contains a NUL byte")
+    CString::new(s.as_ref().as_bytes()).map_err(Error::Nul)
 }
 
 /// Forks and execs one worker. The child gets its own process group, so that a Ctrl-C in the
@@ -168,7 +198,42 @@ fn cstring(s: impl AsRef<OsStr>) -> Result<CString> {
 pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Child> {
     let program = cstring(&cmd.program)?;
     let argv: Vec<CString> = cmd.args.iter().map(cstring).collect::<Result<_>>()?;
+    let descriptors = Descriptors::of(&spawn);
+    let (env, pid_index) = environment(&spawn, descriptors.channel_fd)?;
+    let image = ExecImage::new(program, argv, env, pid_index);
 
+    let mut command = std::process::Command::new(&cmd.program);
+    command.process_group(0);
+    // Read by the supervisor line by line (crate::logs), never left to fill up.
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // Switched in the child below rather than by std, which would do it before the bounding
+    // set is emptied, and without CAP_SETPCAP by then.
+    let credentials = spawn.credentials;
+    let drop_groups = nix::unistd::geteuid().is_root();
+    // SAFETY: the closure runs in the forked child and only makes async-signal-safe calls and
+    // writes into memory prepared before the fork (the child's own copy of it).
+    unsafe {
+        command.pre_exec(move || {
+            drop_privileges(credentials, drop_groups)?;
+            descriptors.place()?;
+            image.exec()
+        });
+    }
+    tokio::process::Command::from(command)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|source| Error::Start {
+            command: cmd.display(),
+            source,
+        })
+}
+
+/// The worker's environment: the supervisor's own, less what names descriptors or a slot,
+/// then the worker's listeners, slot, readiness socket and channel. The last entry is
+/// `LISTEN_PID`, with room for the digits the child fills in: the second value is its index.
+fn environment(spawn: &Spawn<'_>, channel_fd: i32) -> Result<(Vec<CString>, usize)> {
     let mut env: Vec<CString> = std::env::vars_os()
         .filter(|(k, _)| {
             !k.to_str()
@@ -202,10 +267,6 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
     if let Some(notify) = &spawn.notify {
         env.push(cstring(format!("NOTIFY_SOCKET={notify}"))?);
     }
-    let channel_fd = match spawn.overflow {
-        Some(_) => OVERFLOW_FD + 1,
-        None => LISTEN_FD + 1,
-    };
     if spawn.channel.is_some() {
         for kv in crate::channel::environment(channel_fd) {
             env.push(cstring(kv)?);
@@ -213,116 +274,137 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
     }
     let pid_index = env.len();
     env.push(cstring(format!("LISTEN_PID={}", "0".repeat(PID_DIGITS)))?);
+    Ok((env, pid_index))
+}
 
-    let image = ExecImage::new(program, argv, env, pid_index);
-    let listener = spawn.listener.as_raw_fd();
-    let overflow = spawn.overflow.map(|o| o.as_raw_fd());
-    let channel = spawn.channel.map(|c| c.as_raw_fd());
-
-    let mut command = std::process::Command::new(&cmd.program);
-    command.process_group(0);
-    // Read by the supervisor line by line (crate::logs), never left to fill up.
-    command
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    // Switched in the child below rather than by std, which would do it before the bounding
-    // set is emptied, and without CAP_SETPCAP by then.
-    let credentials = spawn.credentials;
-    let drop_groups = nix::unistd::geteuid().is_root();
-    // SAFETY: the closure runs in the forked child and only makes async-signal-safe calls and
-    // writes into memory prepared before the fork (the child's own copy of it).
-    unsafe {
-        command.pre_exec(move || {
-            // No capability at all, even as root: the bounding set emptied, so that execve gives
-            // a root worker nothing; and the inheritable set cleared. A worker can then neither
-            // touch BPF objects nor read or trace the supervisor, and the supervisor, holding
-            // capabilities it has not, may read its descriptor table to reconcile its load.
-            for cap in 0..CAP_NUMBERS {
-                // EINVAL: no such capability on this kernel. EPERM: this process cannot drop
-                // capabilities (no CAP_SETPCAP), which `capabilities::require_worker_isolation`
-                // allows only when it holds none worth keeping from a worker.
-                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
-                    && *libc::__errno_location() != libc::EINVAL
-                    && *libc::__errno_location() != libc::EPERM
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // The account last: no supplementary group, then the gid, then the uid (which
-            // drops every capability left when it is not root's).
-            if let Some(c) = credentials {
-                if (drop_groups && libc::setgroups(0, std::ptr::null()) != 0)
-                    || libc::setgid(c.gid) != 0
-                    || libc::setuid(c.uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // After the setuid, which clears the parent-death signal.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if crate::capabilities::clear_inheritable() != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Ambient capabilities (e.g. systemd's AmbientCapabilities=CAP_BPF for the
-            // supervisor) would survive the exec into an unprivileged worker: clear them.
-            if libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL,
-                0,
-                0,
-                0,
-            ) != 0
-                && *libc::__errno_location() != libc::EINVAL
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            // No setuid binary or file capability can give the worker more than it has now.
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Move the fds above the target numbers first, so that no dup2 overwrites another's
-            // source.
-            let l = libc::fcntl(listener, libc::F_DUPFD_CLOEXEC, 10);
-            let o = match overflow {
-                Some(o) => libc::fcntl(o, libc::F_DUPFD_CLOEXEC, 10),
-                None => 0,
-            };
-            let c = match channel {
-                Some(c) => libc::fcntl(c, libc::F_DUPFD_CLOEXEC, 10),
-                None => 0,
-            };
-            if l < 0 || o < 0 || c < 0 || libc::dup2(l, LISTEN_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let mut keep = LISTEN_FD;
-            if overflow.is_some() {
-                if libc::dup2(o, OVERFLOW_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                keep = OVERFLOW_FD;
-            }
-            if channel.is_some() {
-                if libc::dup2(c, channel_fd) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                keep = channel_fd;
-            }
-            // Everything above goes, including fds the supervisor itself inherited without
-            // close-on-exec from whatever started it (a jobserver pipe, a shell's fd): a worker
-            // gets stdio, its listener, nothing else.
-            if libc::syscall(libc::SYS_close_range, keep as u32 + 1, u32::MAX, 0u32) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            image.exec()
-        });
+/// In the forked child: no capability at all, even as root, then the worker's account.
+///
+/// # Safety
+///
+/// Only in the forked child, before the exec: it makes async-signal-safe calls only.
+unsafe fn drop_privileges(credentials: Option<Credentials>, drop_groups: bool) -> io::Result<()> {
+    // No capability at all, even as root: the bounding set emptied, so that execve gives
+    // a root worker nothing; and the inheritable set cleared. A worker can then neither
+    // touch BPF objects nor read or trace the supervisor, and the supervisor, holding
+    // capabilities it has not, may read its descriptor table to reconcile its load.
+    for cap in 0..CAP_NUMBERS {
+        // EINVAL: no such capability on this kernel. EPERM: this process cannot drop
+        // capabilities (no CAP_SETPCAP), which `capabilities::require_worker_isolation`
+        // allows only when it holds none worth keeping from a worker.
+        if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+            && *libc::__errno_location() != libc::EINVAL
+            && *libc::__errno_location() != libc::EPERM
+        {
+            return Err(io::Error::last_os_error());
+        }
     }
-    let child = tokio::process::Command::from(command)
-        .kill_on_drop(false)
-        .spawn()
-        .with_context(|| format!("cannot start worker `{}`", cmd.display()))?;
-    Ok(child)
+    // The account last: no supplementary group, then the gid, then the uid (which
+    // drops every capability left when it is not root's).
+    if let Some(c) = credentials {
+        if (drop_groups && libc::setgroups(0, std::ptr::null()) != 0)
+            || libc::setgid(c.gid) != 0
+            || libc::setuid(c.uid) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // After the setuid, which clears the parent-death signal.
+    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if crate::capabilities::clear_inheritable() != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Ambient capabilities (e.g. systemd's AmbientCapabilities=CAP_BPF for the
+    // supervisor) would survive the exec into an unprivileged worker: clear them.
+    if libc::prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_CLEAR_ALL,
+        0,
+        0,
+        0,
+    ) != 0
+        && *libc::__errno_location() != libc::EINVAL
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // No setuid binary or file capability can give the worker more than it has now.
+    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The supervisor's descriptors a worker gets, by number, for the forked child.
+#[derive(Clone, Copy)]
+struct Descriptors {
+    listener: RawFd,
+    overflow: Option<RawFd>,
+    channel: Option<RawFd>,
+    /// Where the channel goes in the worker: right after the listeners.
+    channel_fd: i32,
+}
+
+impl Descriptors {
+    fn of(spawn: &Spawn<'_>) -> Descriptors {
+        Descriptors {
+            listener: spawn.listener.as_raw_fd(),
+            overflow: spawn.overflow.map(|o| o.as_raw_fd()),
+            channel: spawn.channel.map(|c| c.as_raw_fd()),
+            channel_fd: match spawn.overflow {
+                Some(_) => OVERFLOW_FD + 1,
+                None => LISTEN_FD + 1,
+            },
+        }
+    }
+
+    /// In the forked child: puts each descriptor at its number and closes every other one.
+    ///
+    /// # Safety
+    ///
+    /// Only in the forked child, before the exec: it makes async-signal-safe calls only.
+    unsafe fn place(self) -> io::Result<()> {
+        let Descriptors {
+            listener,
+            overflow,
+            channel,
+            channel_fd,
+        } = self;
+        // Move the fds above the target numbers first, so that no dup2 overwrites another's
+        // source.
+        let l = libc::fcntl(listener, libc::F_DUPFD_CLOEXEC, 10);
+        let o = match overflow {
+            Some(o) => libc::fcntl(o, libc::F_DUPFD_CLOEXEC, 10),
+            None => 0,
+        };
+        let c = match channel {
+            Some(c) => libc::fcntl(c, libc::F_DUPFD_CLOEXEC, 10),
+            None => 0,
+        };
+        if l < 0 || o < 0 || c < 0 || libc::dup2(l, LISTEN_FD) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut keep = LISTEN_FD;
+        if overflow.is_some() {
+            if libc::dup2(o, OVERFLOW_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            keep = OVERFLOW_FD;
+        }
+        if channel.is_some() {
+            if libc::dup2(c, channel_fd) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            keep = channel_fd;
+        }
+        // Everything above goes, including fds the supervisor itself inherited without
+        // close-on-exec from whatever started it (a jobserver pipe, a shell's fd): a worker
+        // gets stdio, its listener, nothing else.
+        if libc::syscall(libc::SYS_close_range, keep as u32 + 1, u32::MAX, 0u32) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 /// The program, argv and environment as `execve` wants them, built before the fork.
@@ -358,7 +440,7 @@ impl ExecImage {
     }
 
     /// In the child: fills in `LISTEN_PID` and replaces the process image. Returns only on error.
-    unsafe fn exec(&self) -> std::io::Result<()> {
+    unsafe fn exec(&self) -> io::Result<()> {
         let entry = self.env[self.pid_index].as_ptr() as *mut u8;
         write_pid(entry.add("LISTEN_PID=".len()), libc::getpid() as u32);
         libc::execve(
@@ -366,7 +448,7 @@ impl ExecImage {
             self.argv_ptrs.as_ptr(),
             self.env_ptrs.as_ptr(),
         );
-        Err(std::io::Error::last_os_error())
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -6,6 +6,7 @@ use std::os::unix::process::ExitStatusExt as _;
 
 use balancer_common::{stats, Policy, OVERFLOW};
 
+use super::error::one_line;
 use super::{worker_slot::WorkerSlot, Supervisor};
 use crate::{
     control::{OverflowStatus, SlotStatus, State, Status},
@@ -154,7 +155,7 @@ impl Supervisor {
                 log::info!("policy is now {}", policy.name());
                 serde_json::json!({ "policy": policy.name() }).to_string()
             }
-            Err(e) => format!("error: {e:#}"),
+            Err(e) => format!("error: {}", one_line(&e)),
         }
     }
 

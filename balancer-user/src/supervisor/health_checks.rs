@@ -14,6 +14,7 @@ use balancer_common::SlotState;
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use super::error::one_line;
 use super::{
     error::{Error, Result},
     events::{Event, Probe},
@@ -77,7 +78,7 @@ impl Supervisor {
             let s = &self.slots[slot as usize];
             if s.worker.serving() && !s.probes.under_way {
                 if let Err(e) = self.probe(slot) {
-                    log::warn!("slot {slot}: cannot start a health probe: {e:#}");
+                    log::warn!("slot {slot}: cannot start a health probe: {}", one_line(&e));
                 }
             }
         }

@@ -19,6 +19,7 @@ use std::{
 
 use nix::{sys::signal::Signal, unistd::Pid};
 
+use super::error::one_line;
 use super::{
     error::{Error, Result},
     events::Event,
@@ -105,7 +106,10 @@ impl Messaging {
                 }
                 self.links.insert(pid, link);
             }
-            Err(e) => log::warn!("slot {slot}: worker {pid} has no message channel: {e:#}"),
+            Err(e) => log::warn!(
+                "slot {slot}: worker {pid} has no message channel: {}",
+                one_line(&e)
+            ),
         }
     }
 

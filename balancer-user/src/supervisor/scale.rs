@@ -15,13 +15,13 @@ impl Supervisor {
     /// migrate path, not reset).
     pub(super) async fn scale(&mut self, n: u32, inbox: &mut Inbox) -> String {
         if let Err(e) = listeners::check_count(n) {
-            return format!("error: {e:#}");
+            return format!("error: {}", one_line(&e));
         }
         let old = self.slots.len() as u32;
         if n > old {
             let addr = match self.slots[0].listener.local_addr() {
                 Ok(a) => a,
-                Err(e) => return format!("error: {e:#}"),
+                Err(e) => return format!("error: {}", one_line(&e)),
             };
             let backlog = listeners::Backlog::new(self.opts.backlog).expect("checked at start");
             for slot in old..n {
@@ -31,7 +31,7 @@ impl Supervisor {
                 };
                 self.accounting.reset(&self.steering.slots, slot);
                 if let Err(e) = self.steering.insert(slot, &listener) {
-                    return format!("error: {e:#}");
+                    return format!("error: {}", one_line(&e));
                 }
                 self.steering.set_state(slot, SlotState::Down);
                 self.steering.slots.set_weight(slot, 1);
@@ -42,7 +42,7 @@ impl Supervisor {
                     .steering
                     .configure(self.opts.workers, self.steering.policy())
                 {
-                    return format!("error: {e:#}");
+                    return format!("error: {}", one_line(&e));
                 }
                 if let Err(e) = self.start_worker(slot) {
                     return format!("error: slot {slot}: {}", one_line(&e));
@@ -85,7 +85,7 @@ impl Supervisor {
                 .steering
                 .configure(self.opts.workers, self.steering.policy())
             {
-                return format!("error: {e:#}");
+                return format!("error: {}", one_line(&e));
             }
             self.steering.refresh_sticky(self.opts.workers);
         }

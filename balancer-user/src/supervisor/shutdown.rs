@@ -7,6 +7,7 @@ use std::time::Duration;
 use balancer_common::SlotState;
 use nix::sys::signal::Signal;
 
+use super::error::one_line;
 use super::{Inbox, Next, Phase, Supervisor};
 
 impl Supervisor {
@@ -21,7 +22,7 @@ impl Supervisor {
         // into the queues within a round trip, which the pause covers, and the workers then
         // serve everything queued before they exit.
         if let Err(e) = self.steering.refuse_new() {
-            log::warn!("{e:#}");
+            log::warn!("{}", one_line(&e));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         // The overflow queue is no worker's own, and a worker on SIGTERM serves only its own

@@ -69,33 +69,52 @@ pub fn apply(argv: Vec<OsString>) -> Result<Vec<OsString>> {
     let Some(path) = run.get_one::<std::path::PathBuf>("config") else {
         return Ok(argv);
     };
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::Parse {
-        path: path.clone(),
-        message: e.message().to_owned(),
-    })?;
+    let table = read(path)?;
     let explicit = |id: &str| {
         matches!(
             run.value_source(id),
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
         )
     };
+    let (injected, worker_command) = flags(path, &table, explicit)?;
+    let has_command = run
+        .get_many::<OsString>("command")
+        .is_some_and(|mut c| c.next().is_some());
+    Ok(splice(
+        argv,
+        injected,
+        worker_command.filter(|_| !has_command),
+    ))
+}
+
+/// The config file as a TOML table.
+fn read(path: &Path) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.parse().map_err(|e: toml::de::Error| Error::Parse {
+        path: path.to_path_buf(),
+        message: e.message().to_owned(),
+    })
+}
+
+/// The file's options as `run` flags, leaving out those the command line or the environment
+/// already set (`explicit`), and its worker `command`, if any.
+fn flags(
+    path: &Path,
+    table: &toml::Table,
+    explicit: impl Fn(&str) -> bool,
+) -> Result<(Vec<OsString>, Option<Vec<OsString>>)> {
     let cmd = Cli::command();
     let run_cmd = cmd.find_subcommand("run").expect("run subcommand");
     let mut injected: Vec<OsString> = Vec::new();
     let mut worker_command: Option<Vec<OsString>> = None;
-    for (key, value) in &table {
+    for (key, value) in table {
         let long = key.replace('_', "-");
         if long == "command" {
-            worker_command = Some(
-                strings(path, key, value)?
-                    .into_iter()
-                    .map(OsString::from)
-                    .collect(),
-            );
+            let words = strings(path, key, value)?;
+            worker_command = Some(words.into_iter().map(OsString::from).collect());
             continue;
         }
         let Some(arg) = run_cmd
@@ -108,7 +127,7 @@ pub fn apply(argv: Vec<OsString>) -> Result<Vec<OsString>> {
                 .filter(|l| *l != "config")
                 .collect();
             return Err(Error::UnknownOption {
-                path: path.clone(),
+                path: path.to_path_buf(),
                 key: key.clone(),
                 known: known.join(", "),
             });
@@ -129,6 +148,16 @@ pub fn apply(argv: Vec<OsString>) -> Result<Vec<OsString>> {
             }
         }
     }
+    Ok((injected, worker_command))
+}
+
+/// `argv` with `injected` right after `run`, and the file's worker `command` at the end, after
+/// `--`.
+fn splice(
+    argv: Vec<OsString>,
+    injected: Vec<OsString>,
+    command: Option<Vec<OsString>>,
+) -> Vec<OsString> {
     let run_at = argv
         .iter()
         .position(|a| a == "run")
@@ -136,16 +165,13 @@ pub fn apply(argv: Vec<OsString>) -> Result<Vec<OsString>> {
     let mut out: Vec<OsString> = argv[..=run_at].to_vec();
     out.extend(injected);
     out.extend(argv[run_at + 1..].iter().cloned());
-    let has_command = run
-        .get_many::<OsString>("command")
-        .is_some_and(|mut c| c.next().is_some());
-    if let (Some(command), false) = (worker_command, has_command) {
+    if let Some(command) = command {
         if !out.iter().any(|a| a == "--") {
             out.push("--".into());
         }
         out.extend(command);
     }
-    Ok(out)
+    out
 }
 
 fn scalar(path: &Path, key: &str, v: &toml::Value) -> Result<String> {

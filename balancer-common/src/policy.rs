@@ -35,6 +35,8 @@ impl Policy {
         Policy::Sticky,
     ];
 
+    /// The policy a `Config::policy` value names; `None` for a value no policy has.
+    #[inline(always)]
     pub const fn from_u32(v: u32) -> Option<Policy> {
         match v {
             0 => Some(Policy::LeastLoaded),
@@ -44,6 +46,46 @@ impl Policy {
             4 => Some(Policy::Weighted),
             5 => Some(Policy::Sticky),
             _ => None,
+        }
+    }
+
+    /// Whether the program counts a connection on its slot when it opens it (and the close
+    /// tracker at its close): every policy but `hash`, under which the kernel's hash places
+    /// connections and the reconciliation counts them.
+    #[inline(always)]
+    pub const fn counts(self) -> bool {
+        match self {
+            Policy::Hash => false,
+            Policy::LeastLoaded
+            | Policy::P2c
+            | Policy::RoundRobin
+            | Policy::Weighted
+            | Policy::Sticky => true,
+        }
+    }
+
+    /// Whether the policy sends a connection to the overflow listener (`--overflow`) when no
+    /// slot is idle, or none is in rotation: least-loaded only.
+    #[inline(always)]
+    pub const fn overflows(self) -> bool {
+        match self {
+            Policy::LeastLoaded => true,
+            Policy::Hash | Policy::P2c | Policy::RoundRobin | Policy::Weighted | Policy::Sticky => {
+                false
+            }
+        }
+    }
+
+    /// Whether the policy reads the client's address to choose: sticky only.
+    #[inline(always)]
+    pub const fn reads_address(self) -> bool {
+        match self {
+            Policy::Sticky => true,
+            Policy::LeastLoaded
+            | Policy::Hash
+            | Policy::P2c
+            | Policy::RoundRobin
+            | Policy::Weighted => false,
         }
     }
 

@@ -358,3 +358,15 @@ fn sticky_index_spreads_clients_over_the_table() {
     );
     assert_eq!(sticky_index([1, 2, 3, 4]), sticky_index([1, 2, 3, 4]));
 }
+
+#[test]
+fn policies_round_trip_and_only_hash_leaves_connections_uncounted() {
+    for p in Policy::ALL {
+        assert_eq!(Policy::from_u32(p as u32), Some(p));
+        assert_eq!(Policy::from_name(p.name()), Some(p));
+        assert_eq!(p.counts(), p != Policy::Hash, "{p:?}");
+        assert_eq!(p.overflows(), p == Policy::LeastLoaded, "{p:?}");
+        assert_eq!(p.reads_address(), p == Policy::Sticky, "{p:?}");
+    }
+    assert_eq!(Policy::from_u32(Policy::ALL.len() as u32), None);
+}

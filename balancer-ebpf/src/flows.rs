@@ -7,16 +7,14 @@
 
 use core::ptr::read_volatile;
 
-use aya_ebpf::{
-    bindings::sk_action::SK_PASS, helpers::bpf_ktime_get_coarse_ns, programs::SkReuseportContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::SkReuseportContext};
 use balancer_common::{
     maps::{self, Flow, FlowKey, FLOW_PROBE, RECORDING_UNTIL, RECORDING_WINDOW_NS},
     stats, OVERFLOW,
 };
 
 use crate::{
-    counting::{add, count},
+    counting::{add, count, FailOpen},
     maps::{COUNTERS, FLOWS, SOCKETS},
 };
 
@@ -55,15 +53,17 @@ pub(crate) fn start_recording() {
 
 /// A segment other than a SYN: if it belongs to a recorded connection (the handshake's last
 /// ACK under SYN cookies), it goes to that connection's slot, which issued the cookie; anything
-/// else (stray ACK, FIN, RST) passes to the kernel. Nothing is counted either way.
+/// else (stray ACK, FIN, RST) passes to the kernel. Nothing is counted on a slot either way.
 #[inline(never)]
-pub(crate) fn follow(ctx: &SkReuseportContext, key: &FlowKey) -> u32 {
+pub(crate) fn follow(ctx: &SkReuseportContext, key: &FlowKey) -> Result<(), FailOpen> {
     match unsafe { FLOWS.get(key) } {
-        Some(f) if SOCKETS.select_reuseport(ctx, f.slot).is_ok() => count(stats::FOLLOWED),
-        Some(_) => count(stats::FALLBACK_SELECT_FAILED),
-        None => count(stats::NOT_A_SYN),
+        Some(f) if SOCKETS.select_reuseport(ctx, f.slot).is_ok() => {
+            count(stats::FOLLOWED);
+            Ok(())
+        }
+        Some(_) => Err(FailOpen::SelectFailed),
+        None => Err(FailOpen::NotASyn),
     }
-    SK_PASS
 }
 
 /// A health probe's SYN: the supervisor recorded its connection (and counted it) before
@@ -103,11 +103,14 @@ pub(crate) fn retransmitted(ctx: &SkReuseportContext, key: &FlowKey, seq: u32) -
 /// the kernel dropped, which no state change reports): the stale record is replaced and the
 /// connection counted on the new choice; the reconciliation keeps the books of the old one.
 #[inline(never)]
-pub(crate) fn recorded_syn(ctx: &SkReuseportContext, key: &FlowKey, new: Flow) -> u32 {
-    let Some(old) = (unsafe { FLOWS.get(key) }).copied() else {
-        count(stats::FALLBACK_MAP_ERROR);
-        return SK_PASS;
-    };
+pub(crate) fn recorded_syn(
+    ctx: &SkReuseportContext,
+    key: &FlowKey,
+    new: Flow,
+) -> Result<(), FailOpen> {
+    let old = (unsafe { FLOWS.get(key) })
+        .copied()
+        .ok_or(FailOpen::MapError)?;
     let same = old.kind == FLOW_PROBE || old.seq == new.seq;
     // A retransmission of a SYN that the overflow queue dropped goes where a new connection
     // would now: to a worker that is idle, or whose own queue it may wait in when the shared
@@ -115,15 +118,14 @@ pub(crate) fn recorded_syn(ctx: &SkReuseportContext, key: &FlowKey, new: Flow) -
     let leaves_overflow = old.slot == OVERFLOW && new.slot != OVERFLOW;
     if same && !leaves_overflow && SOCKETS.select_reuseport(ctx, old.slot).is_ok() {
         count(stats::FOLLOWED);
-        return SK_PASS;
+        return Ok(());
     }
     let moved = Flow {
         kind: old.kind,
         ..new
     };
     if SOCKETS.select_reuseport(ctx, new.slot).is_err() || FLOWS.insert(key, moved, 0).is_err() {
-        count(stats::FALLBACK_SELECT_FAILED);
-        return SK_PASS;
+        return Err(FailOpen::SelectFailed);
     }
     start_recording();
     if same {
@@ -133,5 +135,5 @@ pub(crate) fn recorded_syn(ctx: &SkReuseportContext, key: &FlowKey, new: Flow) -
         count(stats::STALE_FLOW);
     }
     add(new.slot, false);
-    SK_PASS
+    Ok(())
 }

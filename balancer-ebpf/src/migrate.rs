@@ -3,7 +3,6 @@
 //! queued connection, so that they move to a live slot instead of being reset.
 
 use aya_ebpf::{
-    bindings::sk_action::SK_PASS,
     helpers::bpf_get_socket_cookie,
     programs::{SkReuseportContext, SockContext},
 };
@@ -11,7 +10,7 @@ use balancer_common::{maps::Flow, policy, stats, Policy};
 
 use crate::{
     closes,
-    counting::{add, count},
+    counting::{add, count, FailOpen},
     flows::start_recording,
     maps::{CONFIG, FLOWS, LISTENERS, SOCKETS},
     select::{looped, random},
@@ -29,25 +28,18 @@ const TCP_ESTABLISHED: u32 = 1;
 /// `OWNERS`, so its move is recorded in `FLOWS` for the close tracker; a handshake in progress
 /// needs no record: its socket will be created by the new listener and inherit its slot.
 #[inline(never)]
-pub(crate) fn migrate(ctx: &SkReuseportContext, migrating: &SockContext) -> u32 {
-    let Some(config) = CONFIG.get(0) else {
-        count(stats::FALLBACK_MAP_ERROR);
-        return SK_PASS;
-    };
+pub(crate) fn migrate(ctx: &SkReuseportContext, migrating: &SockContext) -> Result<(), FailOpen> {
+    let config = CONFIG.get(0).ok_or(FailOpen::MapError)?;
     // Looped only: in-line candidates here lead LLVM to code the verifier rejects ("!read_ok"),
     // and this rare path has no need of them.
-    let Some(index) = looped(policy::Scan::new(config.slots, random())) else {
-        count(stats::FALLBACK_NO_SLOT);
-        return SK_PASS;
-    };
+    let index = looped(policy::Scan::new(config.slots, random())).ok_or(FailOpen::NoSlot)?;
     if SOCKETS.select_reuseport(ctx, index).is_err() {
-        count(stats::FALLBACK_SELECT_FAILED);
-        return SK_PASS;
+        return Err(FailOpen::SelectFailed);
     }
     count(stats::MIGRATED);
     if config.policy == Policy::Hash as u32 {
         // Nothing was counted for it.
-        return SK_PASS;
+        return Ok(());
     }
     let key = closes::flow_of(migrating.sock);
     let previous = unsafe { FLOWS.get(key) }.copied();
@@ -57,7 +49,7 @@ pub(crate) fn migrate(ctx: &SkReuseportContext, migrating: &SockContext) -> u32 
         None => unsafe { LISTENERS.get(cookie) }.copied(),
     };
     if from == Some(index) {
-        return SK_PASS;
+        return Ok(());
     }
     let established = unsafe { (*migrating.sock).state } == TCP_ESTABLISHED;
     if established || previous.is_some() {
@@ -66,7 +58,7 @@ pub(crate) fn migrate(ctx: &SkReuseportContext, migrating: &SockContext) -> u32 
             ..previous.unwrap_or_default()
         };
         if FLOWS.insert(key, moved, 0).is_err() {
-            return SK_PASS;
+            return Ok(());
         }
         start_recording();
     }
@@ -74,5 +66,5 @@ pub(crate) fn migrate(ctx: &SkReuseportContext, migrating: &SockContext) -> u32 
     if let Some(old) = from {
         add(old, true);
     }
-    SK_PASS
+    Ok(())
 }

@@ -76,27 +76,33 @@ pub(crate) fn blank_key(key: &mut core::mem::MaybeUninit<FlowKey>) -> &mut FlowK
     unsafe { key.assume_init_mut() }
 }
 
-pub(crate) const SEGMENT_INVALID: u32 = 0;
-pub(crate) const SEGMENT_SYN: u32 = 1;
-const SEGMENT_OTHER: u32 = 2;
+/// What a TCP segment is to the program.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Segment {
+    /// Too short to hold a TCP header.
+    Invalid,
+    /// A pure SYN: it opens a connection.
+    Syn,
+    /// Anything else: an ACK, FIN or RST, or a SYN carrying one of them.
+    Other,
+}
 
 /// Reads a TCP segment's ports into `key` and its sequence number into `seq` (the addresses
-/// only when a record is looked up: see [`addresses`]); tells whether the segment is a pure SYN
-/// (`SEGMENT_SYN`), another segment, or unreadable.
+/// only when a record is looked up: see [`addresses`]); tells what the segment is.
 #[inline(always)]
-pub(crate) fn tcp_segment(ctx: &SkReuseportContext, key: &mut FlowKey, seq: &mut u32) -> u32 {
+pub(crate) fn tcp_segment(ctx: &SkReuseportContext, key: &mut FlowKey, seq: &mut u32) -> Segment {
     // `data` starts at the TCP header: ports in its first word, flags at byte 13. The bounds
     // check against data_end is what lets the verifier accept the reads.
     let data = ctx.data();
     if data + 14 > ctx.data_end() {
-        return SEGMENT_INVALID;
+        return Segment::Invalid;
     }
     let flags = unsafe { *((data + 13) as *const u8) };
     key.ports = unsafe { *(data as *const u32) };
     *seq = unsafe { *((data + 4) as *const u32) };
     if flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAGS_NOT_OPENING == 0 {
-        SEGMENT_SYN
+        Segment::Syn
     } else {
-        SEGMENT_OTHER
+        Segment::Other
     }
 }

@@ -6,13 +6,13 @@ use aya_ebpf::{
     helpers::bpf_get_socket_cookie,
     programs::{SkReuseportContext, SockContext},
 };
-use balancer_common::{maps::Flow, policy, stats, Policy};
+use balancer_common::{maps::Flow, policy, stats, Config, Policy};
 
 use crate::{
     closes,
     counting::{add, count, FailOpen},
     flows::start_recording,
-    maps::{CONFIG, FLOWS, LISTENERS, SOCKETS},
+    maps::{FLOWS, LISTENERS, SOCKETS},
     select::{looped, random},
 };
 
@@ -28,8 +28,12 @@ const TCP_ESTABLISHED: u32 = 1;
 /// `OWNERS`, so its move is recorded in `FLOWS` for the close tracker; a handshake in progress
 /// needs no record: its socket will be created by the new listener and inherit its slot.
 #[inline(never)]
-pub(crate) fn migrate(ctx: &SkReuseportContext, migrating: &SockContext) -> Result<(), FailOpen> {
-    let config = CONFIG.get(0).ok_or(FailOpen::MapError)?;
+pub(crate) fn migrate(
+    ctx: &SkReuseportContext,
+    migrating: &SockContext,
+    config: &Config,
+    policy: Policy,
+) -> Result<(), FailOpen> {
     // Looped only: in-line candidates here lead LLVM to code the verifier rejects ("!read_ok"),
     // and this rare path has no need of them.
     let index = looped(policy::Scan::new(config.slots, random())).ok_or(FailOpen::NoSlot)?;
@@ -37,7 +41,7 @@ pub(crate) fn migrate(ctx: &SkReuseportContext, migrating: &SockContext) -> Resu
         return Err(FailOpen::SelectFailed);
     }
     count(stats::MIGRATED);
-    if config.policy == Policy::Hash as u32 {
+    if !policy.counts() {
         // Nothing was counted for it.
         return Ok(());
     }

@@ -14,38 +14,46 @@ use crate::maps::{RANDOM, SLOTS, STICKY, TICKETS};
 /// Candidates offered in line, before `bpf_loop` takes the rest.
 const IN_LINE: u32 = 2;
 
-/// The slot the policy in force picks for a new connection (or datagram) from `remote`
-/// (read only by the sticky policy).
+/// The slot `policy` picks for a new connection (or datagram) from `remote` (read only by the
+/// sticky policy) among the `config.slots` slots.
 #[inline(always)]
-pub(crate) fn choose(config: &Config, remote: &[u32; 4]) -> Option<u32> {
+pub(crate) fn choose(config: &Config, policy: Policy, remote: &[u32; 4]) -> Option<u32> {
     let slots = config.slots;
-    let policy = config.policy;
     // Policies that name one slot directly; if it is not up, least-loaded chooses instead.
-    let direct = if policy == Policy::RoundRobin as u32 {
-        TICKETS.get_ptr_mut(0).and_then(|t| unsafe {
+    match direct(policy, slots, remote).filter(|&slot| selectable(slot)) {
+        Some(slot) => Some(slot),
+        None => least_loaded(scan(policy, slots, random())),
+    }
+}
+
+/// The slot a policy that names one directly names: round-robin's next in turn, sticky's for
+/// the client; `None` under the others, which scan.
+#[inline(always)]
+fn direct(policy: Policy, slots: u32, remote: &[u32; 4]) -> Option<u32> {
+    match policy {
+        Policy::RoundRobin => TICKETS.get_ptr_mut(0).and_then(|t| unsafe {
             // Per CPU: no other CPU touches this ticket.
             *t += 1;
             policy::round_robin(*t, slots)
-        })
-    } else if policy == Policy::Sticky as u32 {
-        STICKY
-            .get(policy::sticky_index(*remote))
-            .map(|&slot| slot as u32)
-    } else {
-        None
-    };
-    match direct.filter(|&slot| is_up(slot)) {
-        Some(slot) => Some(slot),
-        None => least_loaded({
-            let seed = random();
-            if policy == Policy::P2c as u32 {
-                policy::Scan::pair(slots, seed)
-            } else if policy == Policy::Weighted as u32 {
-                policy::Scan::weighted(slots, seed)
-            } else {
-                policy::Scan::first_idle(slots, seed)
-            }
         }),
+        Policy::Sticky => STICKY
+            .get(policy::sticky_index(*remote))
+            .map(|&slot| slot as u32),
+        Policy::LeastLoaded | Policy::Hash | Policy::P2c | Policy::Weighted => None,
+    }
+}
+
+/// The least-loaded scan of `policy` with random `seed`: two random slots under p2c, load
+/// relative to weight under weighted, else the first idle slot from a random start (also where
+/// round-robin's or sticky's own slot is not up).
+#[inline(always)]
+fn scan(policy: Policy, slots: u32, seed: u64) -> policy::Scan {
+    match policy {
+        Policy::P2c => policy::Scan::pair(slots, seed),
+        Policy::Weighted => policy::Scan::weighted(slots, seed),
+        Policy::LeastLoaded | Policy::Hash | Policy::RoundRobin | Policy::Sticky => {
+            policy::Scan::first_idle(slots, seed)
+        }
     }
 }
 
@@ -91,7 +99,8 @@ extern "C" fn consider(i: u64, scan: *mut c_void) -> i64 {
     offer(unsafe { &mut *(scan as *mut policy::Scan) }, i as u32) as i64
 }
 
-/// Offers candidate `i` of the scan to the policy if its slot is up; true when the scan is over.
+/// Offers candidate `i` of the scan to the policy if its slot is selectable (up); true when the
+/// scan is over.
 #[inline(always)]
 fn offer(scan: &mut policy::Scan, i: u32) -> bool {
     let slot = scan.slot(i);
@@ -101,7 +110,7 @@ fn offer(scan: &mut policy::Scan, i: u32) -> bool {
     // Volatile: other CPUs and user space change these under us; the compiler must not cache
     // them.
     unsafe {
-        if read_volatile(&(*s).state) == SlotState::Up as u32 {
+        if SlotState::from_u32(read_volatile(&(*s).state)).is_selectable() {
             let load = load(read_volatile(&(*s).assigned), read_volatile(&(*s).closed));
             return scan.offer(slot, load, read_volatile(&(*s).weight));
         }
@@ -109,11 +118,12 @@ fn offer(scan: &mut policy::Scan, i: u32) -> bool {
     false
 }
 
+/// Whether the program may send a new connection to `slot` (it is up).
 #[inline(always)]
-fn is_up(slot: u32) -> bool {
+fn selectable(slot: u32) -> bool {
     SLOTS
         .get_ptr(slot)
-        .is_some_and(|s| unsafe { read_volatile(&(*s).state) } == SlotState::Up as u32)
+        .is_some_and(|s| SlotState::from_u32(unsafe { read_volatile(&(*s).state) }).is_selectable())
 }
 
 /// A slot's load (0 for an index out of range).

@@ -41,14 +41,17 @@ use crate::{
 /// while the supervisor stops. An error tells why it fails open instead.
 #[inline(always)]
 pub(crate) fn try_balancer(ctx: &SkReuseportContext) -> Result<u32, FailOpen> {
+    // The configuration is read on each side of this branch, not once before it: read before,
+    // it makes the verifier walk about half as many instructions again.
     if let Some(migrating) = ctx.migrating_sk() {
-        return migrate(ctx, &migrating).map(|()| SK_PASS);
+        let (config, policy) = configuration()?;
+        return migrate(ctx, &migrating, config, policy).map(|()| SK_PASS);
     }
-    let config = CONFIG.get(0).ok_or(FailOpen::MapError)?;
+    let (config, policy) = configuration()?;
     let mut blank = MaybeUninit::uninit();
     let key = blank_key(&mut blank);
     let mut seq = 0u32;
-    if config.policy == Policy::Hash as u32 && config.stopping == 0 {
+    if policy == Policy::Hash && config.stopping == 0 {
         return hashed(ctx, config, key, &mut seq);
     }
     let tcp = ctx.ip_protocol() == IPPROTO_TCP;
@@ -73,7 +76,7 @@ pub(crate) fn try_balancer(ctx: &SkReuseportContext) -> Result<u32, FailOpen> {
     }
     // Sticky needs the client's address; a datagram is steered one by one, nothing to follow
     // or count.
-    if config.policy == Policy::Sticky as u32 && !lookup && !addresses(ctx, key) {
+    if policy.reads_address() && !lookup && !addresses(ctx, key) {
         return Err(FailOpen::MapError);
     }
     if config.stopping != 0 {
@@ -81,7 +84,7 @@ pub(crate) fn try_balancer(ctx: &SkReuseportContext) -> Result<u32, FailOpen> {
         count(stats::REFUSED);
         return Ok(SK_DROP);
     }
-    let Some(index) = chosen(config, &key.remote, tcp) else {
+    let Some(index) = chosen(config, policy, &key.remote, tcp) else {
         // No slot in rotation: a health probe still reaches the slot it checks, and a SYN
         // retransmitted after a full queue dropped it still goes to the slot that counted it.
         // Left to the kernel's hash, it would be counted nowhere and could land in the full
@@ -91,7 +94,7 @@ pub(crate) fn try_balancer(ctx: &SkReuseportContext) -> Result<u32, FailOpen> {
         }
         return Err(FailOpen::NoSlot);
     };
-    let (index, load) = overflowed(config, index, tcp);
+    let (index, load) = overflowed(config, policy, index, tcp);
     let flow = Flow {
         slot: index,
         seq,
@@ -99,6 +102,16 @@ pub(crate) fn try_balancer(ctx: &SkReuseportContext) -> Result<u32, FailOpen> {
     };
     let crowded = tcp && load >= config.crowded as u64;
     place(ctx, key, flow, tcp, crowded, lookup)
+}
+
+/// `CONFIG` and the policy it names, decoded once: the program matches a [`Policy`], not its
+/// number, so that a new policy must be placed in every match. A value no policy has cannot
+/// come from the supervisor; it reads as a configuration that cannot be read.
+#[inline(always)]
+fn configuration() -> Result<(&'static Config, Policy), FailOpen> {
+    let config = CONFIG.get(0).ok_or(FailOpen::MapError)?;
+    let policy = Policy::from_u32(config.policy).ok_or(FailOpen::MapError)?;
+    Ok((config, policy))
 }
 
 /// The `hash` policy: the kernel's own choice, by request, at the fixed cost of running a
@@ -124,29 +137,30 @@ fn hashed(
     Err(FailOpen::HashPolicy)
 }
 
-/// The slot the policy chooses for a connection from `remote`, else, with no worker in rotation
-/// (all stalled, or unhealthy), the overflow listener while its queue has room: it is where a
+/// The slot `policy` chooses for a connection from `remote`, else, with no worker in rotation
+/// (all stalled, or unhealthy), the overflow listener (least-loaded only) while its queue has
+/// room: it is where a
 /// connection waits for the first of them to come back. The kernel's hash could pick the full
 /// overflow listener, and pick it again for every retransmission.
 #[inline(always)]
-fn chosen(config: &Config, remote: &[u32; 4], tcp: bool) -> Option<u32> {
-    choose(config, remote).or_else(|| {
-        (tcp && config.policy == Policy::LeastLoaded as u32
+fn chosen(config: &Config, policy: Policy, remote: &[u32; 4], tcp: bool) -> Option<u32> {
+    choose(config, policy, remote).or_else(|| {
+        (tcp && policy.overflows()
             && config.overflow != 0
             && load_of(OVERFLOW) < config.overflow as u64)
             .then_some(OVERFLOW)
     })
 }
 
-/// `index` and its load (0 for a datagram), or the overflow listener and its load when `index`
-/// holds work. Rather than queue behind some worker's current request, a connection waits in
+/// `index` and its load (0 for a datagram), or, under least-loaded, the overflow listener and
+/// its load when `index` holds work. Rather than queue behind some worker's current request, a connection waits in
 /// the queue that every worker takes from when it frees up, while it has room. A full one
 /// would drop the SYN, and every retransmission of a burst would come back to it, while the
 /// workers' own queues, which they empty at once, stood empty.
 #[inline(always)]
-fn overflowed(config: &Config, index: u32, tcp: bool) -> (u32, u64) {
+fn overflowed(config: &Config, policy: Policy, index: u32, tcp: bool) -> (u32, u64) {
     let load = if tcp { load_of(index) } else { 0 };
-    if config.overflow != 0 && load > 0 && config.policy == Policy::LeastLoaded as u32 {
+    if config.overflow != 0 && load > 0 && policy.overflows() {
         let waiting = load_of(OVERFLOW);
         if waiting < config.overflow as u64 {
             count(stats::OVERFLOWED);

@@ -42,7 +42,7 @@ use crate::{
 #[inline(always)]
 pub(crate) fn try_balancer(ctx: &SkReuseportContext) -> Result<u32, FailOpen> {
     // The configuration is read on each side of this branch, not once before it: read before,
-    // it makes the verifier walk about half as many instructions again.
+    // it makes the verifier walk about 94,000 instructions instead of 66,000.
     if let Some(migrating) = ctx.migrating_sk() {
         let (config, policy) = configuration()?;
         return migrate(ctx, &migrating, config, policy).map(|()| SK_PASS);

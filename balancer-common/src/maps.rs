@@ -4,7 +4,7 @@
 //! the steering program adds to [`Slot::assigned`] when the first SYN of a connection is sent to
 //! the slot, the close tracker adds to [`Slot::closed`] when the server side of that connection
 //! closes. Neither is ever decremented, so a lost race costs at most a momentarily stale reading.
-//! The supervisor's reconciliation (balancer-user's `accounting` module) compares the difference
+//! The supervisor's reconciliation (balancer-user's `rules::accounting`) compares the difference
 //! with what the kernel holds for the slot and adds to one counter or the other when they part.
 
 /// Room in every per-slot map. A `u16`-sized reuseport group holds at most 65535 sockets; 1024
@@ -19,13 +19,14 @@ pub const OVERFLOW: u32 = MAX_SLOTS;
 /// Entries of the per-slot maps: every worker slot and the overflow listener.
 pub const SLOT_ENTRIES: u32 = MAX_SLOTS + 1;
 
-/// Entries of the `FLOWS` table: connections followed from their first SYN to their close. Past
-/// this many at once the least recently used entry goes and its close is not seen; the
-/// reconciliation then puts the slot's count right.
+/// Entries of the `FLOWS` table: the few connections that need a record (a SYN sent to a
+/// crowded slot, a connection moved off a closing listener, a health probe). Past this many at
+/// once the least recently used entry goes; the reconciliation then puts the slot's count right.
 pub const FLOWS_DEFAULT: u32 = 262_144;
 
 /// Names of the maps and programs in the object file, shared so that a rename breaks the build,
-/// not the load.
+/// not the load: balancer-user's build script fails when the object it built holds a map or
+/// program that [`MAP_NAMES`] or [`PROGRAM_NAMES`] does not list, or lacks one they list.
 pub const SOCKETS_MAP: &str = "SOCKETS";
 pub const SLOTS_MAP: &str = "SLOTS";
 pub const CONFIG_MAP: &str = "CONFIG";
@@ -37,14 +38,42 @@ pub const TICKETS_MAP: &str = "TICKETS";
 pub const RANDOM_MAP: &str = "RANDOM";
 pub const LISTENERS_MAP: &str = "LISTENERS";
 pub const WORKERS_MAP: &str = "WORKERS";
-pub const TAKES_PROGRAM: &str = "takes";
-/// The tracepoint the taker tracker attaches to: a process reading from a TCP socket.
-pub const TAKES_TRACEPOINT: &str = "tcp_rcv_space_adjust";
 pub const STICKY_MAP: &str = "STICKY";
+/// The program's log records: defined by aya-log-ebpf, read by aya-log.
+pub const LOG_MAP: &str = "AYA_LOGS";
 pub const PROGRAM: &str = "balancer";
 pub const CLOSES_PROGRAM: &str = "closes";
 /// The tracepoint the close tracker attaches to: every TCP state change of every socket.
 pub const CLOSES_TRACEPOINT: &str = "inet_sock_set_state";
+pub const TAKES_PROGRAM: &str = "takes";
+/// The tracepoint the taker tracker attaches to: a process reading from a TCP socket.
+pub const TAKES_TRACEPOINT: &str = "tcp_rcv_space_adjust";
+
+/// Every map of the object file.
+pub const MAP_NAMES: &[&str] = &[
+    SOCKETS_MAP,
+    SLOTS_MAP,
+    CONFIG_MAP,
+    STATS_MAP,
+    COUNTERS_MAP,
+    FLOWS_MAP,
+    OWNERS_MAP,
+    TICKETS_MAP,
+    RANDOM_MAP,
+    LISTENERS_MAP,
+    WORKERS_MAP,
+    STICKY_MAP,
+    LOG_MAP,
+];
+
+/// Every program of the object file.
+pub const PROGRAM_NAMES: &[&str] = &[PROGRAM, CLOSES_PROGRAM, TAKES_PROGRAM];
+
+/// The tracepoint programs and the tracepoint each attaches to, which their section names.
+pub const TRACEPOINTS: &[(&str, &str)] = &[
+    (CLOSES_PROGRAM, CLOSES_TRACEPOINT),
+    (TAKES_PROGRAM, TAKES_TRACEPOINT),
+];
 
 /// Whether the program may send new connections to a slot.
 #[repr(u32)]
@@ -63,6 +92,8 @@ pub enum SlotState {
 }
 
 impl SlotState {
+    /// The state a `Slot::state` value names; a value no state has reads as `Down`.
+    #[inline(always)]
     pub const fn from_u32(v: u32) -> SlotState {
         match v {
             1 => SlotState::Up,
@@ -70,6 +101,18 @@ impl SlotState {
             3 => SlotState::Stalled,
             4 => SlotState::Unhealthy,
             _ => SlotState::Down,
+        }
+    }
+
+    /// Whether the program may send a new connection to a slot in this state. Exhaustive, so
+    /// that a new state must be placed on one side or the other.
+    #[inline(always)]
+    pub const fn is_selectable(self) -> bool {
+        match self {
+            SlotState::Up => true,
+            SlotState::Down | SlotState::Draining | SlotState::Stalled | SlotState::Unhealthy => {
+                false
+            }
         }
     }
 
@@ -286,9 +329,24 @@ mod tests {
             SlotState::Up,
             SlotState::Draining,
             SlotState::Stalled,
+            SlotState::Unhealthy,
         ] {
             assert_eq!(SlotState::from_u32(s as u32), s);
+            assert_eq!(s.is_selectable(), s == SlotState::Up, "{s:?}");
         }
         assert_eq!(SlotState::from_u32(77), SlotState::Down);
+        assert!(!SlotState::from_u32(77).is_selectable());
+    }
+
+    #[test]
+    fn every_name_is_listed_once() {
+        for list in [MAP_NAMES, PROGRAM_NAMES] {
+            for (i, a) in list.iter().enumerate() {
+                assert!(!list[i + 1..].contains(a), "{a} listed twice");
+            }
+        }
+        for (program, _) in TRACEPOINTS {
+            assert!(PROGRAM_NAMES.contains(program), "{program}");
+        }
     }
 }

@@ -33,7 +33,10 @@ use aya_ebpf::{
 };
 use balancer_common::maps::{FlowKey, Owner};
 
-use crate::{recording, CONFIG, FLOWS, SLOTS};
+use crate::{
+    flows::recording,
+    maps::{CONFIG, FLOWS, SLOTS},
+};
 
 /// The layout of a BTF map definition (what libbpf's `__uint`/`__type` macros declare): the
 /// loader reads each property from the type of its field. aya-ebpf's own `SkStorage` fixes the

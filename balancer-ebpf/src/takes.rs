@@ -25,7 +25,12 @@ use aya_ebpf::{
 };
 use balancer_common::{maps::OVERFLOW, MAX_SLOTS};
 
-use crate::{add, closes, recording, CONFIG, FLOWS};
+use crate::{
+    closes,
+    counting::add,
+    flows::recording,
+    maps::{CONFIG, FLOWS},
+};
 
 /// A worker process (thread group id) -> its slot. Written by the supervisor at each spawn and
 /// exit; two entries per slot while a reload overlaps the old and the new worker.

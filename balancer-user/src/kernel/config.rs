@@ -1,6 +1,6 @@
-//! `CONFIG`: the one-entry array both programs read their settings from (the policy, the slot
-//! count, the port, the stopping flag...; see [`balancer_common::Config`]), written only by the
-//! supervisor.
+//! `CONFIG`: the one-entry array the three programs read their settings from (the policy, the
+//! slot count, the port, the stopping flag...; see [`balancer_common::Config`]), written only by
+//! the supervisor.
 
 use aya::maps::{Array, MapData};
 use balancer_common::{Config as Values, Policy};
@@ -32,7 +32,9 @@ impl Config {
         self.0.set(0, values, 0).map_err(Error::Configure)
     }
 
-    /// The policy in force; least-loaded, the program's own default, if none is readable.
+    /// The policy in force; least-loaded, an all-zero entry's, if the map cannot be read. A
+    /// number no policy has (the supervisor never writes one) also reads as least-loaded here,
+    /// where the program fails open on it.
     pub fn policy(&self) -> Policy {
         Policy::from_u32(self.get().policy).unwrap_or(Policy::LeastLoaded)
     }

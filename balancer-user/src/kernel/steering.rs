@@ -182,7 +182,7 @@ impl Steering {
     /// Whether a listener's connections are counted at their close: not under the `hash`
     /// policy, under which the program counts nothing when they open.
     fn counted(&self) -> bool {
-        self.policy() != Policy::Hash
+        self.policy().counts()
     }
 
     /// Records `key` as a connection of `slot` (a health probe about to connect).

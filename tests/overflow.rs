@@ -254,3 +254,35 @@ fn a_burst_of_thousands_at_the_default_backlog_sends_each_connection_to_the_queu
     assert_eq!(s["overflow"]["load"], 0, "{s}");
     assert_eq!(s["overflow"]["assigned"], s["overflow"]["closed"], "{s}");
 }
+
+#[test]
+fn clients_that_reset_mid_request_leave_the_worker_free_for_the_queue() {
+    use std::io::Write as _;
+    netns();
+    let b = Balancer::start(8080, 1, &[]);
+    // Each client sends its request and resets at once: the worker reads the request, then
+    // the reset, and hyper drops the request's answer unwritten. The worker must still count
+    // that request done, or it never takes from the shared queue again.
+    for _ in 0..300 {
+        let mut s = connect(b.addr).unwrap();
+        s.write_all(b"GET /work?ms=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        reset(s);
+    }
+    // The one worker held: the next connections wait in the shared queue, and the worker
+    // takes them once the hold ends.
+    let held = hold_on_new_connections(&b, "/work?ms=", &[500]);
+    let queued = timed_gets(b.addr, 3, "/");
+    for (reply, took) in &queued {
+        assert_eq!(reply.status, 200);
+        assert!(
+            *took < Duration::from_secs(3),
+            "waited past the hold in the shared queue: {queued:?}; status: {}",
+            b.status().unwrap()
+        );
+    }
+    assert_eq!(program(&b, "overflowed"), 3, "{}", b.status().unwrap());
+    for t in held {
+        t.join().unwrap();
+    }
+}

@@ -66,14 +66,26 @@ struct Work {
 }
 
 impl Work {
-    fn begin(&self) {
+    /// A request begins: counted until the returned guard drops, whether its answer was
+    /// written or the connection died with the answer unwritten (hyper then drops it unpolled).
+    fn begin(&self) -> InFlight {
         if !self.pending.replace(false) {
             self.books.add_busy();
         }
+        InFlight(self.books.clone())
     }
 
     fn end(&self) {
         self.books.sub_busy();
+    }
+}
+
+/// A request in flight; see [`Work::begin`].
+struct InFlight(Rc<Books>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.sub_busy();
     }
 }
 
@@ -179,12 +191,11 @@ async fn connection(
     let seen = begun.clone();
     let service = service_fn(move |req| {
         seen.set(seen.get() + 1);
-        let work = work.clone();
-        work.begin();
+        let in_flight = work.begin();
         let answer = builtin::handle(req, slot.clone(), pid);
         async move {
             let answer = answer.await;
-            work.end();
+            drop(in_flight);
             answer
         }
     });
@@ -285,22 +296,25 @@ pub(super) async fn serve(
 }
 
 /// One wait of an idle worker: blocks the thread until its own listener or the shared queue
-/// has a connection (at most [`SWEEP`]), then takes what it finds, its own queue first.
+/// has a connection (at most [`SWEEP`]), then takes what it finds.
+///
+/// The shared queue first: an exclusive wake-up stops at this worker, and the workers after it
+/// never hear of that connection (epoll learns of a readiness only through wake-ups), so the
+/// worker that was woken must take it, or it waits for whoever next looks. A connection in
+/// this worker's own queue waits for it whatever it does.
 fn idle_turn(server: &Server, listener: &tokio::net::TcpListener, queue: &Overflow) -> Took {
     queue.wait_idle(SWEEP);
-    while let Ok(stream) = accept_now(listener) {
-        server.start(stream, false);
-    }
-    if !server.books.free() {
-        return Took::Nothing;
-    }
-    match server.took(queue.take_now()) {
+    let took = match server.took(queue.take_now()) {
         Took::Failed => {
             std::thread::sleep(Duration::from_millis(10));
             Took::Failed
         }
         took => took,
+    };
+    while let Ok(stream) = accept_now(listener) {
+        server.start(stream, false);
     }
+    took
 }
 
 /// Whether a SIGTERM came, without waiting for one.

@@ -18,8 +18,11 @@
 //!   for the request's bytes in tokio, is never woken by the shared queue. A worker waiting
 //!   this way may be woken for a connection that an idle one takes.
 //!
-//! Both instances are level-triggered: a connection left in the queue (its wake-up went to a
-//! worker that became busy in between) is seen by the next worker that looks.
+//! An instance learns that the queue is readable only from the wake-up that a connection's
+//! arrival makes, and an exclusive wake-up stops at the first idle worker: the instances after
+//! it never hear of that connection. So the worker that was woken takes it before anything
+//! else, and every wait begins with a look at the queue itself (level-triggered, an instance
+//! that did hear of it keeps reporting it while it waits).
 
 use std::{
     io,
@@ -78,6 +81,12 @@ impl Overflow {
 
     /// A connection from the shared queue, waited for through tokio.
     pub async fn take(&self) -> io::Result<std::net::TcpStream> {
+        // What is already queued first: an instance learns of a connection only through the
+        // wake-up its arrival made, which an exclusive wake-up may have stopped before it.
+        match self.take_now() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            taken => return taken,
+        }
         // SAFETY: `self.queue` owns the fd and outlives `lent`, which is dropped (and the fd
         // deregistered from tokio) when this wait ends, however it ends.
         let lent = unsafe { AsyncFd::register(Lent(self.queue.0.as_raw_fd())) }

@@ -74,30 +74,7 @@ fn the_kubernetes_deployment_runs_under_podman_kube_play() {
         std::process::id()
     ));
 
-    let mut manifest = std::fs::read_to_string(deploy("kubernetes/deployment.yaml")).unwrap();
-    // The test's own image under its own tag: nothing is pulled, and a `balancer:latest` the
-    // machine already has (`cargo xtask image`) is neither replaced nor removed.
-    manifest = rewrite(
-        &manifest,
-        "image: balancer:latest",
-        &format!("image: {}", image.tag),
-    );
-    // podman publishes every containerPort on the host at the same number, hostPort or not, so
-    // a second replica on the same machine fails with "address already in use".
-    manifest = rewrite(&manifest, "replicas: 2", "replicas: 1");
-    // podman 4.3 reads a seccomp profile only from the annotations Kubernetes used before
-    // 1.19, never from securityContext.seccompProfile: without this translation the default
-    // profile refuses bpf() and the balancer exits (and podman restarts it, again and again).
-    assert!(
-        manifest.contains("seccompProfile:\n              type: Unconfined"),
-        "deployment.yaml should ask for an unconfined seccomp profile"
-    );
-    manifest = rewrite(
-        &manifest,
-        "  template:\n    metadata:\n",
-        "  template:\n    metadata:\n      annotations:\n        \
-         container.seccomp.security.alpha.kubernetes.io/balancer: unconfined\n",
-    );
+    let manifest = manifest_for(&image.tag);
     let path = std::env::temp_dir().join(format!(
         "balancer-kube-deployment-{}.yaml",
         std::process::id()
@@ -137,8 +114,58 @@ fn the_kubernetes_deployment_runs_under_podman_kube_play() {
         text(&out)
     );
 
-    // What the readiness probe asks (podman runs no readiness probe): every slot of the
-    // ConfigMap's `workers = 4` up, on the published metrics port.
+    wait_ready(container);
+
+    every_worker_answers_a_burst();
+
+    let metrics = http("127.0.0.1:9464", "/metrics").expect("a scrape of /metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("balancer_slots{} 4"), "{metrics}");
+    assert!(
+        metrics.contains("balancer_slot_connections_assigned"),
+        "{metrics}"
+    );
+
+    let out = played.down();
+    assert!(out.status.success(), "podman kube down: {}", text(&out));
+    let out = podman(&["pod", "exists", "balancer-pod-0"]);
+    assert!(!out.status.success(), "the pod is gone after kube down");
+    eprintln!("played, checked and taken down in {:?}", started.elapsed());
+}
+
+/// deployment.yaml as this test plays it: the image under test, one replica, and the seccomp
+/// profile where podman 4.3 reads it.
+fn manifest_for(tag: &str) -> String {
+    let mut manifest = std::fs::read_to_string(deploy("kubernetes/deployment.yaml")).unwrap();
+    // The test's own image under its own tag: nothing is pulled, and a `balancer:latest` the
+    // machine already has (`cargo xtask image`) is neither replaced nor removed.
+    manifest = rewrite(
+        &manifest,
+        "image: balancer:latest",
+        &format!("image: {tag}"),
+    );
+    // podman publishes every containerPort on the host at the same number, hostPort or not, so
+    // a second replica on the same machine fails with "address already in use".
+    manifest = rewrite(&manifest, "replicas: 2", "replicas: 1");
+    // podman 4.3 reads a seccomp profile only from the annotations Kubernetes used before
+    // 1.19, never from securityContext.seccompProfile: without this translation the default
+    // profile refuses bpf() and the balancer exits (and podman restarts it, again and again).
+    assert!(
+        manifest.contains("seccompProfile:\n              type: Unconfined"),
+        "deployment.yaml should ask for an unconfined seccomp profile"
+    );
+    manifest = rewrite(
+        &manifest,
+        "  template:\n    metadata:\n",
+        "  template:\n    metadata:\n      annotations:\n        \
+         container.seccomp.security.alpha.kubernetes.io/balancer: unconfined\n",
+    );
+    manifest
+}
+
+/// Waits for what the readiness probe asks (podman runs no readiness probe): every slot of the
+/// ConfigMap's `workers = 4` up, on the published metrics port.
+fn wait_ready(container: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ready = http("127.0.0.1:9464", "/readyz");
@@ -155,8 +182,10 @@ fn the_kubernetes_deployment_runs_under_podman_kube_play() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
 
-    // A burst of connections held open: least-loaded spreads them over the four workers.
+/// A burst of connections held open: least-loaded spreads them over the four workers.
+fn every_worker_answers_a_burst() {
     let mut streams: Vec<std::net::TcpStream> = (0..8)
         .map(|_| {
             std::net::TcpStream::connect_timeout(
@@ -182,18 +211,4 @@ fn the_kubernetes_deployment_runs_under_podman_kube_play() {
         4,
         "every worker answers part of the burst: {slots:?}"
     );
-
-    let metrics = http("127.0.0.1:9464", "/metrics").expect("a scrape of /metrics");
-    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
-    assert!(metrics.contains("balancer_slots{} 4"), "{metrics}");
-    assert!(
-        metrics.contains("balancer_slot_connections_assigned"),
-        "{metrics}"
-    );
-
-    let out = played.down();
-    assert!(out.status.success(), "podman kube down: {}", text(&out));
-    let out = podman(&["pod", "exists", "balancer-pod-0"]);
-    assert!(!out.status.success(), "the pod is gone after kube down");
-    eprintln!("played, checked and taken down in {:?}", started.elapsed());
 }

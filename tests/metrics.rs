@@ -84,28 +84,7 @@ fn prometheus_scrapes_what_the_program_counted() {
     netns();
     let b = Balancer::start(8080, 4, &["--metrics", METRICS]);
     let dir = std::env::temp_dir().join(format!("balancer-prom-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: balancer\n    static_configs:\n      - targets: ['{METRICS}']\n"
-        ),
-    )
-    .unwrap();
-    let _prometheus = Prometheus(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={PROMETHEUS}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus not installed: `cargo xtask setup` installs Debian's package"),
-    );
+    let _prometheus = start_prometheus(&dir);
     wait_for(Duration::from_secs(30), "a first successful scrape", || {
         // Prometheus answers 503 to queries until it is ready, which a loaded machine shows.
         TcpStream::connect(PROMETHEUS).is_ok()
@@ -274,4 +253,30 @@ fn the_grafana_dashboard_queries_only_series_that_exist() {
             }
         }
     }
+}
+
+/// Prometheus scraping the balancer's endpoint once a second, its data in `dir`.
+fn start_prometheus(dir: &std::path::Path) -> Prometheus {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: balancer\n    static_configs:\n      - targets: ['{METRICS}']\n"
+        ),
+    )
+    .unwrap();
+    Prometheus(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={PROMETHEUS}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus not installed: `cargo xtask setup` installs Debian's package"),
+    )
 }

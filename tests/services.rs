@@ -153,45 +153,11 @@ fn two_services_run_side_by_side_and_each_is_picked_by_name_or_port() {
         get("127.0.0.1:8081".parse().unwrap(), "/").unwrap().status,
         200
     );
-    // Picked by name, by port; with two running, a bare command asks which.
-    let status = |args: &[&str]| -> Value {
-        let out = client(&rt, args);
-        assert!(out.status.success(), "{args:?}: {out:?}");
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
-    assert_eq!(
-        status(&["status", "--json", "--name", "api"])["listen"],
-        "127.0.0.1:8081"
-    );
-    assert_eq!(
-        status(&["status", "--json", "--name", "8080"])["name"],
-        "8080"
-    );
-    let out = client(&rt, &["status"]);
-    assert!(!out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr).trim(),
-        "balancer: error: several balancers run here (8080, api): pick one with --name"
-    );
-    let out = client(&rt, &["policy", "p2c", "--name", "nope"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no balancer named \"nope\""));
-    // A control request reaches only the service it names.
-    assert!(client(&rt, &["policy", "p2c", "--name", "api"])
-        .status
-        .success());
-    assert_eq!(
-        status(&["status", "--json", "--name", "api"])["policy"],
-        "p2c"
-    );
-    assert_eq!(
-        status(&["status", "--json", "--name", "8080"])["policy"],
-        "least-loaded"
-    );
+    each_is_picked_by_name_or_port(&rt);
     // Once one is gone, the bare command finds the other.
     assert!(client(&rt, &["stop", "--name", "api"]).status.success());
     wait_listed(&rt, 1, "api still listed");
-    assert_eq!(status(&["status", "--json"])["name"], "8080");
+    assert_eq!(status_of(&rt, &["status", "--json"])["name"], "8080");
     // The runtime directory is private.
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(&rt).unwrap().permissions().mode();
@@ -234,4 +200,47 @@ fn a_second_service_of_the_same_name_is_refused_and_a_bad_name_too() {
         &["run", "--listen", "127.0.0.1:8082", "--name", "../x"],
     );
     fails_with(&out, "bad --name \"../x\"");
+}
+
+/// `status --json` as `args` ask it, through the client.
+fn status_of(rt: &Path, args: &[&str]) -> Value {
+    let out = client(rt, args);
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// With `web` (8080) and `api` running: each is picked by name or by port, a bare command asks
+/// which, and a control request reaches only the service it names.
+fn each_is_picked_by_name_or_port(rt: &Path) {
+    // Picked by name, by port; with two running, a bare command asks which.
+    let status = |args: &[&str]| status_of(rt, args);
+    assert_eq!(
+        status(&["status", "--json", "--name", "api"])["listen"],
+        "127.0.0.1:8081"
+    );
+    assert_eq!(
+        status(&["status", "--json", "--name", "8080"])["name"],
+        "8080"
+    );
+    let out = client(rt, &["status"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "balancer: error: several balancers run here (8080, api): pick one with --name"
+    );
+    let out = client(rt, &["policy", "p2c", "--name", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no balancer named \"nope\""));
+    // A control request reaches only the service it names.
+    assert!(client(rt, &["policy", "p2c", "--name", "api"])
+        .status
+        .success());
+    assert_eq!(
+        status(&["status", "--json", "--name", "api"])["policy"],
+        "p2c"
+    );
+    assert_eq!(
+        status(&["status", "--json", "--name", "8080"])["policy"],
+        "least-loaded"
+    );
 }

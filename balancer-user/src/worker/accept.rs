@@ -281,6 +281,13 @@ pub(super) async fn serve(
                     Took::One | Took::Nothing => {}
                 }
             }
+            // Woken by the shared queue while busy: stop watching it until free again.
+            _ = async { overflow.as_ref().expect("guarded").busy_wake().await },
+                if !server.books.free() && overflow.is_some() => {
+                if let Some(queue) = &overflow {
+                    queue.unwatch();
+                }
+            }
             // The work in hand is done, or the last connection closed: look at the shared
             // queue again, or wait as an idle worker.
             _ = server.books.settled.notified(), if overflow.is_some() => {}

@@ -13,10 +13,12 @@
 //!   thread blocks in `epoll_wait` on an instance of its own that watches its own listener and
 //!   the shared queue ([`Overflow::wait_idle`]): that thread is the exclusive wake-up's target;
 //! - with idle keep-alive connections open, it must also watch those, so it waits through
-//!   tokio, on a second instance that watches only the shared queue ([`Overflow::take`]),
-//!   registered with tokio for that wait alone: a worker busy with a request, even one waiting
-//!   for the request's bytes in tokio, is never woken by the shared queue. A worker waiting
-//!   this way may be woken for a connection that an idle one takes.
+//!   tokio, on a second instance that watches only the shared queue ([`Overflow::take`]). That
+//!   instance stays registered with tokio from one wait to the next (registering it for each
+//!   would cost two `epoll_ctl` per keep-alive request), until the queue wakes the worker while
+//!   it is busy with a request ([`Overflow::busy_wake`]): the worker then stops watching, so a
+//!   busy worker is woken by the queue once, not for every connection. A worker waiting
+//!   through tokio may be woken for a connection that an idle one takes.
 //!
 //! An instance learns that the queue is readable only from the wake-up that a connection's
 //! arrival makes, and an exclusive wake-up stops at the first idle worker: the instances after
@@ -25,15 +27,17 @@
 //! that did hear of it keeps reporting it while it waits).
 
 use std::{
+    cell::RefCell,
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
+    rc::Rc,
     time::Duration,
 };
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use tokio::io::unix::AsyncFd;
 
-/// An epoll instance's descriptor, lent to tokio's `AsyncFd` for one wait.
+/// An epoll instance's descriptor, lent to tokio's `AsyncFd`.
 struct Lent(RawFd);
 
 impl AsRawFd for Lent {
@@ -47,7 +51,10 @@ pub struct Overflow {
     listener: std::net::TcpListener,
     /// Own listener and the shared queue: waited on directly by an idle worker.
     idle: Epoll,
-    /// The shared queue alone, nested in tokio's reactor while [`Overflow::take`] waits.
+    /// `queue` as registered with tokio, while it is (declared first: dropped, and so
+    /// deregistered, before `queue` closes).
+    watch: RefCell<Option<Rc<AsyncFd<Lent>>>>,
+    /// The shared queue alone, nested in tokio's reactor while watched.
     queue: Epoll,
 }
 
@@ -65,6 +72,7 @@ impl Overflow {
         Ok(Overflow {
             listener,
             idle,
+            watch: RefCell::new(None),
             queue,
         })
     }
@@ -81,18 +89,18 @@ impl Overflow {
 
     /// A connection from the shared queue, waited for through tokio.
     pub async fn take(&self) -> io::Result<std::net::TcpStream> {
-        // What is already queued first: an instance learns of a connection only through the
-        // wake-up its arrival made, which an exclusive wake-up may have stopped before it.
-        match self.take_now() {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            taken => return taken,
+        let (watch, new) = self.watch()?;
+        if new {
+            // What is already queued first: an instance learns of a connection only through
+            // the wake-up its arrival made, which an exclusive wake-up may have stopped before
+            // it, and which came before this registration.
+            match self.take_now() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                taken => return taken,
+            }
         }
-        // SAFETY: `self.queue` owns the fd and outlives `lent`, which is dropped (and the fd
-        // deregistered from tokio) when this wait ends, however it ends.
-        let lent = unsafe { AsyncFd::register(Lent(self.queue.0.as_raw_fd())) }
-            .map_err(io::Error::from)?;
         loop {
-            let mut guard = lent.readable().await?;
+            let mut guard = watch.readable().await?;
             // Tokio's registration is edge-triggered: its readiness is forgotten only when the
             // queue turns out empty, so a second connection already waiting is taken next time
             // without a new edge.
@@ -100,6 +108,37 @@ impl Overflow {
                 return taken;
             }
         }
+    }
+
+    /// Resolves when the shared queue, while watched, wakes this worker: for a busy worker,
+    /// which then stops watching ([`Overflow::unwatch`]). Never resolves while not watched.
+    pub async fn busy_wake(&self) {
+        let watch = self.watch.borrow().clone();
+        match watch {
+            Some(watch) => {
+                let _ = watch.readable().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops watching the queue through tokio, until the next [`Overflow::take`].
+    pub fn unwatch(&self) {
+        self.watch.borrow_mut().take();
+    }
+
+    /// The registration of `queue` with tokio, made if there is none; `true` if made now.
+    fn watch(&self) -> io::Result<(Rc<AsyncFd<Lent>>, bool)> {
+        if let Some(watch) = self.watch.borrow().as_ref() {
+            return Ok((watch.clone(), false));
+        }
+        // SAFETY: `self.queue` owns the fd and outlives every handle of the registration:
+        // `watch` is dropped before `queue`, and the futures holding a handle borrow `self`.
+        let watch = unsafe { AsyncFd::register(Lent(self.queue.0.as_raw_fd())) }
+            .map_err(io::Error::from)?;
+        let watch = Rc::new(watch);
+        *self.watch.borrow_mut() = Some(watch.clone());
+        Ok((watch, true))
     }
 
     /// A connection from the shared queue, if one waits now.

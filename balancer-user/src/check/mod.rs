@@ -176,7 +176,7 @@ fn held(caps: u64) -> String {
 /// Whether the supervisor can read each worker's connections (the reconciliation); without
 /// it the balancer runs, its loads kept by the programs alone.
 fn sock_diag() -> (bool, String) {
-    match crate::inspect::open_sockets(1) {
+    match crate::inspect::open_sockets(std::net::SocketAddr::from(([127, 0, 0, 1], 1))) {
         Ok(_) => (
             true,
             "yes (the supervisor reads what each worker holds and corrects any drift)".into(),

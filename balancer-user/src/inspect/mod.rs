@@ -20,10 +20,10 @@ pub struct Reading {
 }
 
 /// Connections open in each slot's worker processes (`pids[slot]`: the worker and, during a
-/// reload, its predecessor), for the slots of a group on `port`; None for a slot whose
-/// processes' descriptors (or the port's sockets) could not be read.
-pub fn held(port: u16, pids: &[Vec<i32>]) -> Reading {
-    match open_sockets(port) {
+/// reload, its predecessor), for the slots of a group listening on `local`; None for a slot
+/// whose processes' descriptors (or the port's sockets) could not be read.
+pub fn held(local: std::net::SocketAddr, pids: &[Vec<i32>]) -> Reading {
+    match open_sockets(local) {
         Ok(sockets) => Reading {
             held: pids
                 .iter()

@@ -45,21 +45,23 @@ impl Sockets {
     }
 }
 
-/// This network namespace's TCP sockets on local `port` (see [`Sockets`]). Asked of sock_diag
-/// with the states as a filter, so the kernel skips every other socket (a busy port has far
-/// more in TIME_WAIT) before anything is copied out.
-pub fn open_sockets(port: u16) -> std::io::Result<Sockets> {
+/// This network namespace's TCP sockets on the listeners' local address `local` (see
+/// [`Sockets`]). Asked of sock_diag with the states and the port as a filter, and of the
+/// listeners' family alone (an IPv6 listener's IPv4 clients are IPv6 sockets too), so that the
+/// kernel copies out nothing else: the hash table it walks is the host's, every namespace's
+/// sockets and every TIME_WAIT among them.
+pub fn open_sockets(local: SocketAddr) -> std::io::Result<Sockets> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
     let mut found = Sockets::default();
-    for (family, id) in [
-        (AF_INET, SocketId::new_v4()),
-        (AF_INET6, SocketId::new_v6()),
-    ] {
-        ask(&socket, family, id)?;
-        read_dump(&socket, family, port, &mut found)?;
-    }
+    let (family, mut id) = match local {
+        SocketAddr::V4(_) => (AF_INET, SocketId::new_v4()),
+        SocketAddr::V6(_) => (AF_INET6, SocketId::new_v6()),
+    };
+    id.source_port = local.port();
+    ask(&socket, family, id)?;
+    read_dump(&socket, local.port(), &mut found)?;
     Ok(found)
 }
 
@@ -87,7 +89,7 @@ fn ask(socket: &Socket, family: u8, id: SocketId) -> std::io::Result<()> {
 }
 
 /// Reads the answer to [`ask`] to its end, filing the sockets on local `port` into `found`.
-fn read_dump(socket: &Socket, family: u8, port: u16, found: &mut Sockets) -> std::io::Result<()> {
+fn read_dump(socket: &Socket, port: u16, found: &mut Sockets) -> std::io::Result<()> {
     let mut answer = vec![0u8; 1 << 16];
     loop {
         let size = socket.recv(&mut &mut answer[..], 0)?;
@@ -102,8 +104,6 @@ fn read_dump(socket: &Socket, family: u8, port: u16, found: &mut Sockets) -> std
                     found.add(&r.header)
                 }
                 NetlinkPayload::Done(_) => return Ok(()),
-                // A kernel without IPv6 answers the AF_INET6 dump with an error.
-                NetlinkPayload::Error(_) if family == AF_INET6 => return Ok(()),
                 // No TCP sock_diag (tcp_diag not loaded and not loadable): nothing was read,
                 // which must not pass for "no connection open".
                 NetlinkPayload::Error(e) => {

@@ -33,9 +33,8 @@ impl Supervisor {
         if self.phase.stopping() || self.readings.under_way {
             return;
         }
-        let port = match self.slots[0].listener.local_addr() {
-            Ok(a) => a.port(),
-            Err(_) => return,
+        let Ok(local) = self.slots[0].listener.local_addr() else {
+            return;
         };
         if self.opts.transport == listeners::Transport::Udp {
             // A datagram is no connection: a UDP slot holds nothing and the program counts
@@ -55,7 +54,7 @@ impl Supervisor {
         self.readings.counts_at_start = self.counters();
         let events = self.events.clone();
         tokio::task::spawn_blocking(move || {
-            let reading = inspect::held(port, &pids);
+            let reading = inspect::held(local, &pids);
             let _ = events.send(Event::Held(reading));
         });
     }

@@ -23,8 +23,9 @@
 //! An instance learns that the queue is readable only from the wake-up that a connection's
 //! arrival makes, and an exclusive wake-up stops at the first idle worker: the instances after
 //! it never hear of that connection. So the worker that was woken takes it before anything
-//! else, and every wait begins with a look at the queue itself (level-triggered, an instance
-//! that did hear of it keeps reporting it while it waits).
+//! else, a new watch through tokio begins with a look at the queue itself, and an idle worker
+//! looks at the queue after every wait, woken or timed out. Both instances are
+//! level-triggered: one that did hear of a connection keeps reporting it while it waits.
 
 use std::{
     cell::RefCell,

@@ -80,13 +80,18 @@ pub fn converge(b: &Balancer, want: &[u64], within: Duration) -> Converged {
 }
 
 /// Balance on a two-worker balancer works as on a fresh one: 400 connections one at a time split
-/// within 15% of even, and a worker held for 2 s receives no more new connections than
+/// within 20% of even, and a worker held for 2 s receives no more new connections than
 /// least-loaded can send it ([`HELD_OF_TWO_AT_MOST`]).
+///
+/// One at a time, both slots are idle at every SYN and least-loaded breaks the tie at random:
+/// the split is binomial, 200 +- 10. 40 off is 4 standard deviations, once in 16,000 calls, and
+/// this runs in a dozen tests; a slot that stays loaded, the failure it guards against, gets
+/// few or none.
 pub fn balance_recovers(b: &Balancer) {
     let replies: Vec<_> = (0..400).map(|_| get(b.addr, "/").unwrap()).collect();
     let h = histogram(&replies, 2);
     assert!(
-        h.iter().all(|&n| (170..=230).contains(&n)),
+        h.iter().all(|&n| (160..=240).contains(&n)),
         "400 sequential connections split {h:?} (even: 200/200); status: {}",
         b.status().unwrap()
     );

@@ -147,10 +147,7 @@ impl Server {
     /// Serves what the shared queue gave. `Closed` once the supervisor closed the queue (it is
     /// stopping): nothing more comes.
     fn took(&self, taken: io::Result<std::net::TcpStream>) -> Took {
-        let stream = taken.and_then(|s| {
-            s.set_nonblocking(true)?;
-            tokio::net::TcpStream::from_std(s)
-        });
+        let stream = taken.and_then(into_tokio);
         match stream {
             Ok(stream) => {
                 self.start(stream, false);
@@ -354,6 +351,11 @@ fn accept_now(listener: &tokio::net::TcpListener) -> io::Result<tokio::net::TcpS
     let std_listener =
         std::mem::ManuallyDrop::new(unsafe { std::net::TcpListener::from_raw_fd(fd) });
     let (stream, _) = std_listener.accept()?;
+    into_tokio(stream)
+}
+
+/// An accepted stream, as tokio serves it: std's accept leaves it blocking.
+fn into_tokio(stream: std::net::TcpStream) -> io::Result<tokio::net::TcpStream> {
     stream.set_nonblocking(true)?;
     tokio::net::TcpStream::from_std(stream)
 }

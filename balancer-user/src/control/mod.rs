@@ -38,7 +38,7 @@ pub use request::{parse_request, Request, MAX_WEIGHT};
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 pub use services::{check_name, find, path_for, render_services, running, runtime_dir, Service};
-pub use status::{render, OverflowStatus, SlotStatus, State, Status};
+pub use status::{render, OverflowStatus, ReconciliationStatus, SlotStatus, State, Status};
 
 pub const MAX_REQUEST: usize = 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);

@@ -161,6 +161,22 @@ pub struct Status {
     pub overflow: Option<OverflowStatus>,
     /// The program's counters by name: selected, no_slot_up, ...
     pub program: BTreeMap<String, u64>,
+    /// The readings of the kernel that check the loads.
+    #[serde(default)]
+    pub reconciliation: ReconciliationStatus,
+}
+
+/// The reconciliation's own cost: its readings walk every open connection of the port, and are
+/// taken when something moved, within a share of a core ([pacing](crate::rules::pacing)).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReconciliationStatus {
+    /// Readings taken since the start.
+    pub readings: u64,
+    /// The CPU time they took, in total.
+    pub cpu_seconds: f64,
+    /// The time since the last reading, to a `--reconcile-interval` tick: readings are skipped
+    /// while nothing moves, and spaced when they cost more than their share of a core.
+    pub since_seconds: f64,
 }
 
 /// A plain table of `status`, for people.

@@ -95,6 +95,7 @@ mod tests {
             command: "w".into(),
             overflow: None,
             program: Default::default(),
+            reconciliation: Default::default(),
             slots: (0..2)
                 .map(|i| SlotStatus {
                     slot: i as u32,

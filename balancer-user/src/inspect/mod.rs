@@ -1,13 +1,18 @@
 //! Looking at what the kernel holds, from outside the programs: the port's sockets as
 //! sock_diag lists them ([`sock_diag`]), which of them each worker's processes hold open
-//! ([`descriptors`], a walk of /proc), and a worker's resident memory ([`memory`]). Every read
-//! here is a system call or a /proc walk: meant for a blocking thread, not the supervisor's
-//! event loop. What the readings mean is the [accounting](crate::rules::accounting)'s.
+//! ([`descriptors`], a walk of /proc), the namespace's count of TCP sockets ([`sockstat`]), and
+//! a worker's resident memory ([`memory`]). The sockets' and descriptors' readings walk
+//! every connection: meant for a blocking thread, not the supervisor's event loop (sockstat's
+//! is two small reads, whatever the number). What the readings mean is the [accounting](crate::rules::accounting)'s.
 
 pub mod descriptors;
 pub mod memory;
 pub mod sock_diag;
+pub mod sockstat;
 
+use std::time::Duration;
+
+use nix::time::{clock_gettime, ClockId};
 pub use sock_diag::{open_sockets, Sockets};
 
 /// What a blocking thread reads for the supervisor.
@@ -17,19 +22,23 @@ pub struct Reading {
     pub held: Vec<Option<u64>>,
     /// Young handshakes on the port, as (client, server), to be matched to slots by `FLOWS`.
     pub handshakes: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
+    /// The CPU time the reading took (this thread's).
+    pub cost: std::time::Duration,
 }
 
 /// Connections open in each slot's worker processes (`pids[slot]`: the worker and, during a
 /// reload, its predecessor), for the slots of a group listening on `local`; None for a slot
 /// whose processes' descriptors (or the port's sockets) could not be read.
 pub fn held(local: std::net::SocketAddr, pids: &[Vec<i32>]) -> Reading {
-    match open_sockets(local) {
+    let start = thread_cpu();
+    let mut reading = match open_sockets(local) {
         Ok(sockets) => Reading {
             held: pids
                 .iter()
                 .map(|p| descriptors::held_by(p, &sockets.open))
                 .collect(),
             handshakes: sockets.handshakes,
+            cost: Duration::ZERO,
         },
         Err(e) => {
             // Unknown for every slot: the supervisor says so once.
@@ -37,7 +46,15 @@ pub fn held(local: std::net::SocketAddr, pids: &[Vec<i32>]) -> Reading {
             Reading {
                 held: vec![None; pids.len()],
                 handshakes: Vec::new(),
+                cost: Duration::ZERO,
             }
         }
-    }
+    };
+    reading.cost = thread_cpu().saturating_sub(start);
+    reading
+}
+
+/// The CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(Duration::ZERO, Duration::from)
 }

@@ -7,10 +7,12 @@
 //! server binds loopback by default; it answers nothing but these three paths.
 //!
 //! [`slots`] encodes the per-slot series (connections, then workers), [`program`] the program's
-//! own counters, [`process`] the supervisor process's figures, [`server`] answers HTTP.
+//! own counters, [`reconciliation`] what checking the loads costs, [`process`] the supervisor
+//! process's figures, [`server`] answers HTTP.
 
 mod process;
 mod program;
+mod reconciliation;
 mod server;
 mod slots;
 
@@ -72,6 +74,7 @@ impl prometheus_client::collector::Collector for Snapshot {
         program::encode_counters(&self.status, &mut e)?;
         program::encode_overflow(&self.status, &mut e)?;
         program::encode_setup(&self.status, &mut e)?;
+        reconciliation::encode(&self.status, &mut e)?;
         crate::control::peer::encode(&mut e)?;
         self.process.encode(&mut e)
     }

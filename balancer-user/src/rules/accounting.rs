@@ -10,8 +10,9 @@
 //! worker's (and its retiring predecessor's) file descriptor tables. Between two connection
 //! events the fast path keeps it exactly; what the fast path cannot see (a handshake the client
 //! abandoned, a connection placed by the kernel's hash while the `hash` policy or a fallback was
-//! in force, a record evicted from a full `FLOWS` table) this module repairs: every `--reconcile-interval` it reads the kernel's truth for
-//! each slot and compares.
+//! in force, a record evicted from a full `FLOWS` table) this module repairs: on a
+//! `--reconcile-interval` tick when something moved ([pacing](super::pacing)) it reads the
+//! kernel's truth for each slot and compares.
 //!
 //! A connection in its handshake is counted (its SYN was) and held by the kernel as a request
 //! socket: the reading counts the young ones (no SYN-ACK retransmitted yet, so under a second
@@ -109,6 +110,12 @@ pub struct Accounting {
 impl Accounting {
     pub fn book(&self, slot: u32) -> Book {
         self.books.get(slot as usize).copied().unwrap_or_default()
+    }
+
+    /// Whether the last reading found every slot true (no difference waiting for a second
+    /// reading to confirm it).
+    pub fn settled(&self) -> bool {
+        self.books.iter().all(|b| b.previous.is_none())
     }
 
     /// Gives `slot` a zero load and fresh books: a slot that joins (scale up) or leaves (scale

@@ -47,6 +47,7 @@ impl Supervisor {
                 }
             }),
             program: self.program_counters(),
+            reconciliation: self.readings.status(),
         }
     }
 

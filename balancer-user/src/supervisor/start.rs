@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::{
     error::{Error, Result},
     events::Event,
-    inbox, messaging,
+    inbox, messaging, truth,
     worker_slot::WorkerSlot,
     Metrics, Options, Phase, Supervisor,
 };
@@ -54,6 +54,7 @@ impl Supervisor {
             .into_iter()
             .map(|listener| WorkerSlot::new(listener, opts.backoff))
             .collect();
+        let readings = truth::Readings::new(opts.reconcile_interval);
         let mut sup = Supervisor {
             opts,
             command,
@@ -63,7 +64,7 @@ impl Supervisor {
             events,
             asks,
             accounting: Accounting::default(),
-            readings: Default::default(),
+            readings,
             phase: Phase::Serving,
             stop_requested: false,
             logs,

@@ -2,26 +2,61 @@
 //! workers' open connections and the port's handshakes are read on a blocking thread (it walks
 //! /proc and asks sock_diag), the accept queues next to the answer on the event loop, where the
 //! handshakes are matched to their slots through `FLOWS`; the accounting corrects what two
-//! readings agree on.
+//! readings agree on. Which ticks take a reading is [pacing](crate::rules::pacing)'s: from a
+//! fingerprint of what a drift would change, taken on every tick, and the readings' CPU time.
+
+use std::hash::{Hash as _, Hasher as _};
 
 use balancer_common::OVERFLOW;
 
 use super::{events::Event, Supervisor};
 use crate::{
+    control::ReconciliationStatus,
     inspect::{self, Reading},
     kernel, listeners,
-    rules::accounting::{Sample, Truth},
+    rules::{
+        accounting::{Sample, Truth},
+        pacing::Pacing,
+    },
 };
 
 /// The readings' own state, between two of them.
-#[derive(Default)]
 pub(super) struct Readings {
+    /// Which ticks read the kernel.
+    pub(super) pacing: Pacing,
     /// A reading of what the workers hold is under way.
     under_way: bool,
     /// The workers' descriptors could not be read once already (logged once).
     warned_unreadable: bool,
     /// Each slot's (assigned, closed) when the reading under way started.
     counts_at_start: Vec<(u64, u64)>,
+    /// The fingerprint of the tick the reading under way started on.
+    fingerprint: u64,
+    /// Readings completed, and the CPU time they took.
+    readings: u64,
+    cpu: std::time::Duration,
+}
+
+impl Readings {
+    pub(super) fn new(tick: std::time::Duration) -> Readings {
+        Readings {
+            pacing: Pacing::new(tick),
+            under_way: false,
+            warned_unreadable: false,
+            counts_at_start: Vec::new(),
+            fingerprint: 0,
+            readings: 0,
+            cpu: std::time::Duration::ZERO,
+        }
+    }
+
+    pub(super) fn status(&self) -> ReconciliationStatus {
+        ReconciliationStatus {
+            readings: self.readings,
+            cpu_seconds: self.cpu.as_secs_f64(),
+            since_seconds: self.pacing.since().as_secs_f64(),
+        }
+    }
 }
 
 impl Supervisor {
@@ -31,6 +66,10 @@ impl Supervisor {
         // On the same beat: the programs read the clock on every SYN until this is done.
         self.steering.close_passed_window();
         if self.phase.stopping() || self.readings.under_way {
+            return;
+        }
+        let fingerprint = self.fingerprint();
+        if !self.readings.pacing.due(fingerprint) {
             return;
         }
         let Ok(local) = self.slots[0].listener.local_addr() else {
@@ -49,6 +88,7 @@ impl Supervisor {
             .map(|s| s.worker.pids().map(|p| p.as_raw()).collect())
             .collect();
         self.readings.under_way = true;
+        self.readings.fingerprint = fingerprint;
         // The counters as the reading starts: what they move by before it ends is traffic the
         // reading may have caught on either side.
         self.readings.counts_at_start = self.counters();
@@ -57,6 +97,21 @@ impl Supervisor {
             let reading = inspect::held(local, &pids);
             let _ = events.send(Event::Held(reading));
         });
+    }
+
+    /// What a drift of the books would change, hashed: every slot's counters, accept queue and
+    /// processes, and the namespace's count of TCP sockets. A few system calls, whatever the
+    /// number of connections.
+    fn fingerprint(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.counters().hash(&mut h);
+        inspect::sockstat::tcp_in_use().hash(&mut h);
+        for s in &self.slots {
+            s.listener.queued().ok().hash(&mut h);
+            s.worker.pids().for_each(|p| p.as_raw().hash(&mut h));
+        }
+        self.overflow.as_ref().map(|l| l.queued().ok()).hash(&mut h);
+        h.finish()
     }
 
     /// Each slot's (assigned, closed), then the overflow queue's if there is one.
@@ -77,6 +132,9 @@ impl Supervisor {
     /// the accounting corrects what two readings agree on.
     pub(super) fn on_held(&mut self, reading: Reading) {
         self.readings.under_way = false;
+        self.readings.pacing.read(reading.cost);
+        self.readings.readings += 1;
+        self.readings.cpu += reading.cost;
         // A scale in between changed the slots: this reading no longer fits them.
         if reading.held.len() != self.slots.len() || self.phase.stopping() {
             return;
@@ -136,11 +194,16 @@ impl Supervisor {
                 }
             })
             .collect();
+        // Before the overflow queue's entry moves to its index: the slots between are unknown.
+        let known = truth.iter().all(|t| !matches!(t, Sample::Unknown));
         if self.overflow.is_some() {
             let overflow = truth.pop().unwrap_or(Sample::Unknown);
             truth.resize(OVERFLOW as usize, Sample::Unknown);
             truth.push(overflow);
         }
         self.accounting.reconcile(&self.steering.slots, &truth);
+        if known && handshaking.iter().all(|&n| n == 0) && self.accounting.settled() {
+            self.readings.pacing.settled(self.readings.fingerprint);
+        }
     }
 }

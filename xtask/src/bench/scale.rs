@@ -4,16 +4,17 @@
 //! shared overflow queue) and of plain SO_REUSEPORT (the same workers on listeners with no
 //! program) at each worker count, in interleaved rounds. Idle connections: one default
 //! balancer, and idle keep-alive connections held open to it in steps; at each step the
-//! supervisor's CPU time over a quiet window (its reconciliation walks every socket of the port
-//! through /proc and sock_diag every `--reconcile-interval`, 0.5 s by default), then new
-//! connections per second with them held, and the supervisor's CPU meanwhile.
+//! supervisor's CPU time over a quiet window (its reconciliation's readings walk every socket of
+//! the port through /proc and sock_diag, when something moved, within 0.5% of a core), then new
+//! connections per second with them held, and the supervisor's CPU meanwhile; the
+//! reconciliation's own readings and CPU in both, from `status`.
 
 use std::{
     path::Path,
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use super::{
@@ -65,7 +66,24 @@ pub struct IdleRow {
     pub new_conn_per_second: f64,
     /// The supervisor's CPU during the new-connection run.
     pub supervisor_cpu_busy: f64,
+    /// The reconciliation's readings over the quiet window and during the run, and the CPU
+    /// they took per second of wall time (from `status`).
+    pub readings_quiet: u64,
+    pub reconcile_cpu_quiet: f64,
+    pub readings_busy: u64,
+    pub reconcile_cpu_busy: f64,
     pub failed: u64,
+}
+
+/// The reconciliation's readings so far and the CPU they took, as `status` says.
+fn reconciliation(peer: &Peer) -> Result<(u64, f64)> {
+    let b = peer.balancer().context("the scale peer is a balancer")?;
+    let status = b.status()?;
+    let r = &status["reconciliation"];
+    Ok((
+        r["readings"].as_u64().unwrap_or(0),
+        r["cpu_seconds"].as_f64().unwrap_or(0.0),
+    ))
 }
 
 pub fn measure(bin: &Path, root: &Path, quick: bool) -> Result<Scale> {
@@ -154,15 +172,25 @@ fn with_idle(
     // A few reconciliations first, so that the window starts in the steady state.
     std::thread::sleep(Duration::from_secs_f64(RECONCILE_INTERVAL_S * 4.0));
     let before = usage::of(&peer.layer);
+    let r0 = reconciliation(peer)?;
     let t0 = Instant::now();
     std::thread::sleep(window);
-    let quiet = (usage::of(&peer.layer) - before).cpu_seconds / t0.elapsed().as_secs_f64();
+    let quiet_s = t0.elapsed().as_secs_f64();
+    let quiet = (usage::of(&peer.layer) - before).cpu_seconds / quiet_s;
+    let r1 = reconciliation(peer)?;
+    let t1 = Instant::now();
     let run = throughput::run(peer, Kind::NewConnections, dur)?;
+    let busy_s = t1.elapsed().as_secs_f64();
+    let r2 = reconciliation(peer)?;
     Ok(IdleRow {
         connections: held.len(),
         supervisor_cpu_quiet: quiet,
         new_conn_per_second: run.per_second,
         supervisor_cpu_busy: run.layer_cpu,
+        readings_quiet: r1.0 - r0.0,
+        reconcile_cpu_quiet: (r1.1 - r0.1) / quiet_s,
+        readings_busy: r2.0 - r1.0,
+        reconcile_cpu_busy: (r2.1 - r1.1) / busy_s,
         failed: run.failed,
     })
 }

@@ -36,13 +36,16 @@ pub fn scale(s: &Scale) -> String {
         "\n### Idle connections\n\n\
          One default balancer of {w} workers; idle keep-alive connections held open to it (each \
          from one of 16 loopback addresses, one request answered, then silent), more at each \
-         step. The supervisor reconciles every {ri} s: it walks every socket of the port through \
-         /proc and sock_diag. *Supervisor CPU, quiet*: its utime + stime (/proc/PID/stat) over \
-         {window:.0} s with nothing else happening, as a share of one core; then new \
-         connections for {secs:.0} s with the idle ones held, and its CPU meanwhile. The bar: \
-         under 1% of a core at 100k.\n\n\
-         | idle connections | supervisor CPU, quiet | new conn/s | supervisor CPU, under new connections | failed |\n\
-         |---:|---:|---:|---:|---:|\n",
+         step. The supervisor's reconciliation ticks every {ri} s; a reading walks every socket \
+         of the port through /proc and sock_diag, and is taken when something moved since the \
+         last one, its CPU paid from a budget of 0.5% of a core over five minutes. \
+         *Supervisor CPU, quiet*: its utime + stime (/proc/PID/stat) over {window:.0} s with \
+         nothing else happening, as a share of one core; then new connections for {secs:.0} s \
+         with the idle ones held, and its CPU meanwhile. *Readings*: the reconciliation's \
+         readings in each stretch and their own CPU (`status`), as a share of one core. The \
+         bar: under 1% of a core at 100k.\n\n\
+         | idle connections | supervisor CPU, quiet | readings, quiet | new conn/s | supervisor CPU, under new connections | readings, under new connections | failed |\n\
+         |---:|---:|---:|---:|---:|---:|---:|\n",
         w = s.idle_workers,
         ri = s.reconcile_interval_s,
         window = s.window_seconds,
@@ -51,11 +54,15 @@ pub fn scale(s: &Scale) -> String {
     for r in &s.idle {
         let _ = writeln!(
             md,
-            "| {} | {:.2}% | {:.0} | {:.2}% | {} |",
+            "| {} | {:.2}% | {} ({:.2}%) | {:.0} | {:.2}% | {} ({:.2}%) | {} |",
             r.connections,
             r.supervisor_cpu_quiet * 100.0,
+            r.readings_quiet,
+            r.reconcile_cpu_quiet * 100.0,
             r.new_conn_per_second,
             r.supervisor_cpu_busy * 100.0,
+            r.readings_busy,
+            r.reconcile_cpu_busy * 100.0,
             r.failed
         );
     }

@@ -52,6 +52,23 @@ fn worker_command_not_found_leaves_nothing_behind() {
 }
 
 #[test]
+fn a_worker_script_whose_interpreter_is_missing_is_named() {
+    netns();
+    let dir = std::env::temp_dir().join(format!("balancer-interp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("server.sh");
+    std::fs::write(&script, "#!/nonexistent/bin/node --flag\nexit 0\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = run(&["--listen", "127.0.0.1:8080", "--", script.to_str().unwrap()]);
+    fails_with(
+        &out,
+        "its interpreter `/nonexistent/bin/node` (its #! line) does not exist",
+    );
+    TcpListener::bind("127.0.0.1:8080").expect("nothing may hold the port after a failed start");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn missing_cap_bpf_is_named_with_the_fix() {
     netns();
     // As an unprivileged user: no capabilities at all.

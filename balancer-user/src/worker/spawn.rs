@@ -48,6 +48,13 @@ pub enum Error {
     Lookup(#[from] nix::Error),
     #[error("argument or environment entry contains a NUL byte")]
     Nul(#[source] NulError),
+    #[error(
+        "cannot start worker `{command}`: its interpreter `{interpreter}` (its #! line) does not exist: install it or fix the line"
+    )]
+    Interpreter {
+        command: String,
+        interpreter: String,
+    },
     #[error("cannot start worker `{command}`")]
     Start {
         command: String,
@@ -122,10 +129,35 @@ pub fn spawn(cmd: &WorkerCommand, spawn: Spawn<'_>) -> Result<tokio::process::Ch
     tokio::process::Command::from(command)
         .kill_on_drop(false)
         .spawn()
-        .map_err(|source| Error::Start {
-            command: cmd.display(),
-            source,
+        .map_err(|source| match missing_interpreter(&cmd.program, &source) {
+            Some(interpreter) => Error::Interpreter {
+                command: cmd.display(),
+                interpreter,
+            },
+            None => Error::Start {
+                command: cmd.display(),
+                source,
+            },
         })
+}
+
+/// The `#!` interpreter of `program` when its exec failed with ENOENT although the program
+/// exists: the kernel says "no such file" for the interpreter it could not find.
+fn missing_interpreter(program: &std::path::Path, error: &io::Error) -> Option<String> {
+    if error.kind() != io::ErrorKind::NotFound {
+        return None;
+    }
+    let mut head = [0u8; 256];
+    let n = std::io::Read::read(&mut std::fs::File::open(program).ok()?, &mut head).ok()?;
+    let line = head[..n]
+        .strip_prefix(b"#!")?
+        .split(|&b| b == b'\n')
+        .next()?;
+    let interpreter = String::from_utf8_lossy(line)
+        .split_whitespace()
+        .next()?
+        .to_string();
+    Some(interpreter)
 }
 
 /// The worker's environment: the supervisor's own, less what names descriptors or a slot,
@@ -295,10 +327,21 @@ impl Descriptors {
             }
             keep = channel_fd;
         }
-        // Everything above goes, including fds the supervisor itself inherited without
-        // close-on-exec from whatever started it (a jobserver pipe, a shell's fd): a worker
-        // gets stdio, its listener, nothing else.
-        if libc::syscall(libc::SYS_close_range, keep as u32 + 1, u32::MAX, 0u32) != 0 {
+        // Everything above goes at the exec, including fds the supervisor itself inherited
+        // without close-on-exec from whatever started it (a jobserver pipe, a shell's fd): a
+        // worker gets stdio, its listener, nothing else. Marked close-on-exec rather than
+        // closed now: std reports a failed exec to the parent through a pipe among them, so
+        // that a command that cannot run is "cannot start worker", not a child that aborts.
+        // Kernels before 5.11 know no CLOSE_RANGE_CLOEXEC: closed now there.
+        let first = keep as u32 + 1;
+        if libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) != 0
+            && libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) != 0
+        {
             return Err(io::Error::last_os_error());
         }
         Ok(())

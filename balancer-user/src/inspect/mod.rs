@@ -1,9 +1,10 @@
 //! Looking at what the kernel holds, from outside the programs: the port's sockets as
 //! sock_diag lists them ([`sock_diag`]), which of them each worker's processes hold open
 //! ([`descriptors`], a walk of /proc), the namespace's count of TCP sockets ([`sockstat`]), and
-//! a worker's resident memory ([`memory`]). The sockets' and descriptors' readings walk
-//! every connection: meant for a blocking thread, not the supervisor's event loop (sockstat's
-//! is two small reads, whatever the number). What the readings mean is the [accounting](crate::rules::accounting)'s.
+//! a worker's resident memory ([`memory`]). The sockets' and descriptors' readings walk every
+//! connection: meant for a blocking thread, not the supervisor's event loop (sockstat's is two
+//! small reads, whatever the number). What the readings mean is the
+//! [accounting](crate::rules::accounting)'s.
 
 pub mod descriptors;
 pub mod memory;
@@ -23,7 +24,7 @@ pub struct Reading {
     /// Young handshakes on the port, as (client, server), to be matched to slots by `FLOWS`.
     pub handshakes: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
     /// The CPU time the reading took (this thread's).
-    pub cost: std::time::Duration,
+    pub cost: Duration,
 }
 
 /// Connections open in each slot's worker processes (`pids[slot]`: the worker and, during a

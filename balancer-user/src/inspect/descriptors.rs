@@ -49,9 +49,12 @@ fn sockets_of(pid: i32, open: &HashSet<u64>, seen: &mut HashSet<u64>) -> nix::Re
         if name.to_bytes().starts_with(b".") {
             continue;
         }
-        // A descriptor closed since the directory was read has no link left: skipped.
-        let Ok(link) = nix::fcntl::readlinkat(Some(at), name) else {
-            continue;
+        let link = match nix::fcntl::readlinkat(Some(at), name) {
+            Ok(link) => link,
+            // A descriptor closed since the directory was read has no link left: skipped.
+            Err(Errno::ENOENT) => continue,
+            // Refused (the ptrace check is made on each link): unknown, which is not zero.
+            Err(e) => return Err(e),
         };
         if let Some(inode) = socket_inode(link.as_encoded_bytes()) {
             if open.contains(&inode) {

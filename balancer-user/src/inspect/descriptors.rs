@@ -30,7 +30,7 @@ pub fn held_by(pids: &[i32], open: &HashSet<u64>) -> Option<u64> {
                 return None;
             }
         }
-        todo.extend(children(pid));
+        todo.extend(super::children::of(pid));
     }
     Some(seen.len() as u64)
 }
@@ -69,22 +69,6 @@ fn sockets_of(pid: i32, open: &HashSet<u64>, seen: &mut HashSet<u64>) -> nix::Re
 fn socket_inode(link: &[u8]) -> Option<u64> {
     let digits = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
     std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
-/// The children of every thread of process `pid`.
-fn children(pid: i32) -> Vec<i32> {
-    let Ok(process) = procfs::process::Process::new(pid) else {
-        return Vec::new();
-    };
-    let Ok(tasks) = process.tasks() else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| task.children().ok())
-        .flatten()
-        .map(|c| c as i32)
-        .collect()
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
 //! Looking at what the kernel holds, from outside the programs: the port's sockets as
 //! sock_diag lists them ([`sock_diag`]), which of them each worker's processes hold open
-//! ([`descriptors`], a walk of /proc), the namespace's count of TCP sockets ([`sockstat`]), and
-//! a worker's resident memory ([`memory`]). The sockets' and descriptors' readings walk every
-//! connection: meant for a blocking thread, not the supervisor's event loop (sockstat's is two
-//! small reads, whatever the number). What the readings mean is the
-//! [accounting](crate::rules::accounting)'s.
+//! ([`descriptors`], a walk of /proc, descendants found by [`children`]), the namespace's
+//! count of TCP sockets ([`sockstat`]), and a worker's resident memory ([`memory`]). The
+//! sockets' and descriptors' readings walk every connection: meant for a blocking thread, not
+//! the supervisor's event loop (sockstat's is one small read, whatever the number). What the
+//! readings mean is the [accounting](crate::rules::accounting)'s.
 
+pub mod children;
 pub mod descriptors;
 pub mod memory;
 pub mod sock_diag;

@@ -1,16 +1,17 @@
 //! How many TCP sockets this network namespace has in the kernel's tables, from
-//! `/proc/net/sockstat` and `sockstat6`: one read each, whatever the number. A connection that
-//! opens or closes changes it, so the reconciliation takes it as a sign that something may have
-//! moved, for far less than a reading of every socket.
+//! `/proc/net/sockstat` (IPv4) or `sockstat6` (IPv6): one read, whatever the number. A
+//! connection that opens or closes changes it, so the reconciliation takes it as a sign that
+//! something may have moved, for far less than a reading of every socket.
 
-/// TCP sockets (IPv4 and IPv6) in use in this thread's network namespace; None if neither file
-/// could be read.
-pub fn tcp_in_use() -> Option<u64> {
-    let v4 = in_use("/proc/net/sockstat", "TCP:");
-    let v6 = in_use("/proc/net/sockstat6", "TCP6:");
-    match (v4, v6) {
-        (None, None) => None,
-        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+use std::net::SocketAddr;
+
+/// TCP sockets in use in this thread's network namespace, of the family of the listeners'
+/// address `local` (an IPv6 listener's IPv4 clients are IPv6 sockets too); None if the file
+/// could not be read.
+pub fn tcp_in_use(local: SocketAddr) -> Option<u64> {
+    match local {
+        SocketAddr::V4(_) => in_use("/proc/net/sockstat", "TCP:"),
+        SocketAddr::V6(_) => in_use("/proc/net/sockstat6", "TCP6:"),
     }
 }
 
@@ -46,7 +47,7 @@ mod tests {
 
     #[test]
     fn a_listener_shows_in_the_count() {
-        let _listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        assert!(tcp_in_use().unwrap() >= 1);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(tcp_in_use(listener.local_addr().unwrap()).unwrap() >= 1);
     }
 }

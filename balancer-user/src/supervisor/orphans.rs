@@ -27,26 +27,10 @@ pub(super) fn adopt() -> Result<()> {
 /// Reaps adopted processes that have exited, leaving `workers` (the slots' own) alone.
 pub(super) fn reap(workers: impl Iterator<Item = Pid>) {
     let workers: HashSet<i32> = workers.map(Pid::as_raw).collect();
-    for child in children() {
+    for child in crate::inspect::children::of(std::process::id() as i32) {
         if !workers.contains(&child) {
             // WNOHANG: an adopted process still running is left alone.
             let _ = waitpid(Pid::from_raw(child), Some(WaitPidFlag::WNOHANG));
         }
     }
-}
-
-/// This process's children, from each of its threads' `children` lists.
-fn children() -> Vec<i32> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<i32>>()
-        })
-        .collect()
 }

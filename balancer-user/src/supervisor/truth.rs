@@ -68,13 +68,13 @@ impl Supervisor {
         if self.phase.stopping() || self.readings.under_way {
             return;
         }
-        let fingerprint = self.fingerprint();
-        if !self.readings.pacing.due(fingerprint) {
-            return;
-        }
         let Ok(local) = self.slots[0].listener.local_addr() else {
             return;
         };
+        let fingerprint = self.fingerprint(local);
+        if !self.readings.pacing.due(fingerprint) {
+            return;
+        }
         if self.opts.transport == listeners::Transport::Udp {
             // A datagram is no connection: a UDP slot holds nothing and the program counts
             // nothing for it, so the books are checked against zero.
@@ -89,8 +89,10 @@ impl Supervisor {
             .collect();
         self.readings.under_way = true;
         self.readings.fingerprint = fingerprint;
-        // The counters as the reading starts: what they move by before it ends is traffic the
-        // reading may have caught on either side.
+        // The counters as the reading starts, read again rather than taken from the
+        // fingerprint: what they move by before it ends is traffic the reading may have caught
+        // on either side, and a start taken earlier widens that slack, which then hides part
+        // of a real drift under heavy traffic.
         self.readings.counts_at_start = self.counters();
         let events = self.events.clone();
         tokio::task::spawn_blocking(move || {
@@ -100,12 +102,12 @@ impl Supervisor {
     }
 
     /// What a drift of the books would change, hashed: every slot's counters, accept queue and
-    /// processes, and the namespace's count of TCP sockets. A few system calls, whatever the
-    /// number of connections.
-    fn fingerprint(&self) -> u64 {
+    /// processes, and the namespace's count of TCP sockets of the listeners' family (`local`).
+    /// A few system calls, whatever the number of connections.
+    fn fingerprint(&self, local: std::net::SocketAddr) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.counters().hash(&mut h);
-        inspect::sockstat::tcp_in_use().hash(&mut h);
+        inspect::sockstat::tcp_in_use(local).hash(&mut h);
         for s in &self.slots {
             s.listener.queued().ok().hash(&mut h);
             s.worker.pids().for_each(|p| p.as_raw().hash(&mut h));

@@ -10,13 +10,22 @@
 //! [`super::overflow`]), so that the kernel wakes one idle worker per shared connection instead
 //! of all of them; otherwise it waits through tokio.
 
-use std::{cell::Cell, io, os::fd::AsFd as _, rc::Rc, time::Duration};
+use std::{
+    cell::Cell,
+    io,
+    os::fd::AsFd as _,
+    rc::Rc,
+    time::{Duration, Instant},
+};
 
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{watch, Notify};
 
-use super::{builtin, overflow::Overflow};
+use super::{
+    builtin,
+    overflow::{self, Overflow},
+};
 
 /// How often the loop also looks for connections whose arrival woke no one: connections moved
 /// to this listener from a closing one do not wake epoll.
@@ -147,7 +156,7 @@ impl Server {
     /// Serves what the shared queue gave. `Closed` once the supervisor closed the queue (it is
     /// stopping): nothing more comes.
     fn took(&self, taken: io::Result<std::net::TcpStream>) -> Took {
-        let stream = taken.and_then(into_tokio);
+        let stream = taken.and_then(tokio::net::TcpStream::from_std);
         match stream {
             Ok(stream) => {
                 self.start(stream, false);
@@ -246,9 +255,10 @@ pub(super) async fn serve(
     };
     let mut sweep = tokio::time::interval(SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut swept = Instant::now();
     loop {
         if let Some(queue) = overflow.as_ref().filter(|_| server.books.idle()) {
-            if idle_turn(&server, &listener, queue) == Took::Closed {
+            if idle_turn(&server, &listener, queue, &mut swept) == Took::Closed {
                 overflow = None;
             }
             // Let the connections just started run, and a SIGTERM be seen, before the next
@@ -300,23 +310,37 @@ pub(super) async fn serve(
 }
 
 /// One wait of an idle worker: blocks the thread until its own listener or the shared queue
-/// has a connection (at most [`SWEEP`]), then takes what it finds.
+/// has a connection (at most [`SWEEP`]), then takes what the wait reported.
 ///
 /// The shared queue first: an exclusive wake-up stops at this worker, and the workers after it
 /// never hear of that connection (epoll learns of a readiness only through wake-ups), so the
 /// worker that was woken must take it, or it waits for whoever next looks. A connection in
-/// this worker's own queue waits for it whatever it does.
-fn idle_turn(server: &Server, listener: &tokio::net::TcpListener, queue: &Overflow) -> Took {
-    queue.wait_idle(SWEEP);
-    let took = match server.took(queue.take_now()) {
-        Took::Failed => {
-            std::thread::sleep(Duration::from_millis(10));
-            Took::Failed
+/// this worker's own queue waits for it whatever it does. The own queue is also looked at
+/// every [`SWEEP`] (`swept`: when last), reported or not: a connection moved there from a
+/// closing listener wakes no one, and a worker kept busy by the shared queue never times out.
+fn idle_turn(
+    server: &Server,
+    listener: &tokio::net::TcpListener,
+    queue: &Overflow,
+    swept: &mut Instant,
+) -> Took {
+    let ready = queue.wait_idle(SWEEP);
+    let took = if ready.shared {
+        match server.took(queue.take_now()) {
+            Took::Failed => {
+                std::thread::sleep(Duration::from_millis(10));
+                Took::Failed
+            }
+            took => took,
         }
-        took => took,
+    } else {
+        Took::Nothing
     };
-    while let Ok(stream) = accept_now(listener) {
-        server.start(stream, false);
+    if ready.own || swept.elapsed() >= SWEEP {
+        *swept = Instant::now();
+        while let Ok(stream) = accept_now(listener) {
+            server.start(stream, false);
+        }
     }
     took
 }
@@ -345,17 +369,5 @@ async fn finish(server: &Server, listener: &tokio::net::TcpListener, stop: watch
 /// A non-blocking accept: a connection if one is queued now. It also finds connections whose
 /// arrival woke no one (connections migrated from a closed listener do not wake epoll).
 fn accept_now(listener: &tokio::net::TcpListener) -> io::Result<tokio::net::TcpStream> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _};
-    let fd = listener.as_raw_fd();
-    // SAFETY: borrows the listener's fd for one accept; ManuallyDrop keeps it open.
-    let std_listener =
-        std::mem::ManuallyDrop::new(unsafe { std::net::TcpListener::from_raw_fd(fd) });
-    let (stream, _) = std_listener.accept()?;
-    into_tokio(stream)
-}
-
-/// An accepted stream, as tokio serves it: std's accept leaves it blocking.
-fn into_tokio(stream: std::net::TcpStream) -> io::Result<tokio::net::TcpStream> {
-    stream.set_nonblocking(true)?;
-    tokio::net::TcpStream::from_std(stream)
+    overflow::accept_now(listener.as_fd()).and_then(tokio::net::TcpStream::from_std)
 }

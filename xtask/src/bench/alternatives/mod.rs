@@ -164,10 +164,13 @@ pub fn measure(bin: &Path, root: &Path, quick: bool, workers: u32) -> Result<Alt
             keepalive,
         )?);
     }
-    let (plain_new, plain_ka) = (out[0].new_conn.per_second, out[0].keepalive.per_second);
+    let (plain_new, plain_ka) = (
+        Summary::of(out[0].new_conn.rounds.clone()),
+        Summary::of(out[0].keepalive.rounds.clone()),
+    );
     for r in &mut out {
-        r.new_conn.vs_plain = r.new_conn.per_second / plain_new;
-        r.keepalive.vs_plain = r.keepalive.per_second / plain_ka;
+        r.new_conn.compare(&plain_new);
+        r.keepalive.compare(&plain_ka);
     }
     Ok(Alternatives {
         rounds,

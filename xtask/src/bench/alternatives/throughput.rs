@@ -77,13 +77,19 @@ pub fn run(peer: &Peer, kind: Kind, dur: Duration) -> Result<Run> {
 }
 
 /// A peer's rounds of one kind: the median of each figure, the range of the rate, and its
-/// ratio to plain SO_REUSEPORT's median.
+/// ratio to plain SO_REUSEPORT: of the medians, and paired round by round.
 #[derive(Serialize)]
 pub struct Summary {
     pub per_second: f64,
     pub low: f64,
     pub high: f64,
     pub vs_plain: f64,
+    /// The median over the rounds of this peer's rate over plain SO_REUSEPORT's in the same
+    /// round, and the lowest and highest of those ratios: the two runs of a round are
+    /// seconds apart, so whatever drifts over minutes falls on both alike.
+    pub vs_plain_paired: f64,
+    pub paired_low: f64,
+    pub paired_high: f64,
     pub layer_cpu: f64,
     pub workers_cpu: f64,
     pub client_cpu: f64,
@@ -102,6 +108,9 @@ impl Summary {
             low: rates.clone().fold(f64::INFINITY, f64::min),
             high: rates.fold(f64::NEG_INFINITY, f64::max),
             vs_plain: f64::NAN,
+            vs_plain_paired: f64::NAN,
+            paired_low: f64::NAN,
+            paired_high: f64::NAN,
             layer_cpu: m(|r| r.layer_cpu),
             workers_cpu: m(|r| r.workers_cpu),
             client_cpu: m(|r| r.client_cpu),
@@ -110,5 +119,19 @@ impl Summary {
             failed: rounds.iter().map(|r| r.failed).sum(),
             rounds,
         }
+    }
+
+    /// Fills in the ratios to `plain`, the same kind's rounds of plain SO_REUSEPORT.
+    pub fn compare(&mut self, plain: &Summary) {
+        self.vs_plain = self.per_second / plain.per_second;
+        let ratios: Vec<f64> = self
+            .rounds
+            .iter()
+            .zip(&plain.rounds)
+            .map(|(r, p)| r.per_second / p.per_second)
+            .collect();
+        self.vs_plain_paired = median(&ratios);
+        self.paired_low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        self.paired_high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     }
 }

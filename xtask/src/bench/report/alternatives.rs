@@ -21,7 +21,9 @@ pub fn alternatives(a: &Alternatives, workers: u32, cores: usize) -> String {
          *keep-alive/s*, {KEEPALIVE_CLIENTS} clients, one connection each. Figures are the \
          median over the rounds, in brackets the lowest and highest; *vs plain*: over plain \
          SO_REUSEPORT's median (the same workers on SO_REUSEPORT listeners with no program: the \
-         kernel's hash). *CPU*: CPU time (utime + stime from /proc/PID/stat) per second of wall \
+         kernel's hash); *paired*: the median of the peer's rate over plain's in the same round, \
+         lowest and highest after it (a round's two runs are seconds apart, so what drifts over \
+         minutes falls on both). *CPU*: CPU time (utime + stime from /proc/PID/stat) per second of wall \
          time, 100% being one of the machine's {cores} cores: *layer* is the balancing layer \
          (the balancer supervisor, nginx, haproxy, the Node primary), *workers* the workers, \
          *client* the load generator (getrusage). On loopback the kernel mostly does the \
@@ -72,19 +74,22 @@ pub fn alternatives(a: &Alternatives, workers: u32, cores: usize) -> String {
 fn throughput(title: &str, peers: &[PeerResult], of: fn(&PeerResult) -> &Summary) -> String {
     let mut md = format!(
         "### {title}\n\n\
-         | peer | per second (median) | range | vs plain | layer CPU | workers CPU | client CPU (user) | switches/req |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n"
+         | peer | per second (median) | range | vs plain | paired (range) | layer CPU | workers CPU | client CPU (user) | switches/req |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in peers {
         let s = of(r);
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.0}-{:.0} | {:.2}x | {:.0}% | {:.0}% | {:.0}% ({:.0}%) | {:.1} |",
+            "| {} | {:.0} | {:.0}-{:.0} | {:.2}x | {:.2}x ({:.2}-{:.2}) | {:.0}% | {:.0}% | {:.0}% ({:.0}%) | {:.1} |",
             r.name,
             s.per_second,
             s.low,
             s.high,
             s.vs_plain,
+            s.vs_plain_paired,
+            s.paired_low,
+            s.paired_high,
             s.layer_cpu * 100.0,
             s.workers_cpu * 100.0,
             s.client_cpu * 100.0,

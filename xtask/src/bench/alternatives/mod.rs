@@ -209,7 +209,7 @@ fn one(
     keepalive: Vec<Run>,
 ) -> Result<PeerResult> {
     let rate = rate * entry.rate_share;
-    let dur = Duration::from_secs(if quick { 4 } else { 10 });
+    let dur = Duration::from_secs(if quick { 2 } else { 10 });
     let latencies_ms = latency::skewed(peer.addr, entry.route, rate, dur)?;
     let (stuck_share, stuck_p99_ms) = latency::stuck_worker(peer.addr, rate, entry.route)?;
     let mut counts = vec![0; workers];

@@ -72,8 +72,8 @@ fn intro(s: &Skew) -> String {
          latency counts from when it was due. The peers run one at a time, each trace through them \
          in another order. *ideal*: the same traces through a simulation of N servers with one \
          first-come-first-served queue and no overhead (no request waits while a server is free), \
-         with the measured service times. Figures are the median over the traces (of two: their \
-         mean), in brackets the lowest and highest; *fast p99 vs ideal*: over the ideal's on the \
+         with the measured service times. Figures are the median over the traces (of an even \
+         count: the mean of the middle two), in brackets the lowest and highest; *fast p99 vs ideal*: over the ideal's on the \
          same trace. *overflowed*: connections the program sent to the overflow queue, of all. \
          *failed*: refused, reset or not answered with 200; *sent late*: sent over 5 ms after due \
          (the client fell behind), both summed over the traces.{node_note}\n\n",

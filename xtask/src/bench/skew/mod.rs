@@ -43,9 +43,9 @@ struct Plan {
 
 fn plan(quick: bool) -> Plan {
     if quick {
-        // The judged pair only: the quick run must stay short.
+        // The judged pair on one trace only: the quick run must stay short.
         Plan {
-            traces: 2,
+            traces: 1,
             min_requests: 1200.0,
             min_seconds: 3.5,
             peers: vec![Which::LeastLoaded, Which::Overflow],

@@ -6,10 +6,13 @@ use std::time::{Duration, Instant};
 use balancer_tests::{channel::*, *};
 use serde_json::{json, Value};
 
-const MESSAGES: u64 = 100_000;
+const MESSAGES: u64 = 30_000;
+/// Each message's padding: an unbounded queue of `MESSAGES` of them per worker would grow the
+/// supervisor by over 16 MiB, which the memory check below sees.
+const PAD: usize = 800;
 const SENDERS: u64 = 4;
 
-/// Two workers that never read their channel are sent 100,000 messages: every `send` answers,
+/// Two workers that never read their channel are sent 30,000 messages: every `send` answers,
 /// what does not fit is dropped and counted, `status` keeps answering within 100 ms, the
 /// supervisor's memory stays put, and the workers keep serving.
 #[test]
@@ -26,7 +29,7 @@ fn a_worker_that_never_reads_neither_slows_nor_grows_the_supervisor() {
             std::thread::spawn(move || {
                 let mut dropped = 0;
                 for i in (t..MESSAGES).step_by(SENDERS as usize) {
-                    let pad = "x".repeat(100);
+                    let pad = "x".repeat(PAD);
                     let line = format!(r#"send {{"n":{i},"pad":"{pad}"}}"#);
                     let answer: Value = serde_json::from_str(&request(&control, &line)).unwrap();
                     dropped += answer["dropped"].as_u64().unwrap();

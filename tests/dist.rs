@@ -231,10 +231,19 @@ fn the_image_holds_the_static_binary_alone() {
     assert!(v.contains(&head()), "{v}");
 }
 
+/// Where the clean root is kept: outside the checkout, so that a fresh clone on the same machine
+/// does not download and unpack it again (`BALANCER_TEST_CACHE` moves it).
+fn cache_dir() -> PathBuf {
+    std::env::var_os("BALANCER_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/balancer-tests"))
+}
+
 /// A clean Debian 12 root file system (debootstrap's minbase: no compiler, no Rust), made once
-/// and kept under target/; each test gets a writable overlay of it, thrown away afterwards.
+/// per machine (see [`cache_dir`]); each test gets a writable overlay of it, thrown away
+/// afterwards, so the cached root is only ever read.
 fn debian_root() -> PathBuf {
-    let cached = root().join("target/debian-rootfs/bookworm-minbase");
+    let cached = cache_dir().join("debian-rootfs/bookworm-minbase");
     if cached.join("usr/bin/dpkg").exists() {
         return cached;
     }

@@ -22,7 +22,7 @@ pub fn many_core(m: &ManyCore) -> String {
         md,
         "{} built-in workers, one per core. New connections per second from the native load \
          generator, {} client threads in a closed loop, a new connection per request, {:.0} s per \
-         run after 0.2 s unmeasured; {} rounds, each through every row in another order; the \
+         run after 0.2 s unmeasured; rounds: {}, each through every row in another order; the \
          median, the ratio to the kernel's hash with no program, and the client's CPU time per \
          second of wall time (100% is one core; in brackets its user part). `balancer` is one instance whose policy is \
          switched live between runs, the overflow queue off; `weighted` has every weight 1.\n\n\

@@ -164,10 +164,7 @@ pub fn measure(bin: &Path, root: &Path, quick: bool, workers: u32) -> Result<Alt
             keepalive,
         )?);
     }
-    let (plain_new, plain_ka) = (
-        Summary::of(out[0].new_conn.rounds.clone()),
-        Summary::of(out[0].keepalive.rounds.clone()),
-    );
+    let (plain_new, plain_ka) = (out[0].new_conn.rates(), out[0].keepalive.rates());
     for r in &mut out {
         r.new_conn.compare(&plain_new);
         r.keepalive.compare(&plain_ka);

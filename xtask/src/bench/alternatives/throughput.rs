@@ -121,14 +121,21 @@ impl Summary {
         }
     }
 
-    /// Fills in the ratios to `plain`, the same kind's rounds of plain SO_REUSEPORT.
-    pub fn compare(&mut self, plain: &Summary) {
-        self.vs_plain = self.per_second / plain.per_second;
+    /// The median rate and each round's, as [`Summary::compare`] takes plain SO_REUSEPORT's.
+    pub fn rates(&self) -> (f64, Vec<f64>) {
+        let rounds = self.rounds.iter().map(|r| r.per_second).collect();
+        (self.per_second, rounds)
+    }
+
+    /// Fills in the ratios to plain SO_REUSEPORT's rates of the same kind (see
+    /// [`Summary::rates`]).
+    pub fn compare(&mut self, (median_rate, rounds): &(f64, Vec<f64>)) {
+        self.vs_plain = self.per_second / median_rate;
         let ratios: Vec<f64> = self
             .rounds
             .iter()
-            .zip(&plain.rounds)
-            .map(|(r, p)| r.per_second / p.per_second)
+            .zip(rounds)
+            .map(|(r, p)| r.per_second / p)
             .collect();
         self.vs_plain_paired = median(&ratios);
         self.paired_low = ratios.iter().copied().fold(f64::INFINITY, f64::min);

@@ -326,7 +326,7 @@ fn an_unmodified_node_worker_under_ip_netns_exec() {
     );
     let (held, n) = sent_while_blocked(b.addr, 2, "/block?ms=");
     assert!(
-        held <= HELD_OF_TWO_AT_MOST,
+        held <= HELD_OF_TWO_WHILE_READING_AT_MOST,
         "blocked Node worker got {held} of {n}"
     );
     eprintln!("truth: node under ip netns exec: blocked worker received {held} of {n}");

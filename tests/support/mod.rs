@@ -25,7 +25,7 @@ pub mod workload;
 pub use ctl::{ctl, ctl_in_background, fails_with};
 pub use hold::{
     hold, hold_on_new_connections, hold_with, one_per_slot, sent_while_blocked,
-    share_while_blocked, BLOCKED_CLIENTS, HELD_OF_TWO_AT_MOST,
+    share_while_blocked, BLOCKED_CLIENTS, HELD_OF_TWO_AT_MOST, HELD_OF_TWO_WHILE_READING_AT_MOST,
 };
 pub use http::{
     connect, get, get_from, histogram, request_on, reset, timed_gets, KeepAlive, Reply,

@@ -10,13 +10,7 @@
 //! [`super::overflow`]), so that the kernel wakes one idle worker per shared connection instead
 //! of all of them; otherwise it waits through tokio.
 
-use std::{
-    cell::Cell,
-    io,
-    os::fd::AsFd as _,
-    rc::Rc,
-    time::{Duration, Instant},
-};
+use std::{cell::Cell, io, os::fd::AsFd as _, rc::Rc, time::Duration};
 
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
@@ -255,10 +249,9 @@ pub(super) async fn serve(
     };
     let mut sweep = tokio::time::interval(SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut swept = Instant::now();
     loop {
         if let Some(queue) = overflow.as_ref().filter(|_| server.books.idle()) {
-            if idle_turn(&server, &listener, queue, &mut swept) == Took::Closed {
+            if idle_turn(&server, &listener, queue) == Took::Closed {
                 overflow = None;
             }
             // Let the connections just started run, and a SIGTERM be seen, before the next
@@ -310,37 +303,23 @@ pub(super) async fn serve(
 }
 
 /// One wait of an idle worker: blocks the thread until its own listener or the shared queue
-/// has a connection (at most [`SWEEP`]), then takes what the wait reported.
+/// has a connection (at most [`SWEEP`]), then takes what it finds.
 ///
 /// The shared queue first: an exclusive wake-up stops at this worker, and the workers after it
 /// never hear of that connection (epoll learns of a readiness only through wake-ups), so the
 /// worker that was woken must take it, or it waits for whoever next looks. A connection in
-/// this worker's own queue waits for it whatever it does. The own queue is also looked at
-/// every [`SWEEP`] (`swept`: when last), reported or not: a connection moved there from a
-/// closing listener wakes no one, and a worker kept busy by the shared queue never times out.
-fn idle_turn(
-    server: &Server,
-    listener: &tokio::net::TcpListener,
-    queue: &Overflow,
-    swept: &mut Instant,
-) -> Took {
-    let ready = queue.wait_idle(SWEEP);
-    let took = if ready.shared {
-        match server.took(queue.take_now()) {
-            Took::Failed => {
-                std::thread::sleep(Duration::from_millis(10));
-                Took::Failed
-            }
-            took => took,
+/// this worker's own queue waits for it whatever it does.
+fn idle_turn(server: &Server, listener: &tokio::net::TcpListener, queue: &Overflow) -> Took {
+    queue.wait_idle(SWEEP);
+    let took = match server.took(queue.take_now()) {
+        Took::Failed => {
+            std::thread::sleep(Duration::from_millis(10));
+            Took::Failed
         }
-    } else {
-        Took::Nothing
+        took => took,
     };
-    if ready.own || swept.elapsed() >= SWEEP {
-        *swept = Instant::now();
-        while let Ok(stream) = accept_now(listener) {
-            server.start(stream, false);
-        }
+    while let Ok(stream) = accept_now(listener) {
+        server.start(stream, false);
     }
     took
 }

@@ -24,10 +24,8 @@
 //! arrival makes, and an exclusive wake-up stops at the first idle worker: the instances after
 //! it never hear of that connection. So the worker that was woken takes it before anything
 //! else, a new watch through tokio begins with a look at the queue itself, and an idle worker
-//! looks at the queue after every wait that reported it or timed out. Both instances are
-//! level-triggered: one that did hear of a connection keeps reporting it while it waits, so a
-//! wait that reports only the worker's own listener leaves nothing unseen in the shared queue,
-//! and the worker spares itself an `accept` that would fail.
+//! looks at the queue after every wait, woken or timed out. Both instances are
+//! level-triggered: one that did hear of a connection keeps reporting it while it waits.
 
 use std::{
     cell::RefCell,
@@ -42,10 +40,6 @@ use nix::sys::{
     socket::{accept4, SockFlag},
 };
 use tokio::io::unix::AsyncFd;
-
-/// The idle instance's tokens: which queue an event is about.
-const OWN: u64 = 0;
-const SHARED: u64 = 1;
 
 /// An epoll instance's descriptor, lent to tokio's `AsyncFd`.
 struct Lent(RawFd);
@@ -75,10 +69,10 @@ impl Overflow {
         listener.set_nonblocking(true)?;
         let exclusive = EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE;
         let idle = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        idle.add(own, EpollEvent::new(EpollFlags::EPOLLIN, OWN))?;
-        idle.add(listener.as_fd(), EpollEvent::new(exclusive, SHARED))?;
+        idle.add(own, EpollEvent::new(EpollFlags::EPOLLIN, 0))?;
+        idle.add(listener.as_fd(), EpollEvent::new(exclusive, 1))?;
         let queue = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        queue.add(listener.as_fd(), EpollEvent::new(exclusive, SHARED))?;
+        queue.add(listener.as_fd(), EpollEvent::new(exclusive, 1))?;
         Ok(Overflow {
             listener,
             idle,
@@ -89,29 +83,12 @@ impl Overflow {
 
     /// Blocks this thread until the own listener or the shared queue has a connection, for at
     /// most `timeout`. For a worker with nothing else to watch: tokio runs nothing meanwhile.
-    /// Tells which queues to look at: those the wait reported, or both when it reported none
-    /// (it timed out, or a signal ended it, which the caller looks for on its own).
-    pub fn wait_idle(&self, timeout: Duration) -> Ready {
+    /// What woke it is not told: the caller looks at both queues (and a signal, which also
+    /// ends the wait, at its own).
+    pub fn wait_idle(&self, timeout: Duration) {
         let mut events = [EpollEvent::empty(); 2];
         let timeout = EpollTimeout::try_from(timeout).unwrap_or(EpollTimeout::NONE);
-        let reported = self.idle.wait(&mut events, timeout).unwrap_or(0);
-        if reported == 0 {
-            return Ready {
-                own: true,
-                shared: true,
-            };
-        }
-        let mut ready = Ready {
-            own: false,
-            shared: false,
-        };
-        for event in &events[..reported] {
-            match event.data() {
-                OWN => ready.own = true,
-                _ => ready.shared = true,
-            }
-        }
-        ready
+        let _ = self.idle.wait(&mut events, timeout);
     }
 
     /// A connection from the shared queue, waited for through tokio.
@@ -181,13 +158,4 @@ pub fn accept_now(listener: BorrowedFd<'_>) -> io::Result<std::net::TcpStream> {
     let fd = accept4(listener.as_raw_fd(), flags).map_err(io::Error::from)?;
     // SAFETY: accept4 just returned this descriptor, owned by nothing else.
     Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) })
-}
-
-/// The queues an idle wait tells the worker to look at.
-#[derive(Clone, Copy)]
-pub struct Ready {
-    /// The worker's own listener.
-    pub own: bool,
-    /// The shared queue.
-    pub shared: bool,
 }

@@ -3,17 +3,14 @@
 
 /// The children of every thread of process `pid`; none if it is gone.
 pub fn of(pid: i32) -> Vec<i32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+    let Ok(tasks) = procfs::process::Process::new(pid).and_then(|p| p.tasks()) else {
         return Vec::new();
     };
     tasks
         .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<i32>>()
-        })
+        .filter_map(|task| task.children().ok())
+        .flatten()
+        .map(|c| c as i32)
         .collect()
 }
 
